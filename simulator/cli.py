@@ -1,0 +1,114 @@
+"""``moesd`` command line: simulate, calibrate, kernel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+from .paths import REPORTS_DIR, shared_traces_dir
+
+
+def _kernel(args) -> dict:
+    from .costmodel import CostModel
+    cm = CostModel(args.gpu, l2_warm=args.l2_warm)
+    if args.op == "gemm":
+        c = cm.gemm(args.m, args.n, args.k, 1.0 if args.dtype == "fp8" else 2.0)
+    elif args.op == "moe":
+        c = cm.moe(args.num_tokens, args.hidden_size, args.inter_size, args.num_experts, args.topk,
+                   args.moe_tp_size, args.moe_ep_size, args.distribution, not args.non_gated)
+    elif args.op == "attention":
+        if args.phase == "decode":
+            c = cm.attention_decode(args.batch_size, args.isl, args.num_heads, args.num_key_value_heads,
+                                    args.head_dim, args.q_len)
+        else:
+            c = cm.attention_prefill(args.batch_size, args.isl, args.num_heads, args.num_key_value_heads,
+                                     args.head_dim)
+    else:
+        c = cm.allreduce(args.message_size, args.num_gpus, not args.eager)
+    return c.as_dict()
+
+
+def _add_kernel(sub):
+    p = sub.add_parser("kernel", help="predict one kernel's latency")
+    p.add_argument("op", choices=["gemm", "moe", "attention", "allreduce"])
+    p.add_argument("--gpu", required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--l2-warm", action="store_true", help="benchmark conditions (working set kept in L2)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
+    for f in ("m", "n", "k"):
+        p.add_argument(f"--{f}", type=int, default=1)
+    p.add_argument("--num-tokens", type=int, default=1)
+    p.add_argument("--hidden-size", type=int, default=4096)
+    p.add_argument("--inter-size", type=int, default=14336)
+    p.add_argument("--num-experts", type=int, default=8)
+    p.add_argument("--topk", type=int, default=2)
+    p.add_argument("--moe-tp-size", type=int, default=1)
+    p.add_argument("--moe-ep-size", type=int, default=1)
+    p.add_argument("--distribution", default="uniform", help="uniform | balanced | power_law_<exponent>")
+    p.add_argument("--non-gated", action="store_true", help="experts with two weight matrices (no gate)")
+    p.add_argument("--phase", default="decode", choices=["decode", "prefill"])
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--isl", type=int, default=1024, help="context length (decode) or prompt length (prefill)")
+    p.add_argument("--q-len", type=int, default=1, help="query tokens per sequence (k+1 when verifying)")
+    p.add_argument("--num-heads", type=int, default=32)
+    p.add_argument("--num-key-value-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--message-size", type=int, default=1 << 20, help="bytes")
+    p.add_argument("--num-gpus", type=int, default=2)
+    p.add_argument("--eager", action="store_true", help="no CUDA graphs")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="moesd", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("simulate", help="run a serving scenario")
+    p.add_argument("scenario")
+    p.add_argument("--out", help="output folder (default reports/<scenario name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("calibrate", help="fit a GPU's cost model to kernel traces")
+    p.add_argument("--traces", default=None, help="trace folder (default $MOESD_TRACES or ../shared/traces)")
+    p.add_argument("--gpu", required=True)
+    p.add_argument("--report", default=None, help="HTML report path (default reports/calibration_<gpu>.html)")
+
+    _add_kernel(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "kernel":
+            out = _kernel(args)
+            if args.json:
+                print(json.dumps(out, indent=2))
+            else:
+                for k, v in out.items():
+                    print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+        elif args.cmd == "calibrate":
+            from . import calibrate_cmd
+            traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
+            report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
+            print(f"calibrating {args.gpu} from {traces_dir}")
+            calib = calibrate_cmd.run(traces_dir, args.gpu, report)
+            for op, f in calib["fit"].items():
+                r = f["roofline"]
+                print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
+                      f"p90 {r['p90_abs_err']*100:5.1f}%")
+            print(f"wrote gpu_specs/{args.gpu}.yaml and {report}")
+        elif args.cmd == "simulate":
+            from .simulate_cmd import run as simulate
+            return simulate(args)
+    except ConfigError as exc:
+        print(f"moesd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moesd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

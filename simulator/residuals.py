@@ -1,0 +1,99 @@
+"""Measured/roofline ratios, interpolated over neighbouring measured shapes.
+
+The roofline captures physics; what it misses (kernel-config switches at token-count thresholds,
+tile effects of one shape family) is stored as log(measured / roofline) per measured point and
+carried to a query by inverse-distance weighting over shapes (in log2 space) and linear
+interpolation along the op's size axis (log scale). A measured shape gets its own ratios back
+(``path = "table"``); an unmeasured one gets its neighbours' (``"roofline+neighbours"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+# op -> (shape columns for the distance, exact-match key columns, size axis)
+LAYOUT = {
+    "gemm": (["n", "k"], [], "m"),
+    "moe": (["hidden_size", "inter_size", "num_experts", "topk"], ["moe_tp_size", "moe_ep_size", "distribution"], "num_tokens"),
+    "attention_generation": (["num_heads", "num_key_value_heads", "head_dim", "batch_size"], [], "step"),
+    "attention_context": (["num_heads", "num_key_value_heads", "head_dim", "batch_size"], [], "isl"),
+    "allreduce": (["num_gpus"], ["backend"], "message_size"),
+}
+_EPS = 0.25  # squared log2 distance that halves a neighbour's weight
+
+
+@dataclass
+class _Group:
+    sizes: np.ndarray          # sorted log2 sizes
+    shapes: np.ndarray         # [S, dims] log2 shape vectors
+    table: np.ndarray          # [n_sizes, S] log residuals (NaN where not measured)
+
+
+@dataclass
+class ResidualTable:
+    op: str
+    groups: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, op: str, rows: pd.DataFrame) -> "ResidualTable":
+        """``rows``: shape, key and size columns plus ``log_residual``."""
+        shape_cols, key_cols, size_col = LAYOUT[op]
+        out = cls(op)
+        if rows.empty:
+            return out
+        grouped = rows.groupby(key_cols) if key_cols else [((), rows)]
+        for key, g in grouped:
+            key = key if isinstance(key, tuple) else (key,)
+            piv = g.pivot_table(index=size_col, columns=shape_cols, values="log_residual", aggfunc="mean")
+            cols = np.array([c if isinstance(c, tuple) else (c,) for c in piv.columns], dtype=float)
+            out.groups[tuple(key)] = _Group(np.log2(piv.index.values.astype(float)), np.log2(cols), piv.values)
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        shape_cols, key_cols, size_col = LAYOUT[self.op]
+        frames = []
+        for key, g in self.groups.items():
+            sz, sh = np.meshgrid(np.arange(len(g.sizes)), np.arange(len(g.shapes)), indexing="ij")
+            df = pd.DataFrame(np.round(2 ** g.shapes[sh.ravel()]).astype(np.int64), columns=shape_cols)
+            for c, v in zip(key_cols, key):
+                df[c] = v
+            df[size_col] = np.round(2 ** g.sizes[sz.ravel()]).astype(np.int64)
+            df["log_residual"] = g.table.ravel().astype(np.float32)
+            frames.append(df.dropna(subset=["log_residual"]))
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return frame.assign(op=self.op) if not frame.empty else frame
+
+    @classmethod
+    def from_frame(cls, op: str, frame: pd.DataFrame) -> "ResidualTable":
+        return cls.build(op, frame[frame["op"] == op] if "op" in frame else frame)
+
+    def lookup(self, shape, key, size) -> tuple[float, str]:
+        """(log correction, path) for one query."""
+        g = self.groups.get(tuple(key))
+        if g is None or len(g.sizes) == 0:
+            return 0.0, "roofline"
+        q = np.log2(np.asarray(shape, dtype=float))
+        d2 = ((g.shapes - q) ** 2).sum(axis=1)
+        exact = d2 < 1e-9
+        w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS)
+        ls = np.log2(max(float(size), 1.0))
+        j = int(np.clip(np.searchsorted(g.sizes, ls), 1, max(len(g.sizes) - 1, 1)))
+        i = j - 1 if len(g.sizes) > 1 else 0
+
+        def at(row):
+            vals = g.table[row]
+            ok = ~np.isnan(vals) & (w > 0)
+            return float((vals[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else np.nan
+
+        a, b = at(i), at(min(j, len(g.sizes) - 1))
+        if np.isnan(a) and np.isnan(b):
+            return 0.0, "roofline"
+        if np.isnan(a) or np.isnan(b) or g.sizes[j] == g.sizes[i]:
+            val = b if np.isnan(a) else a
+        else:
+            t = float(np.clip((ls - g.sizes[i]) / (g.sizes[j] - g.sizes[i]), 0.0, 1.0))
+            val = (1 - t) * a + t * b
+        return val, ("table" if exact.any() else "roofline+neighbours")

@@ -1,0 +1,173 @@
+"""MoE routing: which experts a step's tokens activate, and how many tokens each expert gets.
+
+Two families live here:
+- *serving* routing (what the simulator samples each step): ``uniform``, ``power_law`` (expert
+  popularity ~ rank^-exponent) and ``locality`` (consecutive tokens of one sequence reuse the
+  previous token's experts with some probability), sampled with a seeded ``numpy.random.Generator``
+  or taken in expectation;
+- *collector* routing: how AIConfigurator generated the MoE trace rows (``balanced`` round robin,
+  ``power_law_<a>`` skewed loads, busiest EP rank timed), so calibration compares like with like.
+
+Loads are returned for one EP rank: the busiest one, since an MoE layer waits for its slowest rank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def expected_distinct_experts(num_tokens, num_experts: int, topk: int):
+    """E * (1 - (1 - K/E)^T): distinct experts hit by T independently, uniformly routed tokens."""
+    rho = topk / num_experts
+    return num_experts * (1.0 - (1.0 - rho) ** np.asarray(num_tokens, dtype=float))
+
+
+def full_activation_threshold(num_experts: int, topk: int, tau: float = 0.95) -> int:
+    """Smallest T with N(T) >= tau * E (the paper's t_thres)."""
+    rho = topk / num_experts
+    if rho >= 1.0:
+        return 1
+    return int(math.ceil(math.log(1.0 - tau) / math.log(1.0 - rho)))
+
+
+def tokens_per_active_expert(num_tokens, num_experts: int, topk: int):
+    """rho * T / (1 - (1 - rho)^T): mean tokens per activated expert under uniform routing."""
+    t = np.asarray(num_tokens, dtype=float)
+    rho = topk / num_experts
+    return rho * t / (1.0 - (1.0 - rho) ** t)
+
+
+def busiest_rank(counts: np.ndarray, ep: int) -> np.ndarray:
+    """Per-expert counts of the EP rank with the most token-slots (experts split contiguously)."""
+    if ep <= 1:
+        return counts
+    per = counts.reshape(ep, -1)
+    return per[int(np.argmax(per.sum(axis=1)))]
+
+
+def expected_count_vector(num_tokens: int, num_experts: int, topk: int) -> np.ndarray:
+    """Integer loads with the expected number of distinct experts N(T), slots spread evenly."""
+    counts = np.zeros(num_experts, dtype=np.int64)
+    if num_tokens <= 0:
+        return counts
+    active = max(1, min(num_experts, int(round(float(expected_distinct_experts(num_tokens, num_experts, topk))))))
+    slots = num_tokens * topk
+    counts[:active] = slots // active
+    counts[: slots - int(counts.sum())] += 1
+    return counts
+
+
+# --- serving routing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A routing distribution for serving. ``kind``: uniform | power_law | locality.
+
+    ``exponent``: power-law skew of expert popularity (0 = uniform).
+    ``locality``: probability that a token reuses each expert of the previous token of the same
+    sequence (draft blocks and verification windows are runs of adjacent tokens).
+    """
+
+    kind: str = "uniform"
+    exponent: float = 0.0
+    locality: float = 0.0
+
+    def popularity(self, num_experts: int) -> np.ndarray:
+        if self.kind == "power_law" and self.exponent > 0:
+            p = np.arange(1, num_experts + 1, dtype=float) ** (-self.exponent)
+        else:
+            p = np.ones(num_experts)
+        return p / p.sum()
+
+    def sample_counts(self, seq_tokens: list[int] | np.ndarray, num_experts: int, topk: int,
+                      rng: np.random.Generator) -> np.ndarray:
+        """Tokens per expert for a step; ``seq_tokens[i]`` = tokens of sequence i in the step."""
+        seq_tokens = np.asarray(seq_tokens, dtype=int)
+        total = int(seq_tokens.sum())
+        counts = np.zeros(num_experts, dtype=np.int64)
+        if total == 0:
+            return counts
+        if topk >= num_experts:
+            counts[:] = total
+            return counts
+        logp = np.log(self.popularity(num_experts))
+        # Gumbel top-k: K distinct experts per token, each drawn with probability ~ popularity.
+        g = logp - np.log(-np.log(rng.random((total, num_experts))))
+        choice = np.argpartition(-g, topk - 1, axis=1)[:, :topk]
+        if self.kind == "locality" and self.locality > 0:
+            # A token that is not the first of its sequence in this step keeps the previous
+            # token's expert in each slot with probability `locality`.
+            starts = np.zeros(total, dtype=bool)
+            starts[np.concatenate(([0], np.cumsum(seq_tokens)[:-1]))] = True
+            keep = (rng.random((total, topk)) < self.locality) & ~starts[:, None]
+            for t in np.nonzero(keep.any(axis=1))[0]:
+                row = choice[t - 1].copy()
+                new = [e for e in choice[t] if e not in row]
+                fill = iter(new)
+                row = np.where(keep[t], row, -1)
+                for j in range(topk):
+                    if row[j] < 0:
+                        row[j] = next((e for e in fill if e not in row), choice[t][j])
+                choice[t] = row
+        np.add.at(counts, choice.ravel(), 1)
+        return counts
+
+    def expected_counts(self, num_tokens: float, num_experts: int, topk: int) -> np.ndarray:
+        """Expected tokens per expert (fractional), for the in-expectation cost path."""
+        if topk >= num_experts:
+            return np.full(num_experts, float(num_tokens))
+        p = self.popularity(num_experts)
+        # Inclusion probability of each expert in a K-subset, approximated by min(1, K p) for skew.
+        incl = np.minimum(1.0, topk * p)
+        incl *= topk / incl.sum()
+        return num_tokens * incl
+
+
+# --- collector routing (how the trace rows were generated) -----------------------------------
+
+
+def collector_counts(num_tokens: int, num_experts: int, topk: int, ep: int, distribution: str,
+                     rng: np.random.Generator | None = None) -> np.ndarray:
+    """Per-expert token counts on the busiest EP rank, as AIConfigurator's collector routed them.
+
+    ``balanced``: slot j of token i goes to expert (i + j*ceil(E/K)) mod E (spread over the
+    stride when T is small), so min(E, T*K) experts are active.
+    ``power_law_<a>``: expert loads drawn from a power law with exponent a (bounded support,
+    rescaled to T*K slots, each expert capped at T tokens), busiest rank timed.
+    """
+    T, E, K = int(num_tokens), int(num_experts), int(topk)
+    if distribution == "balanced":
+        stride = math.ceil(E / K)
+        i = np.arange(T)[:, None]
+        j = np.arange(K)[None, :]
+        if T >= stride:
+            ids = (i + j * stride) % E
+        else:
+            ids = (np.floor(i * stride / T) + j * stride).astype(np.int64) % E
+        counts = np.bincount(ids.ravel(), minlength=E)
+        return busiest_rank(counts, ep)
+    if not distribution.startswith("power_law"):
+        raise ValueError(f"unknown distribution {distribution!r}")
+    alpha = float(distribution.split("_")[-1])
+    rng = rng or np.random.default_rng(0)
+    xmin, xmax = (1.0, T * 0.8) if T * K > E else (0.01, 2.0)
+    xmax = max(xmax, xmin * 1.0001)
+    a1 = 1.0 - alpha
+    for _ in range(20):
+        u = rng.random(E)
+        loads = ((xmax ** a1 - xmin ** a1) * u + xmin ** a1) ** (1.0 / a1)
+        counts = np.round(loads / loads.sum() * T * K).astype(np.int64)
+        delta = T * K - int(counts.sum())
+        order = np.argsort(-counts, kind="stable")
+        for n in range(abs(delta)):
+            counts[order[(n if delta > 0 else -(n % E) - 1) % E]] += 1 if delta > 0 else -1
+        counts = np.maximum(counts, 0)
+        if counts.max() <= T:
+            break
+    else:
+        counts = np.minimum(counts, T)
+    return busiest_rank(counts, ep) if ep > 1 else counts

@@ -1,0 +1,187 @@
+"""``moesd simulate``: scenario in, results folder out (summary.json, tables, report.html)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import acceptance as acc_mod
+from . import engine, memory, metrics, workload
+from .costmodel import CostModel
+from .forward import Batch, ForwardModel, Parallel
+from .routing import Routing
+from .atomic import output_dir
+from .paths import REPORTS_DIR
+from .scenario import load_scenario, resolve
+
+
+@dataclass
+class RoutingChoice:
+    model: Routing
+    mode: str
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, resolved from a scenario (also used by sweeps and tests)."""
+    scenario: object
+    target: object
+    draft: object
+    hw: object
+    cost: CostModel
+    par: Parallel
+    target_fm: ForwardModel
+    draft_fm: ForwardModel | None
+    cfg: engine.EngineConfig
+    acceptance: object
+    routing: RoutingChoice
+
+
+def build(sc, source: str = "scenario") -> Setup:
+    target, draft, hw = resolve(sc, source)
+    cost = CostModel(hw)
+    eng, hwc = sc.engine, sc.hardware
+    par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
+                   cuda_graphs=not eng.enforce_eager, step_overhead_s=eng.step_overhead_ms / 1e3)
+    if hwc.enable_expert_parallel and target.moe and target.moe.num_experts % hwc.tensor_parallel_size:
+        from .errors import ConfigError
+        raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
+                          f"{hwc.tensor_parallel_size} under expert parallelism", source=source,
+                          field="hardware.enable_expert_parallel")
+    spec = sc.speculative_config
+    k = spec.k if spec else 0
+    draft_kind, draft_arch = "none", None
+    if spec and k > 0:
+        if spec.method == "ngram":
+            draft_kind = "ngram"
+        elif spec.method == "mtp":
+            draft_kind = "head"
+            draft_arch = draft or target.model_copy(update={"num_hidden_layers": 1, "name": f"{target.name}-MTP",
+                                                            "moe": target.moe.model_copy(update={"first_k_dense_replace": 0}) if target.moe else None})
+        else:
+            draft_kind = "model" if spec.method == "draft_model" else "head"
+            draft_arch = draft
+    kv_el = 1.0 if eng.kv_cache_dtype == "fp8" else 2.0
+    blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, hwc.tensor_parallel_size,
+                              eng.gpu_memory_utilization, eng.block_size, kv_el, source)
+    cfg = engine.EngineConfig(
+        max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
+        enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
+        max_model_len=eng.max_model_len or target.max_position_embeddings, step_overhead_s=par.step_overhead_s,
+        k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
+        draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec else 1)
+    acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
+    r = sc.routing
+    routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
+                                    locality=r.locality), r.mode)
+    target_fm = ForwardModel(target, cost, par)
+    draft_fm = ForwardModel(draft_arch, cost, Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)) \
+        if draft_arch is not None else None
+    return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
+
+
+def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None:
+    """eta = T_T(B, 1) / T_T(B, k+1) at this batch and context (expected routing)."""
+    k = setup.cfg.k
+    if not k or batch_size < 1:
+        return None
+    one = setup.target_fm.forward(Batch(batch_size, 1, max(ctx, 1.0))).total_s
+    ver = setup.target_fm.forward(Batch(batch_size, setup.cfg.verify_tokens, max(ctx, 1.0))).total_s
+    return one / ver
+
+
+def simulate(setup: Setup, progress=None) -> tuple:
+    sc = setup.scenario
+    seeds = np.random.SeedSequence(sc.seed).spawn(2)
+    specs = workload.build(sc.workload, np.random.default_rng(np.random.SeedSequence([sc.workload.seed])))
+    out = engine.run(specs, setup.cfg, sc.hardware.data_parallel_size, setup.target_fm, setup.draft_fm,
+                     setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]), sc.engine.router,
+                     sc.workload.max_concurrency, progress)
+    req = metrics.requests_frame(out)
+    steps = metrics.steps_frame(out)
+    dec = steps[steps.num_decode > 0]
+    mean_b = int(round(dec.num_decode.mean())) if len(dec) else 0
+    extra = dict(out.extra)
+    extra["target_efficiency"] = target_efficiency(setup, mean_b, float(req.input_len.mean() + req.output_len.mean() / 2))
+    extra["gpu"] = setup.hw.name
+    extra["calibration"] = ("calibrated" if setup.cost.source.name == setup.hw.name
+                            else f"uncalibrated, transferred from {setup.cost.source.name}")
+    extra["num_gpus"] = sc.hardware.tensor_parallel_size * sc.hardware.data_parallel_size
+    extra["kv_cache_blocks_per_replica"] = setup.cfg.num_blocks
+    summary = metrics.summary(out, req, steps, sc, extra)
+    return summary, req, steps
+
+
+def _json(obj) -> str:
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, float)):
+            return None if not np.isfinite(v) else float(f"{float(v):.10g}")
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+    return json.dumps(clean(obj), indent=2, sort_keys=False) + "\n"
+
+
+def write_outputs(out_dir: Path, sc, summary: dict, req, steps, report: bool = True) -> None:
+    with output_dir(out_dir) as tmp:
+        (tmp / "summary.json").write_text(_json(summary))
+        req.to_csv(tmp / "requests.csv", index=False, float_format="%.9g")
+        steps.to_csv(tmp / "steps.csv", index=False, float_format="%.9g")
+        (tmp / "scenario.yaml").write_text(yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False))
+        if report:
+            from .report import simulation_report
+            simulation_report(tmp / "report.html", sc, summary, req, steps)
+
+
+def print_table(summary: dict, out_dir: Path) -> None:
+    f = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [("completed / failed", f"{summary['completed']} / {summary['failed']}"),
+            ("duration (s)", f(summary["duration"])),
+            ("request throughput (req/s)", f(summary["request_throughput"])),
+            ("output throughput (tok/s)", f(summary["output_throughput"], 1)),
+            ("TTFT mean / p99 (ms)", f"{f(summary['mean_ttft_ms'])} / {f(summary['p99_ttft_ms'])}"),
+            ("TPOT mean / p99 (ms)", f"{f(summary['mean_tpot_ms'])} / {f(summary['p99_tpot_ms'])}"),
+            ("ITL mean (ms)", f(summary["mean_itl_ms"])),
+            ("acceptance length", f(summary["spec_decode_acceptance_length"])),
+            ("target efficiency", f(summary.get("target_efficiency"), 3)),
+            ("mean batch size", f(summary["mean_batch_size"], 1)),
+            ("active experts / MoE layer", f(summary["mean_active_experts_per_layer"], 1)),
+            ("expert bytes / output token", f"{summary['expert_bytes_per_output_token'] / 1e6:.1f} MB")]
+    if summary.get("request_goodput") is not None:
+        rows.insert(3, ("request goodput (req/s)", f(summary["request_goodput"])))
+    w = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"  {a:<{w}}  {b}")
+    print(f"  results: {out_dir}")
+
+
+def run(args) -> int:
+    sc = load_scenario(args.scenario, args.set)
+    source = str(args.scenario)
+    setup = build(sc, source)
+    out_dir = Path(args.out) if args.out else REPORTS_DIR / sc.name
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=sc.workload.num_prompts, unit="req", delay=2.0, file=sys.stderr, leave=False)
+    try:
+        summary, req, steps = simulate(setup, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    write_outputs(out_dir, sc, summary, req, steps, report=not args.no_report)
+    if not args.quiet:
+        print(f"{sc.name}: {setup.target.name} on {sc.hardware.data_parallel_size}x{sc.hardware.tensor_parallel_size} "
+              f"{setup.hw.name} ({summary['calibration']}), SD "
+              f"{'k=' + str(setup.cfg.k) + ' ' + sc.speculative_config.method if setup.cfg.k else 'off'}")
+        print_table(summary, out_dir)
+    return 0

@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+
+from simulator import metrics
+from simulator.scenario import load_scenario, parse
+from simulator.simulate_cmd import build, simulate, write_outputs
+
+
+def small(overrides=(), base="quickstart"):
+    sets = ["workload.num_prompts=60", "workload.request_rate=8"] + list(overrides)
+    return build(load_scenario(base, sets))
+
+
+def run(setup):
+    return simulate(setup)
+
+
+def test_same_seed_same_bytes(tmp_path):
+    for d in ("a", "b"):
+        s = small()
+        summary, req, steps = run(s)
+        write_outputs(tmp_path / d, s.scenario, summary, req, steps, report=False)
+    a = (tmp_path / "a" / "summary.json").read_bytes()
+    assert a == (tmp_path / "b" / "summary.json").read_bytes()
+    assert (tmp_path / "a" / "steps.csv").read_bytes() == (tmp_path / "b" / "steps.csv").read_bytes()
+    assert json.loads(a)["completed"] == 60
+
+
+def test_conservation_and_monotone_clock():
+    s = small(["engine.max_num_seqs=8", "workload.request_rate=inf"])
+    summary, req, steps = run(s)
+    assert summary["completed"] + summary["failed"] == 60
+    done = req[req.completed]
+    assert (done.generated == done.output_len).all()
+    # output tokens = prefill first tokens + decode emissions; accepted drafts add up
+    assert steps.emitted_tokens.sum() == done.generated.sum()
+    assert steps.accepted_tokens.sum() == done.accepted_tokens.sum() <= steps.drafted_tokens.sum()
+    assert summary["spec_decode_accepted_tokens"] == steps.accepted_tokens.sum()
+    # per replica the clock never runs back and steps do not overlap
+    for _, g in steps.groupby("replica"):
+        ends = (g.start_s + g.duration_s).values
+        assert np.all(np.diff(g.start_s.values) >= 0) and np.all(g.start_s.values[1:] >= ends[:-1] - 1e-12)
+    assert (done.first_token_time_s >= done.start_s).all() and (done.finish_time_s >= done.first_token_time_s).all()
+    assert steps.num_decode.max() <= 8
+
+
+def test_kv_blocks_are_freed_and_preemption_recomputes():
+    s = small(["workload.request_rate=inf", "workload.random_output_len=400"])
+    s.cfg.num_blocks = 200        # tight KV: force preemptions
+    summary, req, steps = run(s)
+    assert summary["num_preemptions"] > 0
+    assert summary["completed"] + summary["failed"] == 60
+    assert steps.kv_blocks_used.max() <= 200
+    done = req[req.completed]
+    assert (done.generated == done.output_len).all()
+
+
+def test_zero_acceptance_gives_no_gain_only_draft_overhead():
+    off = run(small(["speculative_config.num_speculative_tokens=0"]))[0]
+    zero = run(small(["speculative_config.acceptance.rate=0.0"]))[0]
+    assert zero["spec_decode_acceptance_length"] == pytest.approx(1.0)
+    assert zero["mean_tpot_ms"] > off["mean_tpot_ms"]
+    assert off["spec_decode_num_drafts"] == 0
+
+
+def test_full_acceptance_emits_k_plus_one_per_step():
+    summary, req, steps = run(small(["speculative_config.acceptance.rate=1.0"]))
+    dec = steps[(steps.num_prefill == 0) & (steps.drafted_tokens > 0)]
+    full = dec[dec.drafted_tokens == dec.num_decode * 3]
+    assert len(full) > 0
+    assert (full.emitted_tokens == full.num_decode * 4).all()
+    assert summary["spec_decode_acceptance_rate"] == pytest.approx(100.0)
+
+
+def test_md1_queue_against_theory():
+    """max_num_seqs=1, 1-token outputs, fixed prompts: each request is one fixed-length step, an M/D/1 queue."""
+    sets = ["speculative_config=null", "engine.max_num_seqs=1", "workload.random_output_len=1",
+            "workload.random_input_len=64", "workload.random_range_ratio=0", "workload.num_prompts=4000",
+            "routing.mode=expected"]
+    s = build(load_scenario("quickstart", sets + ["workload.request_rate=1"]))
+    _, _, steps = simulate(s)
+    D = float(steps.duration_s.median())
+    assert np.allclose(steps.duration_s, D)
+    rho = 0.6
+    s = build(load_scenario("quickstart", sets + [f"workload.request_rate={rho / D}"]))
+    summary, req, _ = simulate(s)
+    wait = (req.ttft_s - D).mean()
+    assert wait == pytest.approx(rho * D / (2 * (1 - rho)), rel=0.1)
+
+
+def test_uniform_routing_activates_expected_experts_per_step():
+    from simulator.routing import expected_distinct_experts
+    summary, req, steps = run(small(["speculative_config=null", "workload.request_rate=inf",
+                                     "engine.max_num_seqs=4"]))
+    dec = steps[(steps.num_prefill == 0) & (steps.num_tokens == 4)]
+    assert dec.active_experts.mean() == pytest.approx(expected_distinct_experts(4, 64, 8), rel=0.05)
+
+
+def test_replicas_and_least_outstanding_router():
+    summary, req, steps = run(small(["hardware.data_parallel_size=3", "engine.router=least_outstanding"]))
+    assert set(req.replica) == {0, 1, 2}
+    assert summary["completed"] == 60
+
+
+def test_requests_too_long_are_reported_failed():
+    summary, req, _ = run(small(["engine.max_model_len=600"]))
+    assert summary["failed"] > 0 and summary["completed"] + summary["failed"] == 60
+    assert (req[~req.completed].fail_reason.str.contains("max_model_len")).all()
+
+
+def test_max_concurrency_caps_in_flight_requests():
+    summary, _, _ = run(small(["workload.max_concurrency=5", "workload.request_rate=inf"]))
+    assert summary["max_concurrent_requests"] <= 5

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from simulator import routing
+
+
+def test_paper_worked_values():
+    assert routing.expected_distinct_experts(1, 64, 8) == pytest.approx(8.0)
+    assert routing.expected_distinct_experts(4, 64, 8) == pytest.approx(26.5, abs=0.05)
+    assert routing.expected_distinct_experts(32, 64, 8) == pytest.approx(63.1, abs=0.05)
+    assert routing.full_activation_threshold(64, 8) == 23
+    assert routing.expected_distinct_experts(4, 8, 2) == pytest.approx(5.5, abs=0.05)
+    assert routing.full_activation_threshold(8, 2) == 11
+
+
+@pytest.mark.parametrize("T", [1, 3, 8, 20, 64])
+def test_uniform_sampling_matches_closed_form(T):
+    rng = np.random.default_rng(1)
+    r = routing.Routing()
+    distinct = [np.count_nonzero(r.sample_counts([T], 64, 8, rng)) for _ in range(400)]
+    assert np.mean(distinct) == pytest.approx(routing.expected_distinct_experts(T, 64, 8), rel=0.03)
+
+
+def test_each_token_gets_k_distinct_experts_and_slots_are_conserved():
+    rng = np.random.default_rng(0)
+    for kind in ("uniform", "power_law", "locality"):
+        r = routing.Routing(kind, exponent=1.2, locality=0.7)
+        c = r.sample_counts([5, 1, 7], 16, 4, rng)
+        assert c.sum() == 13 * 4
+        assert c.max() <= 13
+
+
+def test_skew_and_locality_activate_fewer_experts():
+    rng = np.random.default_rng(0)
+    def mean_active(r):
+        return np.mean([np.count_nonzero(r.sample_counts([4] * 4, 64, 8, rng)) for _ in range(300)])
+    uni = mean_active(routing.Routing())
+    assert mean_active(routing.Routing("power_law", exponent=1.2)) < uni
+    assert mean_active(routing.Routing("locality", locality=0.8)) < uni
+
+
+def test_collector_balanced_activates_min_e_tk():
+    for T, E, K in [(1, 64, 8), (3, 128, 8), (4, 8, 2), (100, 128, 8)]:
+        c = routing.collector_counts(T, E, K, 1, "balanced")
+        assert np.count_nonzero(c) == min(E, T * K)
+        assert c.sum() == T * K
+
+
+def test_collector_power_law_is_capped_and_conserved():
+    c = routing.collector_counts(64, 128, 8, 1, "power_law_1.2", np.random.default_rng(0))
+    assert c.sum() == 64 * 8 and c.max() <= 64
+    ep = routing.collector_counts(64, 128, 8, 4, "power_law_1.2", np.random.default_rng(0))
+    assert len(ep) == 32 and ep.sum() >= 64 * 8 / 4
+
+
+def test_expected_count_vector():
+    c = routing.expected_count_vector(4, 64, 8)
+    assert c.sum() == 32 and np.count_nonzero(c) == round(26.5)
+    dense = routing.expected_count_vector(4, 8, 8)
+    assert np.count_nonzero(dense) == 8

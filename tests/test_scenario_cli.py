@@ -1,0 +1,97 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hypothesis import given, settings, strategies as st
+
+from simulator.errors import ConfigError
+from simulator.scenario import parse, load_scenario
+from simulator.simulate_cmd import build
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "simulator", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(ConfigError, match="engine.max_num_seq: unknown key"):
+        parse({"model": "Qwen2-7B", "engine": {"max_num_seq": 3}}, "x.yaml")
+
+
+def test_sglang_aliases():
+    sc = parse({"model": "Qwen3-30B-A3B", "speculative_algorithm": "EAGLE3", "speculative_num_steps": 3,
+                "speculative_eagle_topk": 1, "speculative_num_draft_tokens": 4,
+                "speculative_draft_model_path": "EAGLE3-Qwen3-30B-A3B"}, "x")
+    assert sc.speculative_config.method == "eagle3" and sc.speculative_config.k == 3
+    assert sc.speculative_config.verify_tokens == 4
+
+
+def test_mean_acceptance_length_roundtrip():
+    from simulator import acceptance
+    a = acceptance.build(parse({"model": "Qwen2-7B", "speculative_config": {
+        "method": "ngram", "num_speculative_tokens": 4, "acceptance": {"mean_acceptance_length": 2.5}}}, "x")
+        .speculative_config.acceptance, 4)
+    assert 1 + a.expected_accepted(4) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["model=NoSuchModel"], "unknown model 'NoSuchModel'"),
+    (["hardware.gpu=h999"], "unknown gpu 'h999'"),
+    (["model=OPT-30B", "speculative_config=null", "hardware.gpu=l40s", "hardware.tensor_parallel_size=1"],
+     "hardware.tensor_parallel_size"),
+    (["speculative_config.method=medusa"], "speculative_config.method"),
+    (["workload.request_rate=-3"], "request_rate"),
+])
+def test_bad_input_one_line_errors(tmp_path, sets, needle):
+    out = tmp_path / "out"
+    args = ["simulate", "quickstart", "--out", str(out), "--quiet", "--no-report"]
+    for s in sets:
+        args += ["--set", s]
+    p = cli(*args)
+    assert p.returncode == 2
+    assert needle in p.stderr and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+def test_malformed_yaml(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: [unclosed\n")
+    p = cli("simulate", str(f), "--quiet")
+    assert p.returncode == 2 and "invalid YAML" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_simulate_writes_outputs(tmp_path):
+    p = cli("simulate", "quickstart", "--out", str(tmp_path / "r"), "--set", "workload.num_prompts=20", "--quiet")
+    assert p.returncode == 0, p.stderr
+    for f in ("summary.json", "requests.csv", "steps.csv", "report.html", "scenario.yaml"):
+        assert (tmp_path / "r" / f).exists()
+
+
+def test_kernel_cli_json():
+    import json
+    p = cli("kernel", "moe", "--gpu", "h200_sxm", "--num-tokens", "64", "--hidden-size", "3584", "--inter-size",
+            "2560", "--num-experts", "64", "--topk", "8", "--moe-tp-size", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["latency_ms"] > 0 and "transferred from h100_sxm" in d["calibration"] and d["weight_bytes"] > 0
+
+
+values = st.one_of(st.none(), st.booleans(), st.integers(-5, 100000), st.floats(allow_nan=True),
+                   st.text(max_size=8), st.lists(st.integers(), max_size=3))
+keys = st.sampled_from(["model", "engine", "hardware", "workload", "speculative_config", "routing", "slo", "bogus",
+                        "max_num_seqs", "gpu", "tensor_parallel_size", "request_rate", "num_prompts", "method",
+                        "num_speculative_tokens", "acceptance", "rate"])
+trees = st.recursive(values, lambda c: st.dictionaries(keys, c, max_size=4), max_leaves=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(keys, trees, max_size=6))
+def test_loader_fuzz_only_config_errors(data):
+    base = {"model": "Qwen2-7B"}
+    base.update(data)
+    try:
+        sc = parse(base, "fuzz.yaml")
+        build(sc, "fuzz.yaml")
+    except ConfigError as e:
+        assert "\n" not in str(e)
