@@ -77,6 +77,7 @@ class CostModel:
         self.l2_warm = l2_warm
         self.tables = _residual_tables(self.source.name) if use_tables else {}
         self._cache = {}
+        self._lookups = {}
 
     def _p(self, op):
         if op not in self.params:
@@ -88,7 +89,12 @@ class CostModel:
         corr, path = 0.0, "roofline"
         table = self.tables.get(op)
         if table is not None:
-            corr, path = table.lookup(shape, key, size)
+            # Residuals vary slowly along the size axis: look up at 1/64-octave resolution, cached.
+            ck = (op, tuple(shape), tuple(key), round(float(np.log2(max(size, 1.0))) * 64))
+            hit = self._lookups.get(ck)
+            if hit is None:
+                hit = self._lookups[ck] = table.lookup(shape, key, size)
+            corr, path = hit
         f = float(np.exp(corr))
         lat = float(terms["latency_s"]) * f
         return KernelCost(op, lat, float(terms["compute_s"]), float(terms["memory_s"]),

@@ -148,13 +148,15 @@ class Replica:
             if n <= 0:
                 i += 1
                 continue
+            lost = False
             while not self._grow(r, r.computed + n):
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted += 1
                 if victim is r:
+                    lost = True
                     break
-            if r not in self.running:
+            if lost:
                 break
             budget -= n
             (prefills if r.in_prefill else decodes).append((r, n))

@@ -104,14 +104,16 @@ class ForwardModel:
 
     def _dense_part(self, batch: Batch) -> StepCost:
         """Everything but the MoE experts, for the whole stack (cached by batch shape)."""
+        # Prefill chunks and contexts are bucketed (<2% error) so the cache stays small.
+        prefill = tuple((int(_ctx_bucket(c)), int(_ctx_bucket(p)) if p else 0) for c, p in batch.prefill)
         key = (batch.num_decode, batch.decode_q, _ctx_bucket(batch.decode_ctx_mean) if batch.num_decode else 0,
-               batch.prefill)
+               prefill)
         hit = self._dense_cache.get(key)
         if hit is not None:
             return hit
         m, cm, tp = self.m, self.cm, self.tp
         h, d = m.hidden_size, m.head_dim_
-        N = batch.num_tokens
+        N = batch.num_decode * batch.decode_q + sum(ch for ch, _ in prefill)
         c = StepCost(tokens=N)
         if N == 0:
             return c
@@ -121,7 +123,7 @@ class ForwardModel:
         if batch.num_decode:
             attn += cm.attention_decode(batch.num_decode, key[2], self.heads, self.kv_heads, d,
                                         batch.decode_q).latency_s
-        for chunk, prefix in batch.prefill:
+        for chunk, prefix in prefill:
             attn += cm.attention_prefill(1, chunk, self.heads, self.kv_heads, d, prefix).latency_s
         ar = cm.allreduce(N * h * 2, tp, par_graph := self.par.cuda_graphs).latency_s if tp > 1 else 0.0
         per_layer_gemm = qkv.latency_s + o.latency_s
@@ -139,7 +141,7 @@ class ForwardModel:
             c.gemm_s += m.num_moe_layers * (router + shared)
         if m.fc_in_multiplier:
             c.gemm_s += cm.gemm(N, h, m.fc_in_multiplier * h).latency_s
-        logits = batch.num_decode * batch.decode_q + len(batch.prefill)
+        logits = batch.num_decode * batch.decode_q + len(prefill)
         c.gemm_s += cm.gemm(max(1, logits), max(1, m.vocab_size // tp), h).latency_s
         c.attention_s = layers * attn
         # two all-reduces per layer (after attention and after the FFN/MoE)
