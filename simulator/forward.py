@@ -125,7 +125,7 @@ class ForwardModel:
                                         batch.decode_q).latency_s
         for chunk, prefix in prefill:
             attn += cm.attention_prefill(1, chunk, self.heads, self.kv_heads, d, prefix).latency_s
-        ar = cm.allreduce(N * h * 2, tp, par_graph := self.par.cuda_graphs).latency_s if tp > 1 else 0.0
+        ar = cm.allreduce(N * h * 2, tp, self.par.cuda_graphs).latency_s if tp > 1 else 0.0
         per_layer_gemm = qkv.latency_s + o.latency_s
         layers = m.num_hidden_layers
         dense_layers = layers - m.num_moe_layers
