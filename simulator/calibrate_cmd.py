@@ -14,9 +14,14 @@ from .atomic import write_text
 from .paths import GPU_SPECS_DIR
 
 
-def run(traces_dir, gpu_name: str, report_path=None, log=print) -> dict:
+def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = True) -> dict:
+    """Fit ``gpu_name`` from ``traces_dir``; with ``write`` replace its spec's calibration."""
     hw = gpu_mod.load(gpu_name)
     calib, residuals, rows = calibration.calibrate_gpu(traces_dir, hw, progress=lambda op: log(f"  fitted {op}"))
+    if not write:
+        if report_path:
+            write_report(report_path, gpu_name, rows)
+        return calib
     res_path = GPU_SPECS_DIR / "calibration" / f"{gpu_name}_residuals.parquet"
     calib["residuals_file"] = f"calibration/{res_path.name}"
     spec_file = gpu_mod.spec_path(gpu_name)

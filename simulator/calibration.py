@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from .errors import ConfigError
 from . import kernels, routing, traces
 from .residuals import LAYOUT, ResidualTable
 
@@ -142,12 +143,24 @@ def summarize(err: np.ndarray) -> dict:
 
 def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "attention_context", "allreduce"),
                   progress=None):
-    """Fit every op of one GPU: returns (calibration dict, residual frame, per-row report frame)."""
-    params, fits, res_frames, reports = {}, {}, [], []
+    """Fit every op of one GPU: returns (calibration dict, residual frame, per-row report frame).
+
+    An op without traces (all-reduce on a one-GPU box) keeps the parameters of the GPU's current
+    calibration, or of the GPU it transfers from, and the calibration lists it under ``kept``."""
+    params, fits, res_frames, reports, kept = {}, {}, [], [], []
     framework = ""
     for op in ops:
-        df = select_rows(op, traces.load(traces_dir, hw.name, op))
+        try:
+            df = select_rows(op, traces.load(traces_dir, hw.name, op))
+        except ConfigError:
+            df = pd.DataFrame()
         if df.empty:
+            prev = _previous_params(hw, op)
+            if prev is None:
+                raise ConfigError(f"no bf16 {op} traces for {hw.name} and no earlier calibration to keep",
+                                  source=str(traces_dir))
+            params[op] = prev
+            kept.append(op)
             continue
         framework = framework or f"{df.framework.iloc[0]} {df.framework_version.iloc[0]}"
         params[op] = fit_op(op, hw, df)
@@ -164,7 +177,17 @@ def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "a
             progress(op)
     calib = {"params": params, "fit": fits, "traces": str(traces_dir), "framework": framework,
              "date": _dt.date.today().isoformat()}
+    if kept:
+        calib["kept"] = kept
     return calib, pd.concat(res_frames, ignore_index=True), pd.concat(reports, ignore_index=True)
+
+
+def _previous_params(hw, op: str):
+    from .gpu import load
+    for cal in (hw.calibration, load(hw.transfer_from).calibration if hw.transfer_from else None):
+        if cal is not None and op in cal.params:
+            return dict(cal.params[op])
+    return None
 
 
 def shape_groups(op: str, df: pd.DataFrame) -> pd.Series:

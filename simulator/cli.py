@@ -1,4 +1,4 @@
-"""``moesd`` command line: simulate, calibrate, kernel."""
+"""``moesd`` command line: simulate, calibrate, kernel, profile."""
 
 from __future__ import annotations
 
@@ -61,6 +61,23 @@ def _add_kernel(sub):
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
 
 
+def _add_profile(sub) -> None:
+    ap = sub.add_parser("profile", help="measure kernels on this machine's GPU (or CPU) into trace files")
+    ap.add_argument("--out", required=True, help="folder for <op>.csv files (e.g. traces/kernels/h100_sxm)")
+    ap.add_argument("--gpu", help="spec name to record (default: from the device name)")
+    ap.add_argument("--preset", choices=["tiny", "models"], default="models",
+                    help="tiny: small shapes for a CPU smoke run; models: the shapes of --models")
+    ap.add_argument("--models", default="Qwen2-57B-A14B,Mixtral-8x7B-v0.1,Qwen3-30B-A3B,Qwen2-0.5B")
+    ap.add_argument("--tp", default="1,2", help="tensor-parallel slices to measure (comma list)")
+    ap.add_argument("--e2e-models", default="Qwen2-57B-A14B,Mixtral-8x7B-v0.1,OPT-30B")
+    ap.add_argument("--e2e-layers", type=int, default=4)
+    ap.add_argument("--e2e-q-lens", default="1,4", help="query tokens per sequence (k+1) for the e2e forwards")
+    ap.add_argument("--e2e-tp", default="1", help="tensor-parallel slices for the e2e forwards (one GPU's share)")
+    ap.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--budget-s", type=float, default=float("inf"), help="stop measuring after this long")
+
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="moesd", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -76,8 +93,10 @@ def main(argv=None) -> int:
     p.add_argument("--traces", default=None, help="trace folder (default $MOESD_TRACES or ../shared/traces)")
     p.add_argument("--gpu", required=True)
     p.add_argument("--report", default=None, help="HTML report path (default reports/calibration_<gpu>.html)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, leave gpu_specs/ unchanged")
 
     _add_kernel(sub)
+    _add_profile(sub)
     args = parser.parse_args(argv)
     try:
         if args.cmd == "kernel":
@@ -92,12 +111,20 @@ def main(argv=None) -> int:
             traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
             report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
             print(f"calibrating {args.gpu} from {traces_dir}")
-            calib = calibrate_cmd.run(traces_dir, args.gpu, report)
+            calib = calibrate_cmd.run(traces_dir, args.gpu, report, write=not args.dry_run)
             for op, f in calib["fit"].items():
                 r = f["roofline"]
                 print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
                       f"p90 {r['p90_abs_err']*100:5.1f}%")
-            print(f"wrote gpu_specs/{args.gpu}.yaml and {report}")
+            for op in calib.get("kept", []):
+                print(f"  {op:<22} no traces: parameters kept from the earlier calibration")
+            print(f"wrote {report}" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml and {report}")
+        elif args.cmd == "profile":
+            try:
+                from .profiler import run as profiler
+            except ImportError as exc:
+                raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
+            return profiler.main(args)
         elif args.cmd == "simulate":
             from .simulate_cmd import run as simulate
             return simulate(args)

@@ -25,6 +25,7 @@ class Calibration(BaseModel):
     framework: str = ""
     date: str = ""
     residuals_file: Optional[str] = None
+    kept: list[str] = Field(default_factory=list, description="ops without traces; parameters kept from before")
 
 
 class Hardware(BaseModel):

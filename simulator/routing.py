@@ -136,6 +136,7 @@ def collector_counts(num_tokens: int, num_experts: int, topk: int, ep: int, dist
 
     ``balanced``: slot j of token i goes to expert (i + j*ceil(E/K)) mod E (spread over the
     stride when T is small), so min(E, T*K) experts are active.
+    ``uniform``: each token picks K distinct experts uniformly at random (the profiler's i.i.d. case).
     ``power_law_<a>``: expert loads drawn from a power law with exponent a (bounded support,
     rescaled to T*K slots, each expert capped at T tokens), busiest rank timed.
     """
@@ -150,6 +151,10 @@ def collector_counts(num_tokens: int, num_experts: int, topk: int, ep: int, dist
             ids = (np.floor(i * stride / T) + j * stride).astype(np.int64) % E
         counts = np.bincount(ids.ravel(), minlength=E)
         return busiest_rank(counts, ep)
+    if distribution == "uniform":
+        rng = rng or np.random.default_rng(0)
+        ids = np.argsort(rng.random((T, E)), axis=1)[:, :K]
+        return busiest_rank(np.bincount(ids.ravel(), minlength=E), ep)
     if not distribution.startswith("power_law"):
         raise ValueError(f"unknown distribution {distribution!r}")
     alpha = float(distribution.split("_")[-1])
