@@ -95,6 +95,23 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, help="HTML report path (default reports/calibration_<gpu>.html)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, leave gpu_specs/ unchanged")
 
+    p = sub.add_parser("sweep", help="SD speedup and target efficiency over batch size x k")
+    p.add_argument("scenario")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256")
+    p.add_argument("--num-speculative-tokens", default="1..6", help="k values: 1,2,3 or 1..6")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dense-scenario", default="opt_dense_pair",
+                   help="dense pair compared at the same GPU, TP, lengths and acceptance ('' to skip)")
+    p.add_argument("--topk-sweep", default="1,2,4,8,16", help="top-K values for the sparsity sweep (closed form)")
+    p.add_argument("--closed-form-only", action="store_true", help="skip the engine runs")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--cache-dir", default=None, help="reuse results of identical runs stored here")
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     _add_kernel(sub)
     _add_profile(sub)
     args = parser.parse_args(argv)
@@ -125,6 +142,9 @@ def main(argv=None) -> int:
             except ImportError as exc:
                 raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
             return profiler.main(args)
+        elif args.cmd == "sweep":
+            from .sweep_cmd import run as sweep
+            return sweep(args)
         elif args.cmd == "simulate":
             from .simulate_cmd import run as simulate
             return simulate(args)

@@ -65,6 +65,7 @@ class EngineConfig:
     verify_tokens: int = 1             # query tokens per sequence when verifying (k+1, or a tree)
     draft_kind: str = "none"           # none | model | head | ngram
     draft_tokens_per_pass: int = 1     # EAGLE tree top-k: tokens drafted per pass per sequence
+    k_policy: object = None            # adaptive k: (batch, mean ctx, reached, accepted per position) -> k
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Replica:
         self.outstanding = 0
         self.pos_drafted = np.zeros(max(cfg.k, 1), dtype=np.int64)
         self.pos_accepted = np.zeros(max(cfg.k, 1), dtype=np.int64)
+        self.pos_reached = np.zeros(max(cfg.k, 1), dtype=np.int64)   # drafted with all earlier accepted
+        self.k_now = cfg.k
         env.process(self.loop())
 
     # --- admission ---------------------------------------------------------------------
@@ -126,7 +129,14 @@ class Replica:
         self.waiting.appendleft(r)
 
     def _k_for(self, r: Request) -> int:
-        return max(0, min(self.cfg.k, r.output_len - r.generated - 1))
+        return max(0, min(self.k_now, r.output_len - r.generated - 1))
+
+    def _choose_k(self) -> int:
+        cfg = self.cfg
+        if cfg.k_policy is None:
+            return cfg.k
+        ctx = [r.computed for r in self.running if not r.in_prefill]
+        return cfg.k_policy(len(ctx), sum(ctx) / len(ctx) if ctx else 1.0, self.pos_reached, self.pos_accepted)
 
     # --- one step ------------------------------------------------------------------------
 
@@ -134,6 +144,8 @@ class Replica:
         cfg = self.cfg
         budget = cfg.max_num_batched_tokens
         decodes, prefills, preempted = [], [], 0
+        self.k_now = self._choose_k()
+        tree = cfg.k_policy is None and cfg.verify_tokens != cfg.k + 1
         i = 0
         while i < len(self.running):
             r = self.running[i]
@@ -142,7 +154,7 @@ class Replica:
                 n = min(left, budget) if cfg.enable_chunked_prefill else (left if left <= budget else 0)
             else:
                 k = self._k_for(r)
-                n = (cfg.verify_tokens if k == cfg.k and k > 0 else k + 1)
+                n = cfg.verify_tokens if tree and k == cfg.k and k > 0 else k + 1
                 if n > budget:
                     n = 0
             if n <= 0:
@@ -197,7 +209,7 @@ class Replica:
         spec = [r for r, n in decodes if n > 1]
         if self.draft is not None and (spec or prefills):
             ctx_d = float(np.mean([r.computed for r in spec])) if spec else 0.0
-            passes = cfg.k
+            passes = self.k_now
             draft_s = 0.0
             if spec:
                 one = self.draft.forward(Batch(len(spec), cfg.draft_tokens_per_pass, max(ctx_d, 1.0)))
@@ -235,12 +247,14 @@ class Replica:
                     emitted += self._emit(r, 1, now)
             if decodes:
                 ks = np.array([self._k_for(r) for r, _ in decodes])
-                acc = self.acc.sample(cfg.k, len(decodes), self.rng) if cfg.k else np.zeros(len(decodes), int)
+                acc = (self.acc.sample(self.k_now, len(decodes), self.rng) if self.k_now
+                       else np.zeros(len(decodes), int))
                 acc = np.minimum(acc, ks)
                 if cfg.k:
                     pos = np.arange(cfg.k)
                     self.pos_drafted += (ks[:, None] > pos).sum(axis=0)
                     self.pos_accepted += (acc[:, None] > pos).sum(axis=0)
+                    self.pos_reached += ((ks[:, None] > pos) & (acc[:, None] >= pos)).sum(axis=0)
                 for (r, n), k, a in zip(decodes, ks.tolist(), acc.tolist()):
                     if k:
                         r.num_drafts += 1

@@ -11,7 +11,8 @@ import numpy as np
 import yaml
 
 from . import acceptance as acc_mod
-from . import engine, memory, metrics, workload
+from . import engine, memory, metrics, theory, workload
+from .adaptive import AdaptiveK
 from .costmodel import CostModel
 from .forward import Batch, ForwardModel, Parallel
 from .routing import Routing
@@ -82,6 +83,14 @@ def build(sc, source: str = "scenario") -> Setup:
     target_fm = ForwardModel(target, cost, par)
     draft_fm = ForwardModel(draft_arch, cost, Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)) \
         if draft_arch is not None else None
+    if spec and k and spec.adaptive:
+        if spec.verify_tokens != k + 1:
+            from .errors import ConfigError
+            raise ConfigError("adaptive k works with chain drafts only; drop speculative_eagle_topk/"
+                              "speculative_num_draft_tokens", source=source, field="speculative_config.adaptive")
+        ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
+        cfg.k_policy = AdaptiveK(theory.StepTimes(target_fm, draft_fm, cfg.step_overhead_s, ctx,
+                                                  cfg.draft_tokens_per_pass), k)
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
 
 
