@@ -195,7 +195,7 @@ def shape_groups(op: str, df: pd.DataFrame) -> pd.Series:
     shape_cols = {"gemm": ["n", "k"], "moe": ["hidden_size", "inter_size", "num_experts", "topk"],
                   "attention_generation": ["num_heads", "num_key_value_heads", "head_dim"],
                   "attention_context": ["num_heads", "num_key_value_heads", "head_dim"],
-                  "allreduce": ["num_gpus"]}[op]
+                  "allreduce": ["message_size"]}[op]   # fitted per (GPU count, backend): leave a size out
     return df[shape_cols].astype(str).agg("/".join, axis=1)
 
 

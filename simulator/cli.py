@@ -112,6 +112,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("validate", help="compare simulated throughput/latency with hardware measurements")
+    p.add_argument("--cases", default=None, help="case ids, families or scenarios (comma list; default all)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     _add_kernel(sub)
     _add_profile(sub)
     args = parser.parse_args(argv)
@@ -142,6 +152,9 @@ def main(argv=None) -> int:
             except ImportError as exc:
                 raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
             return profiler.main(args)
+        elif args.cmd == "validate":
+            from .validate_cmd import run as validate
+            return validate(args)
         elif args.cmd == "sweep":
             from .sweep_cmd import run as sweep
             return sweep(args)

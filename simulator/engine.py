@@ -61,6 +61,8 @@ class EngineConfig:
     num_blocks: int
     max_model_len: int
     step_overhead_s: float
+    per_seq_overhead_s: float = 0.0
+    spec_round_overhead_s: float = 0.0
     k: int = 0                         # speculative tokens (0 = no SD)
     verify_tokens: int = 1             # query tokens per sequence when verifying (k+1, or a tree)
     draft_kind: str = "none"           # none | model | head | ngram
@@ -217,7 +219,9 @@ class Replica:
             if prefills:
                 draft_s += self.draft.forward(Batch(0, 1, 0.0, batch.prefill)).total_s
             cost.draft_s = draft_s
-        cost.overhead_s += cfg.step_overhead_s
+        cost.overhead_s += cfg.step_overhead_s + cfg.per_seq_overhead_s * (nd + len(prefills))
+        if spec:
+            cost.overhead_s += cfg.spec_round_overhead_s
         return cost, batch, counts
 
     def loop(self):

@@ -94,6 +94,10 @@ class Engine(_Strict):
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8"] = "auto"
     enforce_eager: bool = False
     step_overhead_ms: float = Field(default=1.5, ge=0, description="CPU scheduling/sampling per engine step")
+    per_seq_overhead_ms: float = Field(default=0.0, ge=0, description="CPU cost per scheduled sequence per step")
+    spec_round_overhead_ms: float = Field(default=0.0, ge=0,
+                                          description="extra CPU cost of a speculative round (draft bookkeeping, "
+                                                      "tree build, verification) beyond a plain step")
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 

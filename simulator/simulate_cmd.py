@@ -74,6 +74,7 @@ def build(sc, source: str = "scenario") -> Setup:
         max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
         max_model_len=eng.max_model_len or target.max_position_embeddings, step_overhead_s=par.step_overhead_s,
+        per_seq_overhead_s=eng.per_seq_overhead_ms / 1e3, spec_round_overhead_s=eng.spec_round_overhead_ms / 1e3,
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec else 1)
     acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
@@ -89,8 +90,7 @@ def build(sc, source: str = "scenario") -> Setup:
             raise ConfigError("adaptive k works with chain drafts only; drop speculative_eagle_topk/"
                               "speculative_num_draft_tokens", source=source, field="speculative_config.adaptive")
         ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
-        cfg.k_policy = AdaptiveK(theory.StepTimes(target_fm, draft_fm, cfg.step_overhead_s, ctx,
-                                                  cfg.draft_tokens_per_pass), k)
+        cfg.k_policy = AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k)
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
 
 

@@ -126,8 +126,8 @@ def sparsity(scenario: str, overrides: list[str], batches, k: int, topks) -> pd.
             continue
         tgt = setup.target.model_copy(update={"moe": setup.target.moe.model_copy(update={"num_experts_per_tok": topk})})
         from .forward import ForwardModel
-        st = theory.StepTimes(ForwardModel(tgt, setup.cost, setup.par), setup.draft_fm, setup.cfg.step_overhead_s,
-                              sc.workload.random_input_len + sc.workload.random_output_len / 2)
+        st = theory.step_times_for(setup.cfg, ForwardModel(tgt, setup.cost, setup.par), setup.draft_fm,
+                                   sc.workload.random_input_len + sc.workload.random_output_len / 2)
         for b in batches:
             rows.append({"topk": topk, "num_experts": tgt.moe.num_experts, "batch_size": b, "k": k,
                          "speedup_closed": st.speedup(b, k, setup.acceptance), "eta_closed": st.eta(b, k),

@@ -50,20 +50,23 @@ class StepTimes:
     """T_T(B, n) and T_D(B) from the calibrated forward models at one mean context length."""
 
     def __init__(self, target: ForwardModel, draft: ForwardModel | None, step_overhead_s: float,
-                 context_len: float, draft_tokens_per_pass: int = 1):
+                 context_len: float, draft_tokens_per_pass: int = 1, per_seq_overhead_s: float = 0.0,
+                 spec_round_overhead_s: float = 0.0):
         self.t, self.d = target, draft
         self.overhead_s = step_overhead_s
+        self.per_seq_s, self.spec_round_s = per_seq_overhead_s, spec_round_overhead_s
         self.ctx = max(1.0, float(context_len))
         self.draft_q = draft_tokens_per_pass
         self._memo: dict = {}
 
     def with_context(self, context_len: float) -> "StepTimes":
-        return StepTimes(self.t, self.d, self.overhead_s, context_len, self.draft_q)
+        return StepTimes(self.t, self.d, self.overhead_s, context_len, self.draft_q, self.per_seq_s, self.spec_round_s)
 
     def target(self, batch: int, q_len: int) -> float:
         key = ("t", batch, q_len)
         if key not in self._memo:
-            self._memo[key] = self.t.forward(Batch(batch, q_len, self.ctx)).total_s + self.overhead_s
+            self._memo[key] = (self.t.forward(Batch(batch, q_len, self.ctx)).total_s + self.overhead_s
+                               + self.per_seq_s * batch)
         return self._memo[key]
 
     def draft(self, batch: int) -> float:
@@ -81,10 +84,10 @@ class StepTimes:
         if k == 0:
             return 1.0
         return speedup(tokens_per_round(acceptance, k), self.target(batch, 1), self.target(batch, k + 1),
-                       self.draft(batch), k)
+                       self.draft(batch), k, self.spec_round_s)
 
     def step_s(self, batch: int, k: int) -> float:
-        return k * self.draft(batch) + self.target(batch, k + 1)
+        return k * self.draft(batch) + self.target(batch, k + 1) + (self.spec_round_s if k else 0.0)
 
     def best_k(self, batch: int, acceptance, k_max: int) -> int:
         """k in 0..k_max with the highest expected tokens per second (0 = SD off)."""
@@ -98,7 +101,12 @@ class StepTimes:
         return float(expected_distinct_experts(batch * (k + 1), moe.num_experts, moe.num_experts_per_tok))
 
 
+def step_times_for(cfg, target: ForwardModel, draft: ForwardModel | None, context_len: float) -> StepTimes:
+    """StepTimes with an engine config's overheads (engine.EngineConfig)."""
+    return StepTimes(target, draft, cfg.step_overhead_s, context_len, cfg.draft_tokens_per_pass,
+                     cfg.per_seq_overhead_s, cfg.spec_round_overhead_s)
+
+
 def step_times(setup, context_len: float) -> StepTimes:
     """StepTimes of a resolved scenario (simulate_cmd.Setup)."""
-    return StepTimes(setup.target_fm, setup.draft_fm, setup.cfg.step_overhead_s, context_len,
-                     setup.cfg.draft_tokens_per_pass)
+    return step_times_for(setup.cfg, setup.target_fm, setup.draft_fm, context_len)
