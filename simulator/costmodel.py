@@ -131,11 +131,15 @@ class CostModel:
         local = busiest_rank(counts, ep)
         act = local[local > 0]
         active, slots, padded = len(act), float(act.sum()), float((np.ceil(act / 16.0) * 16.0).sum())
-        t = kernels.moe(self.hw, self._p("moe"), active, slots, padded, T, topk, hidden_size, inter_size / tp,
-                        gated, ep, bytes_per_el, self.l2_warm)
-        return self._finish("moe", t, (hidden_size, inter_size, E, topk), (tp, ep, "balanced"), max(T, 1),
-                            {"active_experts": active, "weight_bytes": float(t["weight_bytes"]),
-                             "tokens_per_active_expert": slots / max(active, 1)})
+
+        def run():   # the cost depends on the loads only through these features: cache on them
+            t = kernels.moe(self.hw, self._p("moe"), active, slots, padded, T, topk, hidden_size, inter_size / tp,
+                            gated, ep, bytes_per_el, self.l2_warm)
+            return self._finish("moe", t, (hidden_size, inter_size, E, topk), (tp, ep, "balanced"), max(T, 1),
+                                {"active_experts": active, "weight_bytes": float(t["weight_bytes"]),
+                                 "tokens_per_active_expert": slots / max(active, 1)})
+        return self._cached(("moe", active, slots, padded, T, hidden_size, inter_size, E, topk, tp, ep, gated,
+                             bytes_per_el), run)
 
     def moe(self, num_tokens: int, hidden_size: int, inter_size: int, num_experts: int, topk: int,
             tp: int = 1, ep: int = 1, distribution: str = "uniform", gated: bool = True,

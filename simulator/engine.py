@@ -13,6 +13,7 @@ drafts plus one bonus token, and the KV of rejected drafts is rolled back.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -94,6 +95,7 @@ class Replica:
         self.pos_accepted = np.zeros(max(cfg.k, 1), dtype=np.int64)
         self.pos_reached = np.zeros(max(cfg.k, 1), dtype=np.int64)   # drafted with all earlier accepted
         self.k_now = cfg.k
+        self._draft_memo: dict = {}
         env.process(self.loop())
 
     # --- admission ---------------------------------------------------------------------
@@ -143,46 +145,62 @@ class Replica:
     # --- one step ------------------------------------------------------------------------
 
     def schedule(self):
+        """Pick this step's work: running requests first (decode k+1 tokens, or a prefill chunk),
+        preempting from the back when KV blocks run out, then admit waiting requests.
+        Returns ([(request, tokens, k)] decodes, [(request, tokens)] prefills, preemptions)."""
         cfg = self.cfg
         budget = cfg.max_num_batched_tokens
+        bs = cfg.block_size
         decodes, prefills, preempted = [], [], 0
-        self.k_now = self._choose_k()
+        kn = self.k_now = self._choose_k()
         tree = cfg.k_policy is None and cfg.verify_tokens != cfg.k + 1
+        running = self.running
         i = 0
-        while i < len(self.running):
-            r = self.running[i]
-            if r.in_prefill:
+        while i < len(running):
+            r = running[i]
+            if r.computed < r.prefill_target:
                 left = r.prefill_target - r.computed
                 n = min(left, budget) if cfg.enable_chunked_prefill else (left if left <= budget else 0)
+                k = -1
             else:
-                k = self._k_for(r)
+                left = r.output_len - r.generated - 1        # inline _k_for: the hot path
+                k = kn if left >= kn else (left if left > 0 else 0)
                 n = cfg.verify_tokens if tree and k == cfg.k and k > 0 else k + 1
                 if n > budget:
                     n = 0
             if n <= 0:
                 i += 1
                 continue
-            lost = False
-            while not self._grow(r, r.computed + n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted += 1
-                if victim is r:
-                    lost = True
-                    break
-            if lost:
-                break
+            need = (r.computed + n + bs - 1) // bs - r.blocks
+            if need > 0:
+                if need <= self.free_blocks:
+                    self.free_blocks -= need
+                    r.blocks += need
+                else:
+                    lost = False
+                    while not self._grow(r, r.computed + n):
+                        victim = running[-1]
+                        self._preempt(victim)
+                        preempted += 1
+                        if victim is r:
+                            lost = True
+                            break
+                    if lost:
+                        break
             budget -= n
-            (prefills if r.in_prefill else decodes).append((r, n))
+            if k < 0:
+                prefills.append((r, n))
+            else:
+                decodes.append((r, n, k))
             i += 1
-        while self.waiting and len(self.running) < cfg.max_num_seqs and budget > 0 and not preempted:
+        while self.waiting and len(running) < cfg.max_num_seqs and budget > 0 and not preempted:
             r = self.waiting[0]
             left = r.prefill_target - r.computed
             n = min(left, budget) if cfg.enable_chunked_prefill else left
             if n > budget or not self._grow(r, r.computed + n):
                 break
             self.waiting.popleft()
-            self.running.append(r)
+            running.append(r)
             budget -= n
             prefills.append((r, n))
         return decodes, prefills, preempted
@@ -201,21 +219,26 @@ class Replica:
     def step_cost(self, decodes, prefills) -> StepCost:
         cfg = self.cfg
         nd = len(decodes)
-        q = max((n for _, n in decodes), default=1)
-        ctx = float(np.mean([r.computed for r, _ in decodes])) if nd else 0.0
+        q = max((d[1] for d in decodes), default=1)
+        ctx = sum(d[0].computed for d in decodes) / nd if nd else 0.0
         batch = Batch(nd, q, ctx, tuple((n, r.computed) for r, n in prefills))
         counts = None
         if self.target.m.moe:
-            counts = self._counts([n for _, n in decodes] + [n for _, n in prefills])
+            counts = self._counts([d[1] for d in decodes] + [n for _, n in prefills])
         cost = self.target.forward(batch, counts)
-        spec = [r for r, n in decodes if n > 1]
+        spec = [d[0] for d in decodes if d[1] > 1]
         if self.draft is not None and (spec or prefills):
-            ctx_d = float(np.mean([r.computed for r in spec])) if spec else 0.0
+            ctx_d = sum(r.computed for r in spec) / len(spec) if spec else 0.0
             passes = self.k_now
             draft_s = 0.0
             if spec:
-                one = self.draft.forward(Batch(len(spec), cfg.draft_tokens_per_pass, max(ctx_d, 1.0)))
-                draft_s += passes * one.total_s
+                # the draft's step cost barely moves with context: cache it on a 1/64-octave grid
+                key = (len(spec), round(64 * math.log2(max(ctx_d, 1.0))))
+                one_s = self._draft_memo.get(key)
+                if one_s is None:
+                    one_s = self._draft_memo[key] = self.draft.forward(
+                        Batch(len(spec), cfg.draft_tokens_per_pass, 2 ** (key[1] / 64))).total_s
+                draft_s += passes * one_s
             if prefills:
                 draft_s += self.draft.forward(Batch(0, 1, 0.0, batch.prefill)).total_s
             cost.draft_s = draft_s
@@ -250,16 +273,19 @@ class Replica:
                 if not r.in_prefill:
                     emitted += self._emit(r, 1, now)
             if decodes:
-                ks = np.array([self._k_for(r) for r, _ in decodes])
+                kl = [d[2] for d in decodes]
                 acc = (self.acc.sample(self.k_now, len(decodes), self.rng) if self.k_now
                        else np.zeros(len(decodes), int))
-                acc = np.minimum(acc, ks)
-                if cfg.k:
+                if self.k_now:
+                    ks = np.array(kl)
+                    acc = np.minimum(acc, ks)
                     pos = np.arange(cfg.k)
-                    self.pos_drafted += (ks[:, None] > pos).sum(axis=0)
+                    drafted_mask = ks[:, None] > pos
+                    self.pos_drafted += drafted_mask.sum(axis=0)
                     self.pos_accepted += (acc[:, None] > pos).sum(axis=0)
-                    self.pos_reached += ((ks[:, None] > pos) & (acc[:, None] >= pos)).sum(axis=0)
-                for (r, n), k, a in zip(decodes, ks.tolist(), acc.tolist()):
+                    self.pos_reached += (drafted_mask & (acc[:, None] >= pos)).sum(axis=0)
+                bs = cfg.block_size
+                for (r, n, k), a in zip(decodes, acc.tolist()):
                     if k:
                         r.num_drafts += 1
                         r.drafted += k
@@ -267,8 +293,19 @@ class Replica:
                         drafted += k
                         accepted += a
                     r.computed += 1 + a            # last token + accepted drafts now hold KV
-                    self._shrink(r)                # roll back the rejected drafts' KV
-                    emitted += self._emit(r, 1 + a, now)
+                    keep = (r.computed + bs - 1) // bs   # roll back the rejected drafts' KV (inline _shrink)
+                    if r.blocks > keep:
+                        self.free_blocks += r.blocks - keep
+                        r.blocks = keep
+                    m = r.output_len - r.generated       # inline _emit for a request past its first token
+                    m = m if m < 1 + a else 1 + a
+                    if r.last_token_s is not None and r.generated and m < r.output_len - r.generated:
+                        r.itls.append(now - r.last_token_s)
+                        r.last_token_s = now
+                        r.generated += m
+                        emitted += m
+                    else:
+                        emitted += self._emit(r, 1 + a, now)
             self.steps.append((self.idx, start, cost.total_s, len(decodes), len(prefills), batch.num_tokens,
                                batch.decode_q, cost.draft_s, cost.attention_s, cost.gemm_s, cost.moe_s, cost.comm_s,
                                cost.overhead_s, cost.active_experts, cost.expert_weight_bytes, emitted, drafted,

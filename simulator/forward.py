@@ -103,52 +103,83 @@ class ForwardModel:
     # --- per-layer pieces ----------------------------------------------------------------
 
     def _dense_part(self, batch: Batch) -> StepCost:
-        """Everything but the MoE experts, for the whole stack (cached by batch shape)."""
-        # Prefill chunks and contexts are bucketed (<2% error) so the cache stays small.
+        """Everything but the MoE experts, for the whole stack.
+
+        Assembled from pieces cached separately, so steps that differ only in context length
+        or prefill chunking reuse most of the work: token-count-dependent GEMMs and all-reduces,
+        decode attention (interpolated in context between quarter-octave grid points, <1%),
+        and prefill attention per bucketed (chunk, prefix) (<2%)."""
         prefill = tuple((int(_ctx_bucket(c)), int(_ctx_bucket(p)) if p else 0) for c, p in batch.prefill)
-        key = (batch.num_decode, batch.decode_q, _ctx_bucket(batch.decode_ctx_mean) if batch.num_decode else 0,
-               prefill)
+        N = batch.num_decode * batch.decode_q + sum(ch for ch, _ in prefill)
+        c = StepCost(tokens=N)
+        if N == 0:
+            return c
+        logits = batch.num_decode * batch.decode_q + len(prefill)
+        gemm_s, comm_s, overhead_s = self._token_part(N, logits)
+        attn = 0.0
+        if batch.num_decode:
+            attn += self._decode_attention(batch.num_decode, batch.decode_q, batch.decode_ctx_mean)
+        for chunk, prefix in prefill:
+            attn += self._prefill_attention(chunk, prefix)
+        c.gemm_s, c.comm_s, c.overhead_s = gemm_s, comm_s, overhead_s
+        c.attention_s = self.m.num_hidden_layers * attn
+        return c
+
+    def _decode_attention(self, b: int, q: int, ctx: float) -> float:
+        """One layer's decode attention, linear in context between grid points 2^(i/4)."""
+        x = 4.0 * np.log2(max(ctx, 1.0))
+        i = int(np.floor(x))
+        w = x - i
+        lo = self._decode_attention_at(b, q, i)
+        return lo if w < 1e-9 else lo + (self._decode_attention_at(b, q, i + 1) - lo) * (
+            (max(ctx, 1.0) - 2 ** (i / 4)) / (2 ** ((i + 1) / 4) - 2 ** (i / 4)))
+
+    def _decode_attention_at(self, b: int, q: int, i: int) -> float:
+        key = ("dec", b, q, i)
+        hit = self._dense_cache.get(key)
+        if hit is None:
+            hit = self._dense_cache[key] = self.cm.attention_decode(
+                b, 2 ** (i / 4), self.heads, self.kv_heads, self.m.head_dim_, q).latency_s
+        return hit
+
+    def _prefill_attention(self, chunk: int, prefix: int) -> float:
+        key = ("pre", chunk, prefix)
+        hit = self._dense_cache.get(key)
+        if hit is None:
+            hit = self._dense_cache[key] = self.cm.attention_prefill(
+                1, chunk, self.heads, self.kv_heads, self.m.head_dim_, prefix).latency_s
+        return hit
+
+    def _token_part(self, N: int, logits: int) -> tuple:
+        """(GEMM s, communication s, eager launch s) of the whole stack for N tokens."""
+        key = ("tok", N, logits)
         hit = self._dense_cache.get(key)
         if hit is not None:
             return hit
         m, cm, tp = self.m, self.cm, self.tp
         h, d = m.hidden_size, m.head_dim_
-        N = batch.num_decode * batch.decode_q + sum(ch for ch, _ in prefill)
-        c = StepCost(tokens=N)
-        if N == 0:
-            return c
         qkv = cm.gemm(N, (self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d), h)
         o = cm.gemm(N, h, self.heads * d)
-        attn = 0.0
-        if batch.num_decode:
-            attn += cm.attention_decode(batch.num_decode, key[2], self.heads, self.kv_heads, d,
-                                        batch.decode_q).latency_s
-        for chunk, prefix in prefill:
-            attn += cm.attention_prefill(1, chunk, self.heads, self.kv_heads, d, prefix).latency_s
         ar = cm.allreduce(N * h * 2, tp, self.par.cuda_graphs).latency_s if tp > 1 else 0.0
-        per_layer_gemm = qkv.latency_s + o.latency_s
         layers = m.num_hidden_layers
         dense_layers = layers - m.num_moe_layers
         mats = 3 if m.gated_ffn else 2
         ffn = cm.gemm(N, (mats - 1) * m.intermediate_size // tp, h).latency_s + cm.gemm(N, h, m.intermediate_size // tp).latency_s
-        c.gemm_s = layers * per_layer_gemm + dense_layers * ffn
+        gemm_s = layers * (qkv.latency_s + o.latency_s) + dense_layers * ffn
         if m.moe:
             router = cm.gemm(N, m.moe.num_experts, h).latency_s
             shared = 0.0
             if m.moe.shared_expert_intermediate_size:
                 si = m.moe.shared_expert_intermediate_size // tp
                 shared = cm.gemm(N, 2 * si, h).latency_s + cm.gemm(N, h, si).latency_s
-            c.gemm_s += m.num_moe_layers * (router + shared)
+            gemm_s += m.num_moe_layers * (router + shared)
         if m.fc_in_multiplier:
-            c.gemm_s += cm.gemm(N, h, m.fc_in_multiplier * h).latency_s
-        logits = batch.num_decode * batch.decode_q + len(prefill)
-        c.gemm_s += cm.gemm(max(1, logits), max(1, m.vocab_size // tp), h).latency_s
-        c.attention_s = layers * attn
-        # two all-reduces per layer (after attention and after the FFN/MoE)
-        c.comm_s = 2 * layers * ar
-        c.overhead_s = 0.0 if self.par.cuda_graphs else layers * self.par.kernels_per_layer * self.par.eager_launch_s
-        self._dense_cache[key] = c
-        return c
+            gemm_s += cm.gemm(N, h, m.fc_in_multiplier * h).latency_s
+        gemm_s += cm.gemm(max(1, logits), max(1, m.vocab_size // tp), h).latency_s
+        comm_s = 2 * layers * ar            # two all-reduces per layer (after attention and after the FFN/MoE)
+        overhead_s = 0.0 if self.par.cuda_graphs else layers * self.par.kernels_per_layer * self.par.eager_launch_s
+        hit = self._dense_cache[key] = (gemm_s, comm_s, overhead_s)
+        return hit
 
     def moe_part(self, counts: np.ndarray) -> StepCost:
         """Expert time and weight traffic for all MoE layers, given one layer's expert loads."""
