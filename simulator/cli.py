@@ -78,6 +78,17 @@ def _add_profile(sub) -> None:
 
 
 
+def _add_run_options(p, cache_help: str = "reuse results of identical runs stored here") -> None:
+    """Options shared by the commands that run many simulations."""
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--cache-dir", default=None, help=cache_help)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="moesd", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -104,23 +115,31 @@ def main(argv=None) -> int:
                    help="dense pair compared at the same GPU, TP, lengths and acceptance ('' to skip)")
     p.add_argument("--topk-sweep", default="1,2,4,8,16", help="top-K values for the sparsity sweep (closed form)")
     p.add_argument("--closed-form-only", action="store_true", help="skip the engine runs")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--executor", default="local", choices=["local", "ray"])
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
-    p.add_argument("--cache-dir", default=None, help="reuse results of identical runs stored here")
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-report", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_options(p)
 
     p = sub.add_parser("validate", help="compare simulated throughput/latency with hardware measurements")
     p.add_argument("--cases", default=None, help="case ids, families or scenarios (comma list; default all)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--executor", default="local", choices=["local", "ray"])
-    p.add_argument("--address", default=None)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-report", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_options(p)
+
+    p = sub.add_parser("plan", help="cheapest deployment meeting SLOs, with and without SD")
+    p.add_argument("plan", nargs="?", help="plan.yaml (or use the AIConfigurator-style flags)")
+    p.add_argument("--model")
+    p.add_argument("--system", help="GPU spec name(s), comma separated")
+    p.add_argument("--total-gpus", type=int, default=2)
+    p.add_argument("--isl", type=int, default=1024)
+    p.add_argument("--osl", type=int, default=256)
+    p.add_argument("--ttft", type=float, help="ms")
+    p.add_argument("--tpot", type=float, help="ms")
+    p.add_argument("--e2el", type=float, help="ms")
+    p.add_argument("--draft", help="draft model for SD candidates")
+    p.add_argument("--draft-method", default="draft_model")
+    p.add_argument("--acceptance-rate", type=float, default=0.8)
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--target-rate", type=float, help="req/s the deployment must sustain")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--top-n", type=int, default=5)
+    _add_run_options(p, cache_help="default reports/.plan_cache")
 
     _add_kernel(sub)
     _add_profile(sub)
@@ -152,6 +171,9 @@ def main(argv=None) -> int:
             except ImportError as exc:
                 raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
             return profiler.main(args)
+        elif args.cmd == "plan":
+            from .plan_cmd import run as plan
+            return plan(args)
         elif args.cmd == "validate":
             from .validate_cmd import run as validate
             return validate(args)

@@ -43,9 +43,23 @@ class Setup:
     routing: RoutingChoice
 
 
+_MODELS: dict = {}
+
+
+def _shared(key, make):
+    """Cost and forward models are pure and memoise their answers: share them between the runs of
+    one process (a sweep or plan runs hundreds of scenarios on the same model and GPU)."""
+    hit = _MODELS.get(key)
+    if hit is None:
+        if len(_MODELS) > 256:
+            _MODELS.clear()
+        hit = _MODELS[key] = make()
+    return hit
+
+
 def build(sc, source: str = "scenario") -> Setup:
     target, draft, hw = resolve(sc, source)
-    cost = CostModel(hw)
+    cost = _shared(("cost", hw.model_dump_json()), lambda: CostModel(hw))
     eng, hwc = sc.engine, sc.hardware
     par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
                    cuda_graphs=not eng.enforce_eager, step_overhead_s=eng.step_overhead_ms / 1e3)
@@ -81,9 +95,10 @@ def build(sc, source: str = "scenario") -> Setup:
     r = sc.routing
     routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
                                     locality=r.locality), r.mode)
-    target_fm = ForwardModel(target, cost, par)
-    draft_fm = ForwardModel(draft_arch, cost, Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)) \
-        if draft_arch is not None else None
+    target_fm = _shared(("fm", target.model_dump_json(), hw.name, par), lambda: ForwardModel(target, cost, par))
+    dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)
+    draft_fm = _shared(("fm", draft_arch.model_dump_json(), hw.name, dpar),
+                       lambda: ForwardModel(draft_arch, cost, dpar)) if draft_arch is not None else None
     if spec and k and spec.adaptive:
         if spec.verify_tokens != k + 1:
             from .errors import ConfigError

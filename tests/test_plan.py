@@ -1,0 +1,124 @@
+"""moesd plan: the answer equals an exhaustive search on a small space; infeasible configurations and
+unreachable SLOs are explained; Ray gives the local pool's numbers."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator import runner
+from simulator.cli import main as cli
+from simulator.errors import ConfigError
+from simulator.plan import capacity_estimate, configurations, config_label, evaluate, parse_plan
+from simulator.plan_cmd import plan
+
+SMALL = {
+    "name": "small", "model": "Qwen1.5-MoE-A2.7B",
+    "drafts": [{"method": "draft_model", "model": "Qwen2-0.5B", "acceptance": {"rate": 0.8}}],
+    "workload": {"random_input_len": 256, "random_output_len": 128, "random_range_ratio": 0.5, "num_prompts": 60},
+    "slo": {"ttft_ms": 1500, "tpot_ms": 12, "percentile": 90},
+    "target_request_rate": 30,
+    "bisection": {"rate_min": 1.0},
+    "search": {"gpus": ["h100_sxm"], "total_gpus": [1, 2], "tensor_parallel_size": [1, 2], "max_num_seqs": [32],
+               "num_speculative_tokens": [0, 3]},
+}
+
+
+@pytest.fixture(scope="module")
+def small():
+    spec = parse_plan(json.loads(json.dumps(SMALL)), "test")
+    return spec, plan(spec, workers=2, progress=False)
+
+
+def _exhaustive_max_rate(spec, cfg):
+    """Down a 10%-spaced rate grid from 1.5x the closed-form capacity: the first feasible rate."""
+    cap = capacity_estimate(spec, cfg)
+    rates = cap * 1.5 / 1.1 ** np.arange(0, 80)
+    data = spec.model_dump(mode="json")
+    for r in rates[rates >= spec.bisection.rate_min]:
+        if evaluate(data, cfg, float(r))["meets_slo"]:
+            return float(r)
+    return 0.0
+
+
+def test_planner_matches_exhaustive_search(small):
+    spec, res = small
+    t = res["table"].set_index("config")
+    exhaustive = {}
+    for cfg in configurations(spec)[0]:
+        exhaustive[config_label(cfg)] = _exhaustive_max_rate(spec, cfg)
+        got = t.loc[config_label(cfg), "request_rate"]
+        # bisection stops within rel_tol; the grid has 10% steps
+        assert got == pytest.approx(exhaustive[config_label(cfg)], rel=spec.bisection.rel_tol + 0.12)
+    cost = {c: math.ceil(30 / r) * t.loc[c, "num_total_gpus"] if r else math.inf for c, r in exhaustive.items()}
+    cheapest = min(cost.values())
+    assert cost[res["answer"]["best"]["config"]] == cheapest
+
+
+def test_outputs_and_aiconfigurator_columns(tmp_path):
+    out = tmp_path / "p"
+    plan_file = tmp_path / "plan.yaml"
+    import yaml
+    plan_file.write_text(yaml.safe_dump(SMALL))
+    assert cli(["plan", str(plan_file), "--out", str(out), "--workers", "2", "--quiet",
+                "--cache-dir", str(tmp_path / "cache")]) == 0
+    top = pd.read_csv(out / "best_config_topn.csv")
+    for col in ("model", "isl", "osl", "concurrency", "request_rate", "bs", "ttft", "tpot", "request_latency",
+                "seq/s", "tokens/s", "tokens/s/gpu", "tokens/s/user", "num_total_gpus", "tp", "pp", "dp",
+                "moe_tp", "moe_ep", "backend", "system"):
+        assert col in top.columns
+    assert len(pd.read_csv(out / "pareto.csv")) >= 1
+    ans = json.loads((out / "plan.json").read_text())
+    assert ans["sd_recommendation"]["summary"] and "report.html" in {p.name for p in out.iterdir()}
+    # a repeated plan resumes from the cache: same answer, no new simulations needed
+    assert cli(["plan", str(plan_file), "--out", str(tmp_path / "p2"), "--workers", "1", "--quiet",
+                "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((tmp_path / "p2" / "plan.json").read_text())["best"] == ans["best"]
+
+
+def test_infeasible_configurations_are_explained():
+    spec = parse_plan({"model": "Qwen2-57B-A14B", "slo": {"tpot_ms": 50},
+                       "search": {"gpus": ["l40s", "h100_sxm"], "total_gpus": [1, 8], "tensor_parallel_size": [1, 8],
+                                  "num_speculative_tokens": [0]}}, "test")
+    cands, pruned = configurations(spec)
+    reasons = {(p["gpu"], p["total_gpus"], p["tp"]): p["reason"] for p in pruned}
+    assert "weights" in reasons[("l40s", 1, 1)] and "tensor_parallel_size" in reasons[("l40s", 1, 1)]
+    assert reasons[("h100_sxm", 8, 8)] == "28 attention heads are not divisible by TP 8"
+    assert reasons[("h100_sxm", 1, 8)].startswith("tensor_parallel_size 8 does not divide total_gpus 1")
+    only_bad = parse_plan({"model": "Qwen2-57B-A14B", "slo": {"tpot_ms": 50},
+                           "search": {"gpus": ["l40s"], "total_gpus": [1], "tensor_parallel_size": [1],
+                                      "num_speculative_tokens": [0]}}, "test")
+    with pytest.raises(ConfigError, match="no configuration in the search space can run"):
+        plan(only_bad, workers=1, progress=False)
+
+
+def test_unreachable_slo_is_a_clear_message_not_an_empty_file(tmp_path, capsys):
+    out = tmp_path / "never"
+    rc = cli(["plan", "--model", "Qwen1.5-MoE-A2.7B", "--system", "h100_sxm", "--total-gpus", "1", "--isl", "256",
+              "--osl", "64", "--tpot", "0.5", "--num-prompts", "20", "--out", str(out), "--quiet",
+              "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "no configuration meets the SLOs" in err and "TPOT p90" in err and "> 0.5 ms" in err
+    assert not out.exists()
+
+
+def test_bad_plan_field_is_one_line(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: Qwen2-57B-A14B\nslo: {tpot_ms: 50}\nsearch: {gpus: [h100_sxm], max_num_seq: [4]}\n")
+    assert cli(["plan", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "search.max_num_seq" in err and "unknown key" in err and "\n" not in err
+
+
+def square(job):
+    return {"v": job["n"] ** 2, "pid_free": True}
+
+
+def test_ray_executor_gives_the_local_numbers():
+    pytest.importorskip("ray", reason="Ray not installed (pip install -e '.[dev]' brings it)")
+    jobs = [{"n": n} for n in range(5)]
+    assert runner.run_many(square, jobs, executor="ray", progress=False) == \
+        runner.run_many(square, jobs, workers=1, progress=False)
