@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .harness import measure
-from .ops import DTYPE, ExpertMLP, _sdpa
+from .ops import DTYPE, ExpertMLP, _sdpa, verify_mask
 
 
 def _rms(x, w, eps=1e-6):
@@ -36,9 +36,7 @@ class DecoderLayer:
         self.k = r(batch, self.kv_heads, context + q_len, self.d)
         self.v = r(batch, self.kv_heads, context + q_len, self.d)
         self.ctx = context
-        self.mask = None
-        if q_len > 1:   # causal inside the verified block, everything before it visible
-            self.mask = torch.ones(q_len, context + q_len, device=dev, dtype=torch.bool).tril(context)
+        self.mask = verify_mask(q_len, context + q_len, dev) if q_len > 1 else None
         moe = arch.get("moe")
         self.moe = moe
         if moe:

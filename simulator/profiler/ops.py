@@ -83,6 +83,16 @@ def moe(num_tokens: int, hidden: int, inter: int, num_experts: int, topk: int, t
     return (lambda: experts(x, token_idx, offs, w, bounds)), experts.source
 
 
+def verify_mask(q_len: int, kv_len: int, dev):
+    """Causal inside the last q_len positions, everything before visible. The lower-right causal
+    bias keeps SDPA on its flash / memory-efficient kernels (a dense bool mask would not)."""
+    try:
+        from torch.nn.attention.bias import causal_lower_right
+        return causal_lower_right(q_len, kv_len)
+    except ImportError:   # older torch: a dense mask, same result, slower kernel
+        return torch.ones(q_len, kv_len, device=dev, dtype=torch.bool).tril(kv_len - q_len)
+
+
 def _sdpa(q, k, v, mask=None, causal=False):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                           enable_gqa=k.shape[1] != q.shape[1])
@@ -95,9 +105,7 @@ def attention_decode(batch: int, context: int, heads: int, kv_heads: int, head_d
     q = torch.randn(batch, heads, q_len, head_dim, device=dev, dtype=DTYPE)
     k = torch.randn(batch, kv_heads, context + q_len, head_dim, device=dev, dtype=DTYPE)
     v = torch.randn_like(k)
-    mask = None
-    if q_len > 1:
-        mask = torch.ones(q_len, context + q_len, device=dev, dtype=torch.bool).tril(context)
+    mask = verify_mask(q_len, context + q_len, dev) if q_len > 1 else None
     return (lambda: _sdpa(q, k, v, mask)), "torch_sdpa"
 
 
