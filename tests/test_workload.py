@@ -1,0 +1,81 @@
+"""Request streams: vllm-bench random datasets and the four public trace formats."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simulator.errors import ConfigError
+from simulator.scenario import load_scenario
+from simulator.simulate_cmd import build, simulate
+from simulator.workload import read_trace
+
+
+def _check(specs, arrivals, ins, outs):
+    assert [s.arrival_s for s in specs] == pytest.approx(arrivals)
+    assert [s.input_len for s in specs] == ins and [s.output_len for s in specs] == outs
+
+
+def test_azure_iso_timestamps(tmp_path):
+    f = tmp_path / "azure.csv"
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                 "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+                 "2023-11-16 18:15:45.0000000,879,0\n")
+    # unsorted input is sorted by time; a zero-length output is kept as one token
+    _check(read_trace(f, "azure", None), [0.0, 1.68059, 5.995169], [879, 374, 396], [1, 44, 109])
+
+
+def test_burstgpt_drops_failed_responses(tmp_path):
+    f = tmp_path / "burst.csv"
+    f.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                 "5,ChatGPT,472,18,490,Conversation log\n6,ChatGPT,1087,0,1087,Conversation log\n"
+                 "9.5,GPT-4,300,250,550,API log\n")
+    _check(read_trace(f, "burstgpt", None), [0.0, 4.5], [472, 300], [18, 250])
+
+
+def test_mooncake_jsonl_milliseconds(tmp_path):
+    f = tmp_path / "mooncake.jsonl"
+    rows = [{"timestamp": 0, "input_length": 6955, "output_length": 52, "hash_ids": [0, 1]},
+            {"timestamp": 27482, "input_length": 6472, "output_length": 26, "hash_ids": [2]}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _check(read_trace(f, "mooncake", None, time_scale=0.5), [0.0, 13.741], [6955, 6472], [52, 26])
+
+
+def test_vidur_and_num_prompts(tmp_path):
+    f = tmp_path / "vidur.csv"
+    f.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,100,10\n0.5,200,20\n1.25,300,30\n")
+    _check(read_trace(f, "vidur", 2), [0.0, 0.5], [100, 200], [10, 20])
+
+
+def test_missing_column_is_one_line_error(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("arrived_at,num_prefill_tokens\n0.0,100\n")
+    with pytest.raises(ConfigError) as e:
+        read_trace(f, "vidur", None)
+    assert "num_decode_tokens" in str(e.value) and str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_trace_scenario_runs_end_to_end(tmp_path):
+    f = tmp_path / "vidur.csv"
+    n = 40
+    rng = np.random.default_rng(0)
+    t = np.cumsum(rng.exponential(0.25, n))
+    f.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" +
+                 "".join(f"{a:.4f},{rng.integers(50, 400)},{rng.integers(5, 60)}\n" for a in t))
+    sc = load_scenario("quickstart", ["workload.dataset_name=trace", f"workload.trace_file={f}",
+                                      "workload.trace_format=vidur"])
+    summary, req, _ = simulate(build(sc))
+    assert summary["completed"] == n and summary["failed"] == 0
+    assert req.start_s.tolist() == pytest.approx(sorted(t - t[0]), abs=1e-3)
+
+
+def test_random_dataset_matches_vllm_semantics():
+    sc = load_scenario("quickstart", ["workload.num_prompts=4000", "workload.request_rate=8",
+                                      "workload.random_range_ratio=0.5"])
+    from simulator.workload import build as wl_build
+    specs = wl_build(sc.workload, np.random.default_rng(0))
+    ins = np.array([s.input_len for s in specs])
+    assert ins.min() >= 256 and ins.max() <= 768                      # uniform in [L(1-r), L(1+r)]
+    gaps = np.diff([s.arrival_s for s in specs])
+    assert gaps.mean() == pytest.approx(1 / 8, rel=0.05)               # Poisson at the rate (burstiness 1)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.08)
