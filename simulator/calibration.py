@@ -48,9 +48,39 @@ def _collector_features(T, E, K, ep, dist):
     return tuple(np.mean(feats, axis=0))
 
 
+def moe_features(df: pd.DataFrame) -> np.ndarray:
+    """(active experts, slots, 16-padded slots) per row; parameter-free, so kept on the frame once
+    computed (a fit evaluates the roofline hundreds of times on the same rows)."""
+    cached = _attr_cache(df, "_moe_features")
+    if cached is not None:
+        return cached
+    keys = list(zip(df.num_tokens.to_numpy().tolist(), df.num_experts.to_numpy().tolist(),
+                    df.topk.to_numpy().tolist(), df.moe_ep_size.to_numpy().tolist(),
+                    df.distribution.astype(str).tolist()))
+    uniq = {k: _collector_features(int(k[0]), int(k[1]), int(k[2]), int(k[3]), k[4]) for k in set(keys)}
+    f = np.array([uniq[k] for k in keys])
+    df.attrs["_moe_features"] = (df.index.to_numpy().copy(), f)
+    return f
+
+
 def moe_gated(df: pd.DataFrame) -> np.ndarray:
+    cached = _attr_cache(df, "_moe_gated")
+    if cached is not None:
+        return cached
     keys = zip(df.hidden_size, df.inter_size, df.num_experts, df.topk)
-    return np.array([(int(a), int(b), int(c), int(d)) not in NON_GATED_SHAPES for a, b, c, d in keys])
+    g = np.array([(int(a), int(b), int(c), int(d)) not in NON_GATED_SHAPES for a, b, c, d in keys])
+    df.attrs["_moe_gated"] = (df.index.to_numpy().copy(), g)
+    return g
+
+
+def _attr_cache(df: pd.DataFrame, name: str):
+    """A per-row array cached on the frame, valid only for the very rows it was computed on
+    (pandas carries ``attrs`` over to slices, whose rows differ)."""
+    hit = df.attrs.get(name)
+    if hit is None:
+        return None
+    index, values = hit
+    return values if len(index) == len(df) and np.array_equal(index, df.index.to_numpy()) else None
 
 
 def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True) -> np.ndarray:
@@ -58,8 +88,7 @@ def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = Tr
     if op == "gemm":
         return kernels.gemm(hw, params, df.m.values, df.n.values, df.k.values, l2_warm=l2_warm)["latency_s"]
     if op == "moe":
-        f = np.array([_collector_features(int(T), int(E), int(K), int(ep), str(dist)) for T, E, K, ep, dist in
-                      zip(df.num_tokens, df.num_experts, df.topk, df.moe_ep_size, df.distribution)])
+        f = moe_features(df)
         return kernels.moe(hw, params, f[:, 0], f[:, 1], f[:, 2], df.num_tokens.values, df.topk.values,
                            df.hidden_size.values, df.inter_size.values / df.moe_tp_size.values,
                            gated=moe_gated(df), ep_size=df.moe_ep_size.values, l2_warm=l2_warm)["latency_s"]
@@ -132,6 +161,14 @@ def corrected(op: str, table: ResidualTable, df: pd.DataFrame, pred_s: np.ndarra
     return pred_s * np.exp(corr)
 
 
+def in_sample_corrected(op: str, rows: pd.DataFrame, pred_s: np.ndarray) -> np.ndarray:
+    """What the residual table gives back for the rows it was built from: the mean log residual of
+    each exactly measured (shape, key, size) point (the same as ``corrected``, without the lookups)."""
+    shape_cols, key_cols, size_col = LAYOUT[op]
+    mean = rows.groupby(shape_cols + key_cols + [size_col], dropna=False)["log_residual"].transform("mean")
+    return pred_s * np.exp(mean.values)
+
+
 def errors(pred_s, df) -> np.ndarray:
     return np.abs(pred_s / (df.latency_ms.values / 1e3) - 1.0)
 
@@ -165,9 +202,10 @@ def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "a
         framework = framework or f"{df.framework.iloc[0]} {df.framework_version.iloc[0]}"
         params[op] = fit_op(op, hw, df)
         pred = predict_op(op, hw, params[op], df)
-        table = ResidualTable.build(op, residual_rows(op, df, pred))
+        rows = residual_rows(op, df, pred)
+        table = ResidualTable.build(op, rows)
         res_frames.append(table.to_frame())
-        final = corrected(op, table, df, pred)
+        final = in_sample_corrected(op, rows, pred)
         fits[op] = {"roofline": summarize(errors(pred, df)), "with_table": summarize(errors(final, df))}
         rep = df.copy()
         rep["predicted_ms"] = pred * 1e3
