@@ -1,4 +1,4 @@
-"""``moesd`` command line: simulate, calibrate, kernel, profile."""
+"""``moesd`` command line: simulate, sweep, plan, validate, calibrate, kernel, profile."""
 
 from __future__ import annotations
 
