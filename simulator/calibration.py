@@ -59,7 +59,7 @@ def moe_features(df: pd.DataFrame) -> np.ndarray:
                     df.distribution.astype(str).tolist()))
     uniq = {k: _collector_features(int(k[0]), int(k[1]), int(k[2]), int(k[3]), k[4]) for k in set(keys)}
     f = np.array([uniq[k] for k in keys])
-    df.attrs["_moe_features"] = (df.index.to_numpy().copy(), f)
+    df.attrs["_moe_features"] = _RowCache(df.index.to_numpy().copy(), f)
     return f
 
 
@@ -69,18 +69,27 @@ def moe_gated(df: pd.DataFrame) -> np.ndarray:
         return cached
     keys = zip(df.hidden_size, df.inter_size, df.num_experts, df.topk)
     g = np.array([(int(a), int(b), int(c), int(d)) not in NON_GATED_SHAPES for a, b, c, d in keys])
-    df.attrs["_moe_gated"] = (df.index.to_numpy().copy(), g)
+    df.attrs["_moe_gated"] = _RowCache(df.index.to_numpy().copy(), g)
     return g
 
 
+class _RowCache:
+    """A per-row array kept in ``DataFrame.attrs``. pandas copies attrs to derived frames (whose rows
+    may differ) and compares them with ``==``: an object compares by identity, an array would not."""
+
+    __slots__ = ("index", "values")
+
+    def __init__(self, index, values):
+        self.index, self.values = index, values
+
+
 def _attr_cache(df: pd.DataFrame, name: str):
-    """A per-row array cached on the frame, valid only for the very rows it was computed on
-    (pandas carries ``attrs`` over to slices, whose rows differ)."""
+    """The cached array if it was computed on exactly these rows."""
     hit = df.attrs.get(name)
-    if hit is None:
+    if not isinstance(hit, _RowCache):
         return None
-    index, values = hit
-    return values if len(index) == len(df) and np.array_equal(index, df.index.to_numpy()) else None
+    ok = len(hit.index) == len(df) and np.array_equal(hit.index, df.index.to_numpy())
+    return hit.values if ok else None
 
 
 def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True) -> np.ndarray:
