@@ -234,7 +234,9 @@ def max_rate(job: dict) -> dict:
         return m["meets_slo"]
 
     cap = min(max(capacity_estimate(spec, cfg), b.rate_min), b.rate_max)
-    rate_max = min(b.rate_max, 1.5 * cap)      # beyond full-batch capacity the queue only grows
+    # Beyond the full-batch capacity the queue only grows, however long the run: a short run would
+    # not show it (all its requests fit in the batch slots), so the search stops there.
+    rate_max = min(b.rate_max, 1.05 * cap)
     lo, hi = None, None
     r = cap * 0.7
     while len(history) < b.max_sims:          # bracket

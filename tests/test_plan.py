@@ -33,9 +33,9 @@ def small():
 
 
 def _exhaustive_max_rate(spec, cfg):
-    """Down a 10%-spaced rate grid from 1.5x the closed-form capacity: the first feasible rate."""
+    """Down a 10%-spaced rate grid from the closed-form capacity ceiling: the first feasible rate."""
     cap = capacity_estimate(spec, cfg)
-    rates = cap * 1.5 / 1.1 ** np.arange(0, 80)
+    rates = cap * 1.05 / 1.1 ** np.arange(0, 80)
     data = spec.model_dump(mode="json")
     for r in rates[rates >= spec.bisection.rate_min]:
         if evaluate(data, cfg, float(r))["meets_slo"]:
