@@ -2,8 +2,8 @@
 
 bf16 rows up to 8192 tokens. For each op a model shape (GEMM: (n, k); MoE: hidden/inter/E/K;
 attention: heads/kv-heads/head-dim; all-reduce: GPU count) is left out of both the roofline fit
-and the residual table, then predicted. GEMM has hundreds of shapes, so its roofline is refitted
-on 10 shape folds while its residual table still leaves out exactly one shape.
+and the residual table, then predicted. GEMM and attention have many shapes, so their roofline is
+refitted on 10 shape folds while the residual table still leaves out exactly one shape.
 
     python benchmarks/kernel_accuracy.py [--gpus h100_sxm,l40s,b200_sxm,a100_sxm] [--ops gemm,moe,...]
 """
@@ -41,7 +41,7 @@ def main():
                 continue
             params = calibration.fit_op(op, hw, df)
             ins = calibration.errors(calibration.predict_op(op, hw, params, df), df)
-            cv = calibration.cross_validate(op, hw, df, max_folds=10 if op == "gemm" else None)
+            cv = calibration.cross_validate(op, hw, df, max_folds=None if op in ("moe", "allreduce") else 10)
             tgt = TARGETS.get(op)
             mark = ""
             if tgt and g != "a100_sxm":

@@ -29,6 +29,10 @@ def select_rows(op: str, df: pd.DataFrame) -> pd.DataFrame:
         df = df[(df.dtype == "bfloat16") & (df.m <= MAX_FIT_TOKENS)]
     elif op == "moe":
         df = df[(df.dtype == "bfloat16") & (df.num_tokens <= MAX_FIT_TOKENS)]
+        if "kernel_source" in df and df.kernel_source.nunique() > 1:
+            # One roofline per kernel: where the collector timed several MoE kernels (B200: FlashInfer's
+            # TRT-LLM experts for most shapes, its CUTLASS experts for two), fit the dominant one.
+            df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
     elif op in ("attention_generation", "attention_context"):
         df = df[(df.kv_cache_dtype == "bfloat16") & (df.window_size == 0) & (df.dtype == "bfloat16")]
     elif op == "allreduce":
