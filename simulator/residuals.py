@@ -22,7 +22,11 @@ LAYOUT = {
     "attention_context": (["num_heads", "num_key_value_heads", "head_dim", "batch_size"], [], "isl"),
     "allreduce": (["num_gpus"], ["backend"], "message_size"),
 }
-_EPS = 0.25  # squared log2 distance that halves a neighbour's weight
+# Inverse-distance weights 1 / (d^2 + eps)^2 over log2 shape distance d: close shapes dominate
+# (kernel-config effects are local in shape). Chosen by leave-one-shape-out error: against
+# 1 / (d^2 + 0.25) it cut GEMM LOSO median from 4.8% to 2.8% (H100), 8.4% to 5.2% (L40S),
+# 5.5% to 3.5% (B200).
+_EPS = 0.05
 
 
 @dataclass
@@ -78,7 +82,7 @@ class ResidualTable:
         q = np.log2(np.asarray(shape, dtype=float))
         d2 = ((g.shapes - q) ** 2).sum(axis=1)
         exact = d2 < 1e-9
-        w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS)
+        w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS) ** 2
         ls = np.log2(max(float(size), 1.0))
         j = int(np.clip(np.searchsorted(g.sizes, ls), 1, max(len(g.sizes) - 1, 1)))
         i = j - 1 if len(g.sizes) > 1 else 0
