@@ -80,10 +80,9 @@ class PlanSpec(_Strict):
 
 
 def load_plan(path, overrides: list[str] = ()) -> PlanSpec:
-    from .scenario import _set
     path = Path(path)
-    if not path.exists():
-        raise ConfigError("no such plan file", source=str(path))
+    if not path.is_file():
+        raise ConfigError("no such plan file" if not path.exists() else "not a file", source=str(path))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError:

@@ -203,13 +203,13 @@ def parse(data, source: str, overrides: list[str] = ()) -> Scenario:
 
 def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         from .paths import SCENARIOS_DIR
         alt = SCENARIOS_DIR / f"{path}.yaml"
-        if alt.exists():
+        if alt.is_file():
             path = alt
         else:
-            raise ConfigError("no such scenario file", source=str(path))
+            raise ConfigError("no such scenario file" if not path.exists() else "not a file", source=str(path))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from simulator import metrics
-from simulator.scenario import load_scenario, parse
+from simulator.scenario import load_scenario
 from simulator.simulate_cmd import build, simulate, write_outputs
 
 

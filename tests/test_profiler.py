@@ -1,7 +1,6 @@
 """The profiler harness end to end on CPU (tiny shapes), and what the committed GPU traces show."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -2,11 +2,10 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from hypothesis import given, settings, strategies as st
 
 from simulator.errors import ConfigError
-from simulator.scenario import parse, load_scenario
+from simulator.scenario import parse
 from simulator.simulate_cmd import build
 
 

@@ -114,5 +114,4 @@ def time_forward(arch: dict, dev, batch: int, q_len: int, context: int, layers: 
             forward()
         fn = graph.replay
     t = measure(fn, dev)
-    del stack
     return t
