@@ -132,9 +132,6 @@ class Replica:
         r.preemptions += 1
         self.waiting.appendleft(r)
 
-    def _k_for(self, r: Request) -> int:
-        return max(0, min(self.k_now, r.output_len - r.generated - 1))
-
     def _choose_k(self) -> int:
         cfg = self.cfg
         if cfg.k_policy is None:
@@ -163,7 +160,7 @@ class Replica:
                 n = min(left, budget) if cfg.enable_chunked_prefill else (left if left <= budget else 0)
                 k = -1
             else:
-                left = r.output_len - r.generated - 1        # inline _k_for: the hot path
+                left = r.output_len - r.generated - 1        # k, capped by the tokens still to generate
                 k = kn if left >= kn else (left if left > 0 else 0)
                 n = cfg.verify_tokens if tree and k == cfg.k and k > 0 else k + 1
                 if n > budget:
@@ -273,11 +270,10 @@ class Replica:
                 if not r.in_prefill:
                     emitted += self._emit(r, 1, now)
             if decodes:
-                kl = [d[2] for d in decodes]
                 acc = (self.acc.sample(self.k_now, len(decodes), self.rng) if self.k_now
                        else np.zeros(len(decodes), int))
                 if self.k_now:
-                    ks = np.array(kl)
+                    ks = np.array([d[2] for d in decodes])
                     acc = np.minimum(acc, ks)
                     pos = np.arange(cfg.k)
                     drafted_mask = ks[:, None] > pos

@@ -91,14 +91,10 @@ def load_plan(path, overrides: list[str] = ()) -> PlanSpec:
 
 
 def parse_plan(data, source: str, overrides: list[str] = ()) -> PlanSpec:
-    from .scenario import _set
+    from .scenario import apply_overrides
     if not isinstance(data, dict):
         raise ConfigError("a plan must be a mapping", source=source)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}", source=source)
-        k, v = item.split("=", 1)
-        _set(data, k.strip(), v, source)
+    apply_overrides(data, overrides, source)
     try:
         return PlanSpec.model_validate(data)
     except ValidationError as exc:

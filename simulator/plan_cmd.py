@@ -79,7 +79,7 @@ def recommend(spec: PlanSpec, table: pd.DataFrame, results: list[dict], levels, 
     off = next((r for r in same if not r["cfg"]["k"]), None)
     on = max((r for r in same if r["cfg"]["k"]), key=lambda r: r["max_rate"], default=None)
     if off is None or on is None:
-        return {"hardware": config_label(best.to_dict() | {}) if False else best.config,
+        return {"hardware": best.config,
                 "levels": [], "summary": "the search space has no SD-on/SD-off pair on this hardware"}
     jobs = [{"spec": spec.model_dump(mode="json"), "cfg": r["cfg"], "rate": float(L)} for L in levels
             for r in (off, on)]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,17 +76,12 @@ def run_many(fn, jobs: list[dict], workers: int | None = None, executor: str = "
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
                 futures = {pool.submit(fn, jobs[i]): i for i in todo}
-                for fut in _as_completed(futures):
+                for fut in as_completed(futures):
                     done(futures[fut], fut.result())
     finally:
         if bar:
             bar.close()
     return results
-
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-    return as_completed(futures)
 
 
 def _run_ray(fn, jobs, todo, done, address):

@@ -185,14 +185,19 @@ def _alias_sglang(data: dict) -> None:
         data.setdefault("speculative_config", {})["model"] = data.pop("speculative_draft_model_path")
 
 
-def parse(data, source: str, overrides: list[str] = ()) -> Scenario:
-    if not isinstance(data, dict):
-        raise ConfigError("a scenario must be a mapping of keys", source=source)
+def apply_overrides(data: dict, overrides, source: str) -> None:
+    """``--set a.b=value`` items (values parsed as YAML) into a loaded mapping."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"expected KEY=VALUE, got {item!r}", source="--set")
         k, v = item.split("=", 1)
         _set(data, k.strip(), v, source)
+
+
+def parse(data, source: str, overrides: list[str] = ()) -> Scenario:
+    if not isinstance(data, dict):
+        raise ConfigError("a scenario must be a mapping of keys", source=source)
+    apply_overrides(data, overrides, source)
     _alias_sglang(data)
     try:
         sc = Scenario.model_validate(data)

@@ -9,6 +9,7 @@ that decode the full batch with no prefill in them (the no-queueing steady state
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 from . import theory
 from .atomic import output_dir
 from .errors import ConfigError
+from .forward import ForwardModel
 from .paths import REPORTS_DIR
 from .runner import run_many
 from .scenario import load_scenario
@@ -117,16 +119,15 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
 
 def sparsity(scenario: str, overrides: list[str], batches, k: int, topks) -> pd.DataFrame:
     """Closed-form speedup at fixed E while top-K varies (the paper edits num_experts_per_tok)."""
+    sc = load_scenario(scenario, overrides + [f"speculative_config.num_speculative_tokens={k}"])
+    setup = build(sc, scenario)
+    ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
     rows = []
     for topk in topks:
-        sc = load_scenario(scenario, overrides + [f"speculative_config.num_speculative_tokens={k}"])
-        setup = build(sc, scenario)
         if not setup.target.moe or topk > setup.target.moe.num_experts:
             continue
         tgt = setup.target.model_copy(update={"moe": setup.target.moe.model_copy(update={"num_experts_per_tok": topk})})
-        from .forward import ForwardModel
-        st = theory.step_times_for(setup.cfg, ForwardModel(tgt, setup.cost, setup.par), setup.draft_fm,
-                                   sc.workload.random_input_len + sc.workload.random_output_len / 2)
+        st = theory.step_times_for(setup.cfg, ForwardModel(tgt, setup.cost, setup.par), setup.draft_fm, ctx)
         for b in batches:
             rows.append({"topk": topk, "num_experts": tgt.moe.num_experts, "batch_size": b, "k": k,
                          "speedup_closed": st.speedup(b, k, setup.acceptance), "eta_closed": st.eta(b, k),
@@ -171,7 +172,7 @@ def run(args) -> int:
     tables = [sweep(args.scenario, args.set, batches, ks, **common)]
     if args.dense_scenario:
         acc = sc.speculative_config.acceptance.model_dump(exclude_none=True)
-        dense_over = [f"speculative_config.acceptance={_flow(acc)}", f"hardware.gpu={sc.hardware.gpu}",
+        dense_over = [f"speculative_config.acceptance={json.dumps(acc)}", f"hardware.gpu={sc.hardware.gpu}",
                       f"hardware.tensor_parallel_size={sc.hardware.tensor_parallel_size}",
                       f"workload.random_input_len={sc.workload.random_input_len}",
                       f"workload.random_output_len={sc.workload.random_output_len}"]
@@ -189,11 +190,6 @@ def run(args) -> int:
     print_summary(table)
     print(f"  results: {out}")
     return 0
-
-
-def _flow(d: dict) -> str:
-    import json
-    return json.dumps(d)
 
 
 def print_summary(table: pd.DataFrame) -> None:

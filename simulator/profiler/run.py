@@ -46,19 +46,38 @@ def run(p: plan_mod.Plan, out: Path, gpu: str | None = None, budget_s: float = f
             return True
         return False
 
-    def timed(label, build):
+    def attempt(label, work):
+        """work(), or None with the reason recorded: one shape failing must not lose the rest."""
         if over_budget(label):
             return None
         try:
-            fn, src = build()
-            return measure(fn, dev), src
+            return work()
         except torch.OutOfMemoryError:
             skipped.append((label, "out of device memory"))
             torch.cuda.empty_cache()
             return None
-        except Exception as exc:  # one shape failing (unsupported kernel config) must not lose the rest
+        except Exception as exc:   # unsupported kernel config, graph capture of an eager fallback...
             skipped.append((label, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"))
             return None
+
+    def timed(label, build):
+        def work():
+            fn, src = build()
+            return measure(fn, dev), src
+        return attempt(label, work)
+
+    def e2e_timing(label, arch, tp, b, q, ctx, layers):
+        """(timing, CUDA graph used): a graph capture that fails is retried eagerly, and said."""
+        graphs = dev.type == "cuda"
+        try:
+            return e2e.time_forward(arch, dev, b, q, ctx, layers, tp, graphs=graphs), graphs
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if not graphs:
+                raise
+            skipped.append((f"{label} graph capture", f"{type(exc).__name__}: {exc}"[:200]))
+            return e2e.time_forward(arch, dev, b, q, ctx, layers, tp, graphs=False), False
 
     jobs = {
         "gemm": lambda j: (ops.gemm(*j, dev), dict(m=j[0], n=j[1], k=j[2])),
@@ -74,27 +93,11 @@ def run(p: plan_mod.Plan, out: Path, gpu: str | None = None, budget_s: float = f
     }
     rows = []
     for name, arch, tp, b, q, ctx, layers in p.e2e:
-        graphs = dev.type == "cuda"
-        try:
-            if over_budget(f"e2e {name} B={b} q={q}"):
-                continue
-            try:
-                t = e2e.time_forward(arch, dev, b, q, ctx, layers, tp, graphs=graphs)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as exc:
-                if not graphs:
-                    raise
-                skipped.append((f"e2e {name} B={b} q={q} graph capture", f"{type(exc).__name__}: {exc}"[:200]))
-                graphs = False
-                t = e2e.time_forward(arch, dev, b, q, ctx, layers, tp, graphs=False)
-        except torch.OutOfMemoryError:
-            skipped.append((f"e2e {name} B={b} q={q}", "out of device memory"))
-            torch.cuda.empty_cache()
+        label = f"e2e {name} B={b} q={q}"
+        res = attempt(label, lambda: e2e_timing(label, arch, tp, b, q, ctx, layers))
+        if res is None:
             continue
-        except Exception as exc:
-            skipped.append((f"e2e {name} B={b} q={q}", f"{type(exc).__name__}: {exc}"[:200]))
-            continue
+        t, graphs = res
         rows.append({"model": name, "tp": tp, "batch_size": b, "q_len": q, "context_len": ctx, "layers": layers,
                      "latency_ms": t.median_ms, "latency_per_layer_ms": t.median_ms / layers,
                      "latency_std_ms": t.std_ms, "repeats": t.repeats, "cuda_graph": graphs, "gpu": gpu,
