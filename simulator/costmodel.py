@@ -85,17 +85,33 @@ class CostModel:
                               field="gpu")
         return self.params[op]
 
-    def _finish(self, op, terms, shape, key, size, extra=None) -> KernelCost:
-        corr, path = 0.0, "roofline"
+    def _factor(self, op, shape, key, size) -> tuple[float, str]:
+        """Measured/roofline factor and path for one query. Residuals vary slowly along the size
+        axis: looked up at the nearest 1/64-octave grid point, cached. (At the grid point, not at
+        the first size that hit it, so a result never depends on what the process computed before.)"""
         table = self.tables.get(op)
-        if table is not None:
-            # Residuals vary slowly along the size axis: look up at 1/64-octave resolution, cached.
-            ck = (op, tuple(shape), tuple(key), round(float(np.log2(max(size, 1.0))) * 64))
-            hit = self._lookups.get(ck)
-            if hit is None:
-                hit = self._lookups[ck] = table.lookup(shape, key, size)
-            corr, path = hit
-        f = float(np.exp(corr))
+        if table is None:
+            return 1.0, "roofline"
+        g = round(float(np.log2(max(size, 1.0))) * 64)
+        ck = (op, tuple(shape), tuple(key), g)
+        hit = self._lookups.get(ck)
+        if hit is None:
+            corr, path = table.lookup(shape, key, 2.0 ** (g / 64))
+            hit = self._lookups[ck] = (float(np.exp(corr)), path)
+        return hit
+
+    def _factors(self, op, shape, key, sizes: np.ndarray) -> np.ndarray:
+        """``_factor`` for many sizes of one shape at once (same grid, same values)."""
+        table = self.tables.get(op)
+        if table is None:
+            return np.ones(len(sizes))
+        g = np.round(np.log2(np.maximum(np.asarray(sizes, dtype=float), 1.0)) * 64)
+        grid, inverse = np.unique(g, return_inverse=True)
+        corr, _, _ = table.lookup_many(shape, key, 2.0 ** (grid / 64))
+        return np.exp(corr)[inverse]
+
+    def _finish(self, op, terms, shape, key, size, extra=None) -> KernelCost:
+        f, path = self._factor(op, shape, key, size)
         lat = float(terms["latency_s"]) * f
         return KernelCost(op, lat, float(terms["compute_s"]), float(terms["memory_s"]),
                           float(terms["overhead_s"]), float(terms["flops"]), float(terms["bytes"]), path,
@@ -118,19 +134,33 @@ class CostModel:
             return self._finish("gemm", t, (n, k), (), m)
         return self._cached(("gemm", m, n, k, bytes_per_el), run)
 
+    def gemm_latency_s(self, ms: np.ndarray, n: int, k: int, bytes_per_el: float = 2.0) -> np.ndarray:
+        """``gemm(m, n, k).latency_s`` for many token counts ``m`` at once (for tabulating)."""
+        t = kernels.gemm(self.hw, self._p("gemm"), ms, n, k, bytes_per_el, self.l2_warm)
+        return t["latency_s"] * self._factors("gemm", (n, k), (), ms)
+
+    @staticmethod
+    def _moe_loads(counts: np.ndarray, topk: int, ep: int) -> tuple:
+        """(T, active experts, token-slots, slots padded to 16-row blocks) on the busiest EP rank:
+        all a fused MoE kernel's time depends on."""
+        counts = np.asarray(counts)
+        if len(counts) % ep:
+            raise ConfigError(f"num_experts {len(counts)} is not divisible by expert-parallel size {ep}",
+                              field="moe_ep_size")
+        total = int(np.add.reduce(counts))
+        if ep <= 1:
+            return round(total / topk), int(np.count_nonzero(counts)), total, int(np.add.reduce((counts + 15) // 16)) * 16
+        local = busiest_rank(counts, ep)
+        return (round(total / topk), int(np.count_nonzero(local)), int(np.add.reduce(local)),
+                int(np.add.reduce((local + 15) // 16)) * 16)
+
     def moe_from_counts(self, counts: np.ndarray, hidden_size: int, inter_size: int, topk: int,
                         tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> KernelCost:
         """Fused MoE layer given the token count of every expert (length E, summing to T*K)."""
-        counts = np.asarray(counts)
-        E = len(counts)
-        if E % ep:
-            raise ConfigError(f"num_experts {E} is not divisible by expert-parallel size {ep}", field="moe_ep_size")
         for name, v in (("hidden_size", hidden_size), ("inter_size", inter_size), ("topk", topk), ("moe_tp_size", tp)):
             _pos(name, v)
-        T = int(round(counts.sum() / topk))
-        local = busiest_rank(counts, ep)
-        act = local[local > 0]
-        active, slots, padded = len(act), float(act.sum()), float((np.ceil(act / 16.0) * 16.0).sum())
+        E = len(counts)
+        T, active, slots, padded = self._moe_loads(counts, topk, ep)
 
         def run():   # the cost depends on the loads only through these features: cache on them
             t = kernels.moe(self.hw, self._p("moe"), active, slots, padded, T, topk, hidden_size, inter_size / tp,
@@ -140,6 +170,38 @@ class CostModel:
                                  "tokens_per_active_expert": slots / max(active, 1)})
         return self._cached(("moe", active, slots, padded, T, hidden_size, inter_size, E, topk, tp, ep, gated,
                              bytes_per_el), run)
+
+    def moe_latency_s(self, counts: np.ndarray, hidden_size: int, inter_size: int, topk: int,
+                      tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> float:
+        """``moe_from_counts(...).latency_s``, fast for the engine's per-step calls.
+
+        For given (T, active, slots) the padded slot count takes at most active + 1 values
+        (multiples of 16), so a miss prices them all in one vectorised call; without EP
+        (slots = T * topk) it also prices the 15 neighbouring token counts of the same block."""
+        return self.moe_latency_from_loads(self._moe_loads(counts, topk, ep), hidden_size, inter_size, len(counts),
+                                           topk, tp, ep, gated, bytes_per_el)
+
+    def moe_latency_from_loads(self, loads: tuple, hidden_size: int, inter_size: int, num_experts: int, topk: int,
+                               tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> float:
+        """``moe_latency_s`` given ``_moe_loads`` of the counts."""
+        T, active, slots, padded = loads
+        shape = (hidden_size, inter_size, num_experts, topk, tp, ep, gated, bytes_per_el)
+        hit = self._cache.get(("moe_curve", T, active, slots, shape))
+        if hit is None:
+            Ts = np.arange(T - T % 16, T - T % 16 + 16) if ep <= 1 else np.array([T])
+            Ts = Ts[Ts * topk >= active] if ep <= 1 else Ts
+            sl = Ts * topk if ep <= 1 else np.array([slots])
+            lo, hi = -(-sl // 16), (sl + 15 * active) // 16 + 1
+            rep = hi - lo
+            ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))
+            t = kernels.moe(self.hw, self._p("moe"), active, np.repeat(sl, rep), ps, np.repeat(Ts, rep), topk,
+                            hidden_size, inter_size / tp, gated, ep, bytes_per_el, self.l2_warm)
+            lat = t["latency_s"] * np.repeat(self._factors("moe", shape[:4], (tp, ep, "balanced"),
+                                                           np.maximum(Ts, 1)), rep)
+            for x, s_, l_, part in zip(Ts.tolist(), sl.tolist(), lo.tolist(), np.split(lat, np.cumsum(rep)[:-1])):
+                self._cache[("moe_curve", x, active, s_, shape)] = (l_, part.tolist())
+            hit = self._cache[("moe_curve", T, active, slots, shape)]
+        return hit[1][padded // 16 - hit[0]]
 
     def moe(self, num_tokens: int, hidden_size: int, inter_size: int, num_experts: int, topk: int,
             tp: int = 1, ep: int = 1, distribution: str = "uniform", gated: bool = True,
@@ -184,6 +246,15 @@ class CostModel:
         return self._cached(("attn_dec", batch_size, context_len, num_heads, num_kv_heads, head_dim, q_len,
                              kv_bytes_per_el), run)
 
+    def attention_decode_latency_s(self, batch_size: int, context_lens: np.ndarray, num_heads: int,
+                                   num_kv_heads: int, head_dim: int, q_len: int = 1,
+                                   kv_bytes_per_el: float = 2.0) -> np.ndarray:
+        """``attention_decode(...).latency_s`` for many context lengths at once (for tabulating)."""
+        t = kernels.attention_generation(self.hw, self._p("attention_generation"), batch_size, context_lens,
+                                         num_heads, num_kv_heads, head_dim, q_len, kv_bytes_per_el, self.l2_warm)
+        return t["latency_s"] * self._factors("attention_generation", (num_heads, num_kv_heads, head_dim, batch_size),
+                                              (), context_lens)
+
     def attention_prefill(self, batch_size: int, seq_len: int, num_heads: int, num_kv_heads: int,
                           head_dim: int, prefix_len: int = 0) -> KernelCost:
         for name, v in (("batch_size", batch_size), ("isl", seq_len), ("num_heads", num_heads),
@@ -197,6 +268,13 @@ class CostModel:
                                 seq_len + prefix_len)
         return self._cached(("attn_pre", batch_size, seq_len, num_heads, num_kv_heads, head_dim, prefix_len), run)
 
+    def _allreduce_fit(self, num_gpus: int, backend: str) -> str:
+        """The fitted (GPU count, backend) nearest to this GPU count."""
+        fits = self._p("allreduce")
+        counts = sorted({int(k.split(":")[0]) for k in fits})
+        n_fit = min(counts, key=lambda c: abs(np.log2(c) - np.log2(num_gpus)))
+        return f"{n_fit}:{backend}" if f"{n_fit}:{backend}" in fits else next(k for k in fits if k.startswith(f"{n_fit}:"))
+
     def allreduce(self, message_bytes: float, num_gpus: int, cuda_graph: bool = True) -> KernelCost:
         """vLLM custom all-reduce; GPU counts without their own fit use the nearest measured one."""
         _pos("message_size", message_bytes)
@@ -205,13 +283,19 @@ class CostModel:
         backend = "vllm_graph" if cuda_graph else "vllm_eager"
 
         def run():
-            fits = self._p("allreduce")
-            counts = sorted({int(k.split(":")[0]) for k in fits})
-            n_fit = min(counts, key=lambda c: abs(np.log2(c) - np.log2(num_gpus)))
-            key = f"{n_fit}:{backend}" if f"{n_fit}:{backend}" in fits else next(k for k in fits if k.startswith(f"{n_fit}:"))
-            t = kernels.allreduce(self.hw, fits[key], message_bytes, num_gpus)
+            key = self._allreduce_fit(num_gpus, backend)
+            t = kernels.allreduce(self.hw, self._p("allreduce")[key], message_bytes, num_gpus)
             return self._finish("allreduce", t, (num_gpus,), (key.split(":")[1],), message_bytes)
         return self._cached(("ar", message_bytes, num_gpus, backend), run)
+
+    def allreduce_latency_s(self, message_bytes: np.ndarray, num_gpus: int, cuda_graph: bool = True) -> np.ndarray:
+        """``allreduce(...).latency_s`` for many message sizes at once (for tabulating)."""
+        message_bytes = np.asarray(message_bytes, dtype=float)
+        if num_gpus <= 1:
+            return np.zeros(len(message_bytes))
+        key = self._allreduce_fit(num_gpus, "vllm_graph" if cuda_graph else "vllm_eager")
+        t = kernels.allreduce(self.hw, self._p("allreduce")[key], message_bytes, num_gpus)
+        return t["latency_s"] * self._factors("allreduce", (num_gpus,), (key.split(":")[1],), message_bytes)
 
     def alltoall(self, message_bytes: float, num_gpus: int, cuda_graph: bool = True) -> KernelCost:
         """EP dispatch or combine, priced as an all-reduce of the same payload (same links, one pass)."""

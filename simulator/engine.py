@@ -9,6 +9,10 @@ running request by recompute when KV blocks run out; then waiting requests are a
 ``max_num_seqs``, the token budget and free KV blocks allow. A decode step = ``k`` draft passes
 + one target verification of ``k + 1`` tokens per sequence; each sequence keeps its accepted
 drafts plus one bonus token, and the KV of rejected drafts is rolled back.
+
+Request state lives in columns (:class:`Requests`, numpy arrays indexed by request) and a
+replica's running batch is an array of request indices, so a step costs a few dozen array
+operations whatever the batch size: the simulator models steps, not tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from .forward import Batch, ForwardModel, StepCost
+from .forward import Batch, ForwardModel
 from .memory import blocks_for
 from .routing import expected_count_vector
 
@@ -29,28 +33,65 @@ STEP_FIELDS = ("replica", "start_s", "duration_s", "num_decode", "num_prefill", 
                "expert_weight_bytes", "emitted_tokens", "drafted_tokens", "accepted_tokens", "kv_blocks_used",
                "num_waiting", "preemptions")
 
+_EMPTY = np.zeros(0, dtype=np.int64)
+_ONES = np.ones(1 << 14, dtype=np.int64)      # one token per request, sliced (read-only)
+_ONES.flags.writeable = False
 
-class Request:
-    __slots__ = ("id", "arrival_s", "send_s", "input_len", "output_len", "computed", "generated", "blocks",
-                 "first_token_s", "last_token_s", "itls", "finish_s", "failed", "fail_reason", "preemptions",
-                 "drafted", "accepted", "num_drafts", "prefill_target", "replica", "done")
 
-    def __init__(self, spec):
-        self.id, self.arrival_s = spec.request_id, spec.arrival_s
-        self.input_len, self.output_len = spec.input_len, spec.output_len
-        self.send_s = None
-        self.computed = self.generated = self.blocks = 0
-        self.first_token_s = self.last_token_s = self.finish_s = None
-        self.itls = []
-        self.failed, self.fail_reason = False, ""
-        self.preemptions = self.drafted = self.accepted = self.num_drafts = 0
-        self.prefill_target = spec.input_len
-        self.replica = -1
-        self.done = None
+def _ones(n: int) -> np.ndarray:
+    return _ONES[:n] if n <= len(_ONES) else np.ones(n, dtype=np.int64)
 
-    @property
-    def in_prefill(self) -> bool:
-        return self.computed < self.prefill_target
+
+class Requests:
+    """Per-request state as columns. ``computed``: tokens whose KV is held; ``prefill_target``:
+    tokens to prefill before decoding (the prompt, or prompt + output after a preemption).
+    Per-step logs (inter-token gaps; drafted and accepted tokens) are reduced to per-request
+    totals by :meth:`close` when the run ends."""
+
+    def __init__(self, specs):
+        n = len(specs)
+        col = lambda a: np.array([getattr(s, a) for s in specs], dtype=float if a == "arrival_s" else np.int64)  # noqa: E731
+        self.id, self.arrival_s = col("request_id"), col("arrival_s")
+        self.input_len, self.output_len = col("input_len"), col("output_len")
+        self.prefill_target = self.input_len.copy()
+        z = lambda: np.zeros(n, dtype=np.int64)  # noqa: E731
+        self.computed, self.generated, self.blocks, self.preemptions = z(), z(), z(), z()
+        self.drafted, self.accepted, self.num_drafts, self.chunks = z(), z(), z(), z()
+        self.replica = np.full(n, -1, dtype=np.int64)
+        nan = lambda: np.full(n, np.nan)  # noqa: E731
+        self.send_s, self.first_token_s, self.last_token_s, self.finish_s = nan(), nan(), nan(), nan()
+        self.finished = np.zeros(n, dtype=bool)
+        self.failed = np.zeros(n, dtype=bool)
+        self.fail_reason = [""] * n
+        self.itl_log: list = []     # per emitting step: (request indices, gaps since their last token, s)
+        self.spec_log: list = []    # per speculative step: (request indices, drafted, accepted)
+        self._itl_ids = self._itl_gaps = np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def fail(self, i: int, reason: str, now: float) -> None:
+        self.failed[i], self.finished[i], self.fail_reason[i], self.finish_s[i] = True, True, reason, now
+
+    def close(self) -> None:
+        """Reduce the per-step logs to per-request totals."""
+        n = len(self)
+        if self.itl_log:
+            self._itl_ids = np.concatenate([i for i, _ in self.itl_log])
+            self._itl_gaps = np.concatenate([g for _, g in self.itl_log])
+            self.chunks = np.bincount(self._itl_ids, minlength=n)
+        if self.spec_log:
+            ids = np.concatenate([i for i, _, _ in self.spec_log])
+            k = np.concatenate([k for _, k, _ in self.spec_log])
+            a = np.concatenate([a for _, _, a in self.spec_log])
+            self.num_drafts = np.bincount(ids, weights=k > 0, minlength=n).astype(np.int64)
+            self.drafted = np.bincount(ids, weights=k, minlength=n).astype(np.int64)
+            self.accepted = np.bincount(ids, weights=a, minlength=n).astype(np.int64)
+        self.itl_log, self.spec_log = [], []
+
+    def itls(self) -> np.ndarray:
+        """Inter-token (chunk) gaps of the requests that did not fail, in seconds."""
+        return self._itl_gaps[~self.failed[self._itl_ids.astype(np.int64)]]
 
 
 @dataclass
@@ -69,266 +110,366 @@ class EngineConfig:
     draft_kind: str = "none"           # none | model | head | ngram
     draft_tokens_per_pass: int = 1     # EAGLE tree top-k: tokens drafted per pass per sequence
     k_policy: object = None            # adaptive k: (batch, mean ctx, reached, accepted per position) -> k
+    stop_waiting: int | None = None    # end the run once a replica queues more requests than this
 
 
 @dataclass
 class Outcome:
-    requests: list
+    requests: Requests
     steps: list
     num_replicas: int
     end_s: float
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Plan:
+    """One step's work: decoding requests (query tokens scored, drafts verified, context held)
+    and prefill chunks (tokens, context already held)."""
+    dec: np.ndarray
+    dec_n: np.ndarray
+    dec_k: np.ndarray
+    dec_ctx: np.ndarray
+    pre: np.ndarray
+    pre_n: np.ndarray
+    pre_ctx: np.ndarray
+    preempted: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return len(self.dec) == 0 and len(self.pre) == 0
+
+
+_sum = np.add.reduce
+
+
+def _cat(parts: list) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class Replica:
-    def __init__(self, env, idx, cfg: EngineConfig, target: ForwardModel, draft: ForwardModel | None,
-                 acceptance, routing, rng, steps: list, on_finish):
-        self.env, self.idx, self.cfg = env, idx, cfg
+    # Take the leading running requests that fit in one array operation. False schedules every
+    # request one by one: the reference the tests compare the fast path with.
+    batch_schedule = True
+
+    def __init__(self, env, idx, cfg: EngineConfig, R: Requests, target: ForwardModel, draft: ForwardModel | None,
+                 acceptance, routing, rng, steps: list, on_finish, stop):
+        self.env, self.idx, self.cfg, self.R = env, idx, cfg, R
         self.target, self.draft, self.acc, self.routing, self.rng = target, draft, acceptance, routing, rng
         self.waiting: deque = deque()
-        self.running: list = []
+        self.run = _EMPTY                  # running request indices, oldest first
         self.free_blocks = cfg.num_blocks
         self.steps, self.on_finish = steps, on_finish
+        self.stop = stop
         self.wake = None
         self.outstanding = 0
-        self.pos_drafted = np.zeros(max(cfg.k, 1), dtype=np.int64)
-        self.pos_accepted = np.zeros(max(cfg.k, 1), dtype=np.int64)
-        self.pos_reached = np.zeros(max(cfg.k, 1), dtype=np.int64)   # drafted with all earlier accepted
         self.k_now = cfg.k
+        # acceptance counters: how many decodes drafted k and accepted a, as a (k+1) x (k+1) histogram
+        self.k_by_a = np.zeros((cfg.k + 1) ** 2, dtype=np.int64)
+        self._pos_masks = None
         self._draft_memo: dict = {}
+        self._popularity = None
+        if target.m.moe and routing.mode != "expected" and routing.model.kind != "locality":
+            E, K = target.m.moe.num_experts, target.m.moe.num_experts_per_tok
+            p = routing.model.expected_counts(1.0, E, K) / K
+            self._popularity = p / p.sum()
         env.process(self.loop())
+
+    def positions(self) -> tuple:
+        """Per draft position j: times drafted, accepted, and reached (drafted with all earlier
+        drafts accepted), from the (k, accepted) histogram."""
+        K = self.cfg.k
+        if self._pos_masks is None:
+            j, k, a = np.arange(K)[:, None, None], np.arange(K + 1)[None, :, None], np.arange(K + 1)[None, None, :]
+            masks = (k > j) & (a >= 0), (a > j) & (k >= 0), (k > j) & (a >= j)
+            self._pos_masks = np.concatenate([m.reshape(K, -1) for m in masks]).astype(np.int64)
+        drafted, accepted, reached = np.split(self._pos_masks @ self.k_by_a, 3)
+        return drafted, accepted, reached
 
     # --- admission ---------------------------------------------------------------------
 
-    def submit(self, r: Request) -> None:
-        r.replica = self.idx
+    def submit(self, i: int) -> None:
+        self.R.replica[i] = self.idx
         self.outstanding += 1
-        self.waiting.append(r)
+        self.waiting.append(i)
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
 
-    def _grow(self, r: Request, tokens: int) -> bool:
-        need = blocks_for(tokens, self.cfg.block_size) - r.blocks
+    def _grow(self, i: int, tokens: int) -> bool:
+        R = self.R
+        need = blocks_for(tokens, self.cfg.block_size) - int(R.blocks[i])
         if need <= 0:
             return True
         if need > self.free_blocks:
             return False
         self.free_blocks -= need
-        r.blocks += need
+        R.blocks[i] += need
         return True
 
-    def _shrink(self, r: Request) -> None:
-        keep = blocks_for(r.computed, self.cfg.block_size)
-        if r.blocks > keep:
-            self.free_blocks += r.blocks - keep
-            r.blocks = keep
-
-    def _preempt(self, r: Request) -> None:
-        """Recompute preemption: drop its KV, requeue it first; prompt + output are prefilled again."""
-        self.running.remove(r)
-        self.free_blocks += r.blocks
-        r.blocks = r.computed = 0
-        r.prefill_target = r.input_len + r.generated
-        r.preemptions += 1
-        self.waiting.appendleft(r)
+    def _preempt(self, run: list) -> int:
+        """Recompute preemption of the newest running request: drop its KV, requeue it first;
+        prompt + output are prefilled again."""
+        R = self.R
+        i = run.pop()
+        self.free_blocks += int(R.blocks[i])
+        R.blocks[i] = R.computed[i] = 0
+        R.prefill_target[i] = R.input_len[i] + R.generated[i]
+        R.preemptions[i] += 1
+        self.waiting.appendleft(i)
+        return i
 
     def _choose_k(self) -> int:
         cfg = self.cfg
         if cfg.k_policy is None:
             return cfg.k
-        ctx = [r.computed for r in self.running if not r.in_prefill]
-        return cfg.k_policy(len(ctx), sum(ctx) / len(ctx) if ctx else 1.0, self.pos_reached, self.pos_accepted)
+        comp = self.R.computed[self.run]
+        ctx = comp[comp >= self.R.prefill_target[self.run]]
+        _, accepted, reached = self.positions()
+        return cfg.k_policy(len(ctx), float(ctx.mean()) if len(ctx) else 1.0, reached, accepted)
 
     # --- one step ------------------------------------------------------------------------
 
-    def schedule(self):
-        """Pick this step's work: running requests first (decode k+1 tokens, or a prefill chunk),
-        preempting from the back when KV blocks run out, then admit waiting requests.
-        Returns ([(request, tokens, k)] decodes, [(request, tokens)] prefills, preemptions)."""
-        cfg = self.cfg
+    def _wants_one(self, i: int, budget: int, kn: int) -> tuple:
+        """(tokens, k) request i asks for this step given the budget left; k = -1 for a prefill."""
+        cfg, R = self.cfg, self.R
+        c, t = int(R.computed[i]), int(R.prefill_target[i])
+        if c < t:
+            left = t - c
+            return (min(left, budget) if cfg.enable_chunked_prefill else (left if left <= budget else 0)), -1
+        left = int(R.output_len[i] - R.generated[i]) - 1
+        k = kn if left >= kn else (left if left > 0 else 0)
+        n = cfg.verify_tokens if self._tree and k == cfg.k and k > 0 else k + 1
+        return (n if n <= budget else 0), k
+
+    @property
+    def _tree(self) -> bool:
+        """Tree verification (more query tokens than k + 1) at full k."""
+        return self.cfg.k_policy is None and self.cfg.verify_tokens != self.cfg.k + 1
+
+    def schedule(self) -> Plan:
+        """Running requests first, in order, preempting from the back when KV blocks run out; then
+        admit waiting requests. The leading running requests that fit the token budget and free
+        blocks as they stand are taken in one array operation; the rest go one by one."""
+        cfg, R = self.cfg, self.R
         budget = cfg.max_num_batched_tokens
         bs = cfg.block_size
-        decodes, prefills, preempted = [], [], 0
         kn = self.k_now = self._choose_k()
-        tree = cfg.k_policy is None and cfg.verify_tokens != cfg.k + 1
-        running = self.running
-        i = 0
-        while i < len(running):
-            r = running[i]
-            if r.computed < r.prefill_target:
-                left = r.prefill_target - r.computed
-                n = min(left, budget) if cfg.enable_chunked_prefill else (left if left <= budget else 0)
-                k = -1
-            else:
-                left = r.output_len - r.generated - 1        # k, capped by the tokens still to generate
-                k = kn if left >= kn else (left if left > 0 else 0)
-                n = cfg.verify_tokens if tree and k == cfg.k and k > 0 else k + 1
-                if n > budget:
-                    n = 0
-            if n <= 0:
-                i += 1
-                continue
-            need = (r.computed + n + bs - 1) // bs - r.blocks
-            if need > 0:
-                if need <= self.free_blocks:
-                    self.free_blocks -= need
-                    r.blocks += need
-                else:
-                    lost = False
-                    while not self._grow(r, r.computed + n):
-                        victim = running[-1]
-                        self._preempt(victim)
-                        preempted += 1
-                        if victim is r:
-                            lost = True
-                            break
-                    if lost:
+        ids = self.run
+        comp, tgt = R.computed[ids], R.prefill_target[ids]
+        k = np.minimum(np.maximum(R.output_len[ids] - R.generated[ids] - 1, 0), kn)
+        n = k + 1
+        if self._tree:
+            n = np.where((k == cfg.k) & (k > 0), cfg.verify_tokens, n)
+        pre = comp < tgt
+        any_pre = pre.any()
+        if any_pre:
+            n = np.where(pre, tgt - comp, n)
+            k = np.where(pre, -1, k)
+        blocks = R.blocks[ids]
+        need = np.maximum((comp + n + bs - 1) // bs - blocks, 0)
+        if not self.batch_schedule:
+            j = 0
+        elif _sum(n) <= budget and _sum(need) <= self.free_blocks:
+            j = len(ids)
+        else:
+            fits = (np.cumsum(n) <= budget) & (np.cumsum(need) <= self.free_blocks)
+            j = int(np.argmin(fits))
+        if j:
+            R.blocks[ids[:j] if j < len(ids) else ids] = blocks[:j] + need[:j]
+            self.free_blocks -= int(_sum(need[:j]))
+            budget -= int(_sum(n[:j]))
+        preempted = 0
+        if j < len(ids):
+            run = ids.tolist()
+            tail = []
+            i = j
+            while i < len(run):
+                r = run[i]
+                nn, kk = self._wants_one(r, budget, kn)
+                if nn <= 0:
+                    i += 1
+                    continue
+                lost = False
+                while not self._grow(r, int(R.computed[r]) + nn):
+                    preempted += 1
+                    if self._preempt(run) == r:
+                        lost = True
                         break
-            budget -= n
-            if k < 0:
-                prefills.append((r, n))
-            else:
-                decodes.append((r, n, k))
-            i += 1
-        while self.waiting and len(running) < cfg.max_num_seqs and budget > 0 and not preempted:
-            r = self.waiting[0]
-            left = r.prefill_target - r.computed
-            n = min(left, budget) if cfg.enable_chunked_prefill else left
-            if n > budget or not self._grow(r, r.computed + n):
-                break
-            self.waiting.popleft()
-            running.append(r)
-            budget -= n
-            prefills.append((r, n))
-        return decodes, prefills, preempted
+                if lost:
+                    break
+                budget -= nn
+                tail.append((r, nn, kk))
+                i += 1
+            self.run = np.array(run, dtype=np.int64)
+            t = np.array(tail, dtype=np.int64).reshape(-1, 3)
+            ids, n, k = np.concatenate([ids[:j], t[:, 0]]), np.concatenate([n[:j], t[:, 1]]), np.concatenate([k[:j], t[:, 2]])
+            comp = R.computed[ids]
+            any_pre = True
+        adm = []
+        if self.waiting:
+            slots = cfg.max_num_seqs - len(self.run)
+            while self.waiting and len(adm) < slots and budget > 0 and not preempted:
+                r = self.waiting[0]
+                left = int(R.prefill_target[r] - R.computed[r])
+                nn = min(left, budget) if cfg.enable_chunked_prefill else left
+                if nn > budget or not self._grow(r, int(R.computed[r]) + nn):
+                    break
+                self.waiting.popleft()
+                budget -= nn
+                adm.append((r, nn))
+        if any_pre:
+            d = k >= 0
+            plan = Plan(ids[d], n[d], k[d], comp[d], ids[~d], n[~d], comp[~d], preempted)
+        else:
+            plan = Plan(ids, n, k, comp, _EMPTY, _EMPTY, _EMPTY, preempted)
+        if adm:
+            a = np.array(adm, dtype=np.int64)
+            self.run = np.concatenate([self.run, a[:, 0]])
+            plan.pre, plan.pre_n = np.concatenate([plan.pre, a[:, 0]]), np.concatenate([plan.pre_n, a[:, 1]])
+            plan.pre_ctx = R.computed[plan.pre]
+        return plan
 
-    def _counts(self, seq_tokens):
+    def _counts(self, total: int, plan: Plan):
         m = self.target.m
         E, K = m.moe.num_experts, m.moe.num_experts_per_tok
-        total = int(sum(seq_tokens))
         if self.routing.mode == "expected":
             return expected_count_vector(total, E, K)
-        if total > 256 and self.routing.model.kind != "locality":
-            p = self.routing.model.expected_counts(1.0, E, K) / K
-            return self.rng.multinomial(total * K, p / p.sum())
+        if total > 256 and self._popularity is not None:
+            return self.rng.multinomial(total * K, self._popularity)
+        seq_tokens = np.concatenate([plan.dec_n, plan.pre_n]) if len(plan.pre) else plan.dec_n
         return self.routing.model.sample_counts(seq_tokens, E, K, self.rng)
 
-    def step_cost(self, decodes, prefills) -> StepCost:
+    def step_cost(self, plan: Plan) -> tuple:
         cfg = self.cfg
-        nd = len(decodes)
-        q = max((d[1] for d in decodes), default=1)
-        ctx = sum(d[0].computed for d in decodes) / nd if nd else 0.0
-        batch = Batch(nd, q, ctx, tuple((n, r.computed) for r, n in prefills))
+        nd = len(plan.dec)
+        ctx_sum = float(_sum(plan.dec_ctx)) if nd else 0.0
+        prefill = tuple(zip(plan.pre_n.tolist(), plan.pre_ctx.tolist())) if len(plan.pre) else ()
+        batch = Batch(nd, int(np.maximum.reduce(plan.dec_n)) if nd else 1, ctx_sum / nd if nd else 0.0, prefill)
         counts = None
         if self.target.m.moe:
-            counts = self._counts([d[1] for d in decodes] + [n for _, n in prefills])
+            counts = self._counts(int(_sum(plan.dec_n)) + int(_sum(plan.pre_n)), plan)
         cost = self.target.forward(batch, counts)
-        spec = [d[0] for d in decodes if d[1] > 1]
-        if self.draft is not None and (spec or prefills):
-            ctx_d = sum(r.computed for r in spec) / len(spec) if spec else 0.0
-            passes = self.k_now
+        spec = plan.dec_n > 1
+        n_spec = int(np.count_nonzero(spec))
+        if self.draft is not None and (n_spec or prefill):
             draft_s = 0.0
-            if spec:
+            if n_spec:
+                ctx_d = ctx_sum / nd if n_spec == nd else float(_sum(plan.dec_ctx[spec])) / n_spec
                 # the draft's step cost barely moves with context: cache it on a 1/64-octave grid
-                key = (len(spec), round(64 * math.log2(max(ctx_d, 1.0))))
+                key = (n_spec, round(64 * math.log2(max(ctx_d, 1.0))))
                 one_s = self._draft_memo.get(key)
                 if one_s is None:
                     one_s = self._draft_memo[key] = self.draft.forward(
-                        Batch(len(spec), cfg.draft_tokens_per_pass, 2 ** (key[1] / 64))).total_s
-                draft_s += passes * one_s
-            if prefills:
-                draft_s += self.draft.forward(Batch(0, 1, 0.0, batch.prefill)).total_s
+                        Batch(n_spec, cfg.draft_tokens_per_pass, 2 ** (key[1] / 64))).total_s
+                draft_s += self.k_now * one_s
+            if prefill:
+                draft_s += self.draft.forward(Batch(0, 1, 0.0, prefill)).total_s
             cost.draft_s = draft_s
-        cost.overhead_s += cfg.step_overhead_s + cfg.per_seq_overhead_s * (nd + len(prefills))
-        if spec:
+        cost.overhead_s += cfg.step_overhead_s + cfg.per_seq_overhead_s * (nd + len(prefill))
+        if n_spec:
             cost.overhead_s += cfg.spec_round_overhead_s
         return cost, batch, counts
 
     def loop(self):
-        env, cfg = self.env, self.cfg
+        env, cfg, R = self.env, self.cfg, self.R
         while True:
-            if not self.running and not self.waiting:
+            if not len(self.run) and not self.waiting:
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
                 continue
-            decodes, prefills, preempted = self.schedule()
-            if not decodes and not prefills:
+            plan = self.schedule()
+            if cfg.stop_waiting is not None and len(self.waiting) > cfg.stop_waiting and not self.stop.triggered:
+                self.stop.succeed()
+            if plan.empty:
                 # Nothing fits even alone: the head request can never run on this replica.
-                r = self.waiting.popleft() if self.waiting else self.running.pop()
-                self.free_blocks += r.blocks
-                r.blocks = 0
-                self._fail(r, "kv cache too small for this request")
+                if self.waiting:
+                    i = self.waiting.popleft()
+                else:
+                    i, self.run = int(self.run[-1]), self.run[:-1]
+                self.free_blocks += int(R.blocks[i])
+                R.blocks[i] = 0
+                self._fail(i, "kv cache too small for this request")
                 continue
-            cost, batch, counts = self.step_cost(decodes, prefills)
+            cost, batch, counts = self.step_cost(plan)
             start = env.now
             yield env.timeout(cost.total_s)
-            now = env.now
-            emitted = drafted = accepted = 0
-            for r, n in prefills:
-                r.computed += n
-                if not r.in_prefill:
-                    emitted += self._emit(r, 1, now)
-            if decodes:
-                acc = (self.acc.sample(self.k_now, len(decodes), self.rng) if self.k_now
-                       else np.zeros(len(decodes), int))
-                if self.k_now:
-                    ks = np.array([d[2] for d in decodes])
-                    acc = np.minimum(acc, ks)
-                    pos = np.arange(cfg.k)
-                    drafted_mask = ks[:, None] > pos
-                    self.pos_drafted += drafted_mask.sum(axis=0)
-                    self.pos_accepted += (acc[:, None] > pos).sum(axis=0)
-                    self.pos_reached += (drafted_mask & (acc[:, None] >= pos)).sum(axis=0)
-                bs = cfg.block_size
-                for (r, n, k), a in zip(decodes, acc.tolist()):
-                    if k:
-                        r.num_drafts += 1
-                        r.drafted += k
-                        r.accepted += a
-                        drafted += k
-                        accepted += a
-                    r.computed += 1 + a            # last token + accepted drafts now hold KV
-                    keep = (r.computed + bs - 1) // bs   # roll back the rejected drafts' KV (inline _shrink)
-                    if r.blocks > keep:
-                        self.free_blocks += r.blocks - keep
-                        r.blocks = keep
-                    m = r.output_len - r.generated       # inline _emit for a request past its first token
-                    m = m if m < 1 + a else 1 + a
-                    if r.last_token_s is not None and r.generated and m < r.output_len - r.generated:
-                        r.itls.append(now - r.last_token_s)
-                        r.last_token_s = now
-                        r.generated += m
-                        emitted += m
-                    else:
-                        emitted += self._emit(r, 1 + a, now)
-            self.steps.append((self.idx, start, cost.total_s, len(decodes), len(prefills), batch.num_tokens,
+            emitted, drafted, accepted = self._advance(plan, env.now)
+            self.steps.append((self.idx, start, cost.total_s, len(plan.dec), len(plan.pre), batch.num_tokens,
                                batch.decode_q, cost.draft_s, cost.attention_s, cost.gemm_s, cost.moe_s, cost.comm_s,
                                cost.overhead_s, cost.active_experts, cost.expert_weight_bytes, emitted, drafted,
-                               accepted, cfg.num_blocks - self.free_blocks, len(self.waiting), preempted))
+                               accepted, cfg.num_blocks - self.free_blocks, len(self.waiting), plan.preempted))
 
-    def _emit(self, r: Request, n: int, now: float) -> int:
-        n = min(n, r.output_len - r.generated)
-        if r.generated == 0 and r.first_token_s is None:
-            r.first_token_s = now
-        elif r.last_token_s is not None:
-            r.itls.append(now - r.last_token_s)
-        r.last_token_s = now
-        r.generated += n
-        if r.generated >= r.output_len:
-            self.running.remove(r)
-            self.free_blocks += r.blocks
-            r.blocks = 0
-            r.finish_s = now
-            self.outstanding -= 1
-            self.on_finish(r)
-        return n
+    def _advance(self, plan: Plan, now: float) -> tuple:
+        """Apply a finished step: prefill progress, acceptance, KV rollback, token emission."""
+        cfg, R = self.cfg, self.R
+        drafted = accepted = 0
+        emit_ids, emit_n = [], []
+        if len(plan.pre):
+            c = plan.pre_ctx + plan.pre_n
+            R.computed[plan.pre] = c
+            first = plan.pre[c >= R.prefill_target[plan.pre]]     # prefill done: it samples a token
+            if len(first):
+                emit_ids.append(first)
+                emit_n.append(_ones(len(first)))
+        dec = plan.dec
+        if len(dec):
+            if self.k_now:
+                ks = plan.dec_k
+                acc = np.minimum(self.acc.sample(self.k_now, len(dec), self.rng), ks)
+                self.k_by_a += np.bincount(ks * (cfg.k + 1) + acc, minlength=len(self.k_by_a))
+                R.spec_log.append((dec, ks, acc))
+                drafted, accepted = int(_sum(ks)), int(_sum(acc))
+                want = acc + 1
+            else:
+                want = _ones(len(dec))
+            c = plan.dec_ctx + want                   # last token + accepted drafts now hold KV
+            R.computed[dec] = c
+            blocks = R.blocks[dec]                     # roll back the rejected drafts' KV
+            keep = np.minimum(blocks, (c + cfg.block_size - 1) // cfg.block_size)
+            self.free_blocks += int(_sum(blocks)) - int(_sum(keep))
+            R.blocks[dec] = keep
+            emit_ids.append(dec)
+            emit_n.append(want)
+        if not emit_ids:
+            return 0, drafted, accepted
+        # prefill completers (first in the list) may be emitting their first token
+        emitted, done = self._emit(_cat(emit_ids), _cat(emit_n), now, first_possible=emit_ids[0] is not dec)
+        if len(done):
+            R.finished[done] = True
+            R.finish_s[done] = now
+            self.free_blocks += int(_sum(R.blocks[done]))
+            R.blocks[done] = 0
+            self.run = self.run[~R.finished[self.run]]
+            self.outstanding -= len(done)
+            for i in done.tolist():
+                self.on_finish(i)
+        return emitted, drafted, accepted
 
-    def _fail(self, r: Request, reason: str) -> None:
-        r.failed, r.fail_reason = True, reason
-        r.finish_s = self.env.now
+    def _emit(self, ids: np.ndarray, want: np.ndarray, now: float, first_possible: bool) -> tuple:
+        """Emit up to ``want`` tokens per request (capped at its output length); record TTFT or
+        the inter-token gap. Returns (tokens emitted, requests now finished)."""
+        R = self.R
+        gen = R.generated[ids]
+        out = R.output_len[ids]
+        m = np.minimum(want, out - gen)
+        last = R.last_token_s[ids]
+        if not first_possible:
+            R.itl_log.append((ids, now - last))
+        elif (gap := ~np.isnan(last)).all():   # no previous token: this one is the first (TTFT)
+            R.itl_log.append((ids, now - last))
+        else:
+            R.first_token_s[ids[~gap]] = now
+            R.itl_log.append((ids[gap], now - last[gap]))
+        R.last_token_s[ids] = now
+        gen = gen + m
+        R.generated[ids] = gen
+        return int(_sum(m)), ids[gen >= out]
+
+    def _fail(self, i: int, reason: str) -> None:
+        self.R.fail(i, reason, self.env.now)
         self.outstanding -= 1
-        self.on_finish(r)
+        self.on_finish(i)
 
 
 def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: ForwardModel | None, acceptance,
@@ -337,56 +478,76 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
     env = simpy.Environment()
     streams = np.random.SeedSequence(seed).spawn(replicas)
     steps: list = []
-    reqs = [Request(s) for s in specs]
+    R = Requests(specs)
     sem = simpy.Resource(env, capacity=max_concurrency) if max_concurrency else None
+    done_events: dict = {}
+    # The run ends when every request has finished or failed, or early when a replica's queue
+    # passes cfg.stop_waiting (the planner's "not sustainable" verdict is then already certain).
+    all_done, stop = env.event(), env.event()
+    left = [len(specs)]
 
-    def finished(r):
-        if r.done is not None:
-            r.done.succeed()
+    def finished(i):
+        ev = done_events.pop(i, None)
+        if ev is not None:
+            ev.succeed()
         if progress is not None:
             progress(1)
+        left[0] -= 1
+        if not left[0]:
+            all_done.succeed()
 
-    reps = [Replica(env, i, cfg, target, draft, acceptance, routing, np.random.default_rng(streams[i]), steps,
-                    finished) for i in range(replicas)]
+    reps = [Replica(env, j, cfg, R, target, draft, acceptance, routing, np.random.default_rng(streams[j]), steps,
+                    finished, stop) for j in range(replicas)]
     rr = [0]
 
-    def send(r):
-        r.send_s = env.now
-        if r.input_len + r.output_len > cfg.max_model_len:
-            r.failed, r.fail_reason, r.finish_s = True, f"input+output exceeds max_model_len {cfg.max_model_len}", env.now
-            finished(r)
+    def send(i, spec):
+        R.send_s[i] = env.now
+        if spec.input_len + spec.output_len > cfg.max_model_len:
+            R.fail(i, f"input+output exceeds max_model_len {cfg.max_model_len}", env.now)
+            finished(i)
             return
-        if blocks_for(r.input_len + r.output_len + cfg.k, cfg.block_size) > cfg.num_blocks:
-            r.failed, r.fail_reason, r.finish_s = True, "request needs more KV blocks than a replica has", env.now
-            finished(r)
+        if blocks_for(spec.input_len + spec.output_len + cfg.k, cfg.block_size) > cfg.num_blocks:
+            R.fail(i, "request needs more KV blocks than a replica has", env.now)
+            finished(i)
             return
         if router == "least_outstanding":
             rep = min(reps, key=lambda x: (x.outstanding, x.idx))
         else:
             rep = reps[rr[0] % replicas]
             rr[0] += 1
-        rep.submit(r)
+        rep.submit(i)
 
-    def client(r):
+    def client(i, spec):
         with sem.request() as slot:
             yield slot
-            r.done = env.event()
-            send(r)
-            if not r.done.triggered:
-                yield r.done
+            ev = done_events[i] = env.event()
+            send(i, spec)
+            if not ev.triggered:
+                yield ev
 
     def arrivals():
-        for r in reqs:
-            if r.arrival_s > env.now:
-                yield env.timeout(r.arrival_s - env.now)
+        for i, spec in enumerate(specs):
+            if spec.arrival_s > env.now:
+                yield env.timeout(spec.arrival_s - env.now)
             if sem is None:
-                send(r)
+                send(i, spec)
             else:
-                env.process(client(r))
+                env.process(client(i, spec))
 
     env.process(arrivals())
-    env.run()
-    pos_d = sum(r.pos_drafted for r in reps)
-    pos_a = sum(r.pos_accepted for r in reps)
-    per_pos = [float(a / d) if d else None for a, d in zip(pos_a, pos_d)] if cfg.k else None
-    return Outcome(reqs, steps, replicas, env.now, {"per_position": per_pos})
+    if specs:
+        env.run(until=env.any_of([all_done, stop]))
+    stopped = not all_done.triggered
+    if stopped:
+        for i in np.flatnonzero(~R.finished).tolist():
+            R.fail(i, f"not finished: run stopped once a queue passed {cfg.stop_waiting} waiting requests", env.now)
+    per_pos = None
+    if cfg.k:
+        pos = [r.positions() for r in reps]
+        pos_d, pos_a = sum(p[0] for p in pos), sum(p[1] for p in pos)
+        per_pos = [float(a / d) if d else None for a, d in zip(pos_a, pos_d)]
+    R.close()
+    extra = {"per_position": per_pos}
+    if stopped:
+        extra["stopped_early"] = True
+    return Outcome(R, steps, replicas, env.now, extra)

@@ -10,7 +10,10 @@ theory module is a forward with ``q_len = k + 1``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,8 +40,7 @@ class Parallel:
         return self.tensor_parallel_size if self.enable_expert_parallel else 1
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """What one forward pass computes.
 
     ``decode_q``: query tokens per decoding sequence (1, or k+1 when verifying);
@@ -56,7 +58,7 @@ class Batch:
         return self.num_decode * self.decode_q + sum(c for c, _ in self.prefill)
 
 
-@dataclass
+@dataclass(slots=True)
 class StepCost:
     attention_s: float = 0.0
     gemm_s: float = 0.0
@@ -67,24 +69,22 @@ class StepCost:
     expert_weight_bytes: float = 0.0     # expert weights read from HBM in this step, all GPUs, all layers
     active_experts: float = 0.0          # distinct experts activated per MoE layer (busiest EP rank if EP)
     tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def total_s(self) -> float:
         return self.attention_s + self.gemm_s + self.moe_s + self.comm_s + self.overhead_s + self.draft_s
 
-    def add(self, other: "StepCost", scale: float = 1.0) -> None:
-        for f in ("attention_s", "gemm_s", "moe_s", "comm_s", "overhead_s", "draft_s", "expert_weight_bytes"):
-            setattr(self, f, getattr(self, f) + scale * getattr(other, f))
 
-
+@functools.lru_cache(maxsize=1 << 16)
 def _ctx_bucket(ctx: float) -> float:
     """Round contexts to 1/32 of an octave so cached attention costs stay few and accurate (<2%)."""
     if ctx <= 16:
         return float(max(1, round(ctx)))
-    e = np.floor(np.log2(ctx))
-    step = 2 ** e / 32
+    step = 2.0 ** math.floor(math.log2(ctx)) / 32
     return float(round(ctx / step) * step)
+
+
+_CTX_GRID = 4 * 24   # decode-attention context grid: 2^(i/4) up to 16M tokens
 
 
 class ForwardModel:
@@ -99,6 +99,8 @@ class ForwardModel:
         if model.kv_cache_dim_per_token:   # MLA latent cache: not split by TP
             self.kv_heads = model.kv_cache_dim_per_token / (2 * model.head_dim_)
         self._dense_cache: dict = {}
+        self._tok_gemm_s: list = []
+        self._eager_s = 0.0 if par.cuda_graphs else model.num_hidden_layers * par.kernels_per_layer * par.eager_launch_s
 
     # --- per-layer pieces ----------------------------------------------------------------
 
@@ -127,20 +129,20 @@ class ForwardModel:
 
     def _decode_attention(self, b: int, q: int, ctx: float) -> float:
         """One layer's decode attention, linear in context between grid points 2^(i/4)."""
-        x = 4.0 * np.log2(max(ctx, 1.0))
-        i = int(np.floor(x))
+        x = 4.0 * math.log2(max(ctx, 1.0))
+        i = math.floor(x)
         w = x - i
         lo = self._decode_attention_at(b, q, i)
         return lo if w < 1e-9 else lo + (self._decode_attention_at(b, q, i + 1) - lo) * (
             (max(ctx, 1.0) - 2 ** (i / 4)) / (2 ** ((i + 1) / 4) - 2 ** (i / 4)))
 
     def _decode_attention_at(self, b: int, q: int, i: int) -> float:
-        key = ("dec", b, q, i)
-        hit = self._dense_cache.get(key)
-        if hit is None:
-            hit = self._dense_cache[key] = self.cm.attention_decode(
-                b, 2 ** (i / 4), self.heads, self.kv_heads, self.m.head_dim_, q).latency_s
-        return hit
+        """Decode attention at context 2^(i/4), tabulated per (batch, q) over the whole grid."""
+        row = self._dense_cache.get(("dec", b, q))
+        if row is None:
+            row = self._dense_cache[("dec", b, q)] = self.cm.attention_decode_latency_s(
+                b, 2.0 ** (np.arange(_CTX_GRID) / 4), self.heads, self.kv_heads, self.m.head_dim_, q).tolist()
+        return row[i]
 
     def _prefill_attention(self, chunk: int, prefix: int) -> float:
         key = ("pre", chunk, prefix)
@@ -151,60 +153,61 @@ class ForwardModel:
         return hit
 
     def _token_part(self, N: int, logits: int) -> tuple:
-        """(GEMM s, communication s, eager launch s) of the whole stack for N tokens."""
-        key = ("tok", N, logits)
-        hit = self._dense_cache.get(key)
-        if hit is not None:
-            return hit
+        """(GEMM s, communication s, eager launch s) of the whole stack for N tokens, ``logits`` of
+        them through the LM head. Tabulated for every N up to a power of two, grown on demand."""
+        if max(N, logits) >= len(self._tok_gemm_s):
+            self._tabulate(max(N, logits) + 1)
+        return self._tok_gemm_s[N] + self._head_gemm_s[max(1, logits)], self._tok_comm_s[N], self._eager_s
+
+    def _tabulate(self, size: int) -> None:
+        cap = 1 << max(10, (size - 1).bit_length())
+        N = np.arange(1, cap)
         m, cm, tp = self.m, self.cm, self.tp
         h, d = m.hidden_size, m.head_dim_
-        qkv = cm.gemm(N, (self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d), h)
-        o = cm.gemm(N, h, self.heads * d)
-        ar = cm.allreduce(N * h * 2, tp, self.par.cuda_graphs).latency_s if tp > 1 else 0.0
+        g = lambda n, k: cm.gemm_latency_s(N, n, k)  # noqa: E731
+        qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, h)
+        o = g(h, self.heads * d)
         layers = m.num_hidden_layers
-        dense_layers = layers - m.num_moe_layers
         mats = 3 if m.gated_ffn else 2
-        ffn = cm.gemm(N, (mats - 1) * m.intermediate_size // tp, h).latency_s + cm.gemm(N, h, m.intermediate_size // tp).latency_s
-        gemm_s = layers * (qkv.latency_s + o.latency_s) + dense_layers * ffn
+        gemm_s = layers * (qkv + o)
+        if layers > m.num_moe_layers:
+            ffn = g((mats - 1) * m.intermediate_size // tp, h) + g(h, m.intermediate_size // tp)
+            gemm_s += (layers - m.num_moe_layers) * ffn
         if m.moe:
-            router = cm.gemm(N, m.moe.num_experts, h).latency_s
-            shared = 0.0
+            moe_dense = g(m.moe.num_experts, h)                # router
             if m.moe.shared_expert_intermediate_size:
                 si = m.moe.shared_expert_intermediate_size // tp
-                shared = cm.gemm(N, 2 * si, h).latency_s + cm.gemm(N, h, si).latency_s
-            gemm_s += m.num_moe_layers * (router + shared)
+                moe_dense = moe_dense + g(2 * si, h) + g(h, si)
+            gemm_s += m.num_moe_layers * moe_dense
         if m.fc_in_multiplier:
-            gemm_s += cm.gemm(N, h, m.fc_in_multiplier * h).latency_s
-        gemm_s += cm.gemm(max(1, logits), max(1, m.vocab_size // tp), h).latency_s
-        comm_s = 2 * layers * ar            # two all-reduces per layer (after attention and after the FFN/MoE)
-        overhead_s = 0.0 if self.par.cuda_graphs else layers * self.par.kernels_per_layer * self.par.eager_launch_s
-        hit = self._dense_cache[key] = (gemm_s, comm_s, overhead_s)
-        return hit
+            gemm_s += g(h, m.fc_in_multiplier * h)
+        # two all-reduces per layer (after attention and after the FFN/MoE)
+        comm_s = 2 * layers * cm.allreduce_latency_s(N * h * 2.0, tp, self.par.cuda_graphs) if tp > 1 else 0 * N
+        zero = np.zeros(1)
+        self._tok_gemm_s = np.concatenate([zero, gemm_s]).tolist()
+        self._tok_comm_s = np.concatenate([zero, comm_s]).tolist()
+        self._head_gemm_s = np.concatenate([zero, g(max(1, m.vocab_size // tp), h)]).tolist()
 
-    def moe_part(self, counts: np.ndarray) -> StepCost:
-        """Expert time and weight traffic for all MoE layers, given one layer's expert loads."""
-        m = self.m
-        c = StepCost()
-        if not m.moe or counts.sum() == 0:
-            return c
-        k = self.cm.moe_from_counts(counts, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts_per_tok,
-                                    self.par.moe_tp, self.par.moe_ep, m.moe.gated)
+    def moe_part(self, counts: np.ndarray) -> tuple:
+        """(expert time s, expert weight bytes read, distinct experts activated per layer) for all
+        MoE layers, given one layer's expert loads."""
+        m, par = self.m, self.par
+        loads = self.cm._moe_loads(counts, m.moe.num_experts_per_tok, par.moe_ep)
+        active = loads[1] if par.moe_ep <= 1 else int(np.count_nonzero(counts))
+        if not active:
+            return 0.0, 0.0, 0
         L = m.num_moe_layers
-        c.moe_s = L * k.latency_s
-        active_all = int((counts > 0).sum())
+        moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, len(counts),
+                                                   m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated)
         mats = 3 if m.moe.gated else 2
-        c.expert_weight_bytes = L * active_all * mats * m.hidden_size * m.moe.moe_intermediate_size * 2.0
-        c.active_experts = active_all
-        return c
+        return moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * 2.0, active
 
     def forward(self, batch: Batch, counts: np.ndarray | None = None) -> StepCost:
         """Target forward: dense part + MoE part (``counts`` = one layer's per-expert tokens)."""
-        c = StepCost(tokens=batch.num_tokens)
-        c.add(self._dense_part(batch))
-        if self.m.moe and batch.num_tokens:
+        c = self._dense_part(batch)
+        c.tokens = batch.num_tokens
+        if self.m.moe and c.tokens:
             if counts is None:   # uniform routing in expectation
-                counts = expected_count_vector(batch.num_tokens, self.m.moe.num_experts, self.m.moe.num_experts_per_tok)
-            mc = self.moe_part(counts)
-            c.add(mc)
-            c.active_experts = mc.active_experts
+                counts = expected_count_vector(c.tokens, self.m.moe.num_experts, self.m.moe.num_experts_per_tok)
+            c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part(counts)
         return c

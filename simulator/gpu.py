@@ -13,6 +13,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .datafiles import read_yaml
 from .errors import ConfigError, pydantic_error
 from .paths import GPU_SPECS_DIR
 
@@ -69,7 +70,7 @@ def load(name: str, source: str | None = None) -> Hardware:
     if not path.exists():
         raise ConfigError(f"unknown gpu {name!r}; allowed: {available()}", source=source, field="gpu")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
         return Hardware.model_validate(data)
     except ValidationError as exc:
         raise pydantic_error(exc, str(path)) from None

@@ -11,19 +11,19 @@ PERCENTILES = (50, 90, 95, 99)
 
 
 def requests_frame(outcome) -> pd.DataFrame:
-    rows = []
-    for r in outcome.requests:
-        ok = not r.failed and r.finish_s is not None
-        e2el = (r.finish_s - r.send_s) if ok else np.nan
-        ttft = (r.first_token_s - r.send_s) if ok else np.nan
-        tpot = (e2el - ttft) / (r.output_len - 1) if ok and r.output_len > 1 else np.nan
-        rows.append((r.id, r.replica, r.arrival_s, r.send_s, r.input_len, r.output_len, r.generated, ok, r.fail_reason,
-                     ttft, tpot, e2el, r.first_token_s, r.finish_s, len(r.itls), r.preemptions, r.num_drafts,
-                     r.drafted, r.accepted))
-    return pd.DataFrame(rows, columns=["request_id", "replica", "arrival_s", "start_s", "input_len", "output_len",
-                                       "generated", "completed", "fail_reason", "ttft_s", "tpot_s", "e2el_s",
-                                       "first_token_time_s", "finish_time_s", "num_chunks", "preemptions",
-                                       "num_drafts", "draft_tokens", "accepted_tokens"])
+    R = outcome.requests
+    ok = ~R.failed & ~np.isnan(R.finish_s)
+    e2el = np.where(ok, R.finish_s - R.send_s, np.nan)
+    ttft = np.where(ok, R.first_token_s - R.send_s, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(ok & (R.output_len > 1), (e2el - ttft) / (R.output_len - 1), np.nan)
+    return pd.DataFrame({
+        "request_id": R.id, "replica": R.replica, "arrival_s": R.arrival_s, "start_s": R.send_s,
+        "input_len": R.input_len, "output_len": R.output_len, "generated": R.generated, "completed": ok,
+        "fail_reason": R.fail_reason, "ttft_s": ttft, "tpot_s": tpot, "e2el_s": e2el,
+        "first_token_time_s": R.first_token_s, "finish_time_s": R.finish_s,
+        "num_chunks": R.chunks, "preemptions": R.preemptions, "num_drafts": R.num_drafts,
+        "draft_tokens": R.drafted, "accepted_tokens": R.accepted})
 
 
 def steps_frame(outcome) -> pd.DataFrame:
@@ -49,7 +49,7 @@ def summary(outcome, req: pd.DataFrame, steps: pd.DataFrame, scenario, extra: di
     start = float(req.start_s.min()) if len(req) else 0.0
     duration = float(req.finish_time_s.max() - start) if len(req) else 0.0
     duration = max(duration, 1e-12)
-    itls = np.concatenate([np.asarray(r.itls) for r in outcome.requests if not r.failed and r.itls] or [np.array([])])
+    itls = outcome.requests.itls()
     s = {
         "duration": duration,
         "completed": int(len(done)),

@@ -8,6 +8,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .datafiles import read_yaml
 from .errors import ConfigError, pydantic_error
 from .paths import MODELS_DIR
 
@@ -109,7 +110,7 @@ def load(name_or_path: str, source: str | None = None) -> ModelArch:
     if not path.exists():
         raise ConfigError(f"unknown model {name_or_path!r}; allowed: {available()}", source=source, field="model")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML ({exc.__class__.__name__})", source=str(path)) from None
     return parse(data, str(path))

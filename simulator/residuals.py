@@ -40,6 +40,7 @@ class _Group:
 class ResidualTable:
     op: str
     groups: dict = field(default_factory=dict)
+    _row_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, op: str, rows: pd.DataFrame) -> "ResidualTable":
@@ -76,28 +77,46 @@ class ResidualTable:
 
     def lookup(self, shape, key, size) -> tuple[float, str]:
         """(log correction, path) for one query."""
+        vals, found, exact = self.lookup_many(shape, key, np.array([float(size)]))
+        if not found[0]:
+            return 0.0, "roofline"
+        return float(vals[0]), ("table" if exact else "roofline+neighbours")
+
+    def lookup_many(self, shape, key, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Log corrections of one shape at many sizes: (values, found per size, shape measured).
+
+        Per size-axis row, the inverse-distance-weighted mean over measured neighbours; between
+        rows, linear in log size (flat beyond the ends); 0 where neither bracketing row has data."""
+        sizes = np.asarray(sizes, dtype=float)
         g = self.groups.get(tuple(key))
         if g is None or len(g.sizes) == 0:
-            return 0.0, "roofline"
-        q = np.log2(np.asarray(shape, dtype=float))
-        d2 = ((g.shapes - q) ** 2).sum(axis=1)
-        exact = d2 < 1e-9
-        w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS) ** 2
-        ls = np.log2(max(float(size), 1.0))
-        j = int(np.clip(np.searchsorted(g.sizes, ls), 1, max(len(g.sizes) - 1, 1)))
-        i = j - 1 if len(g.sizes) > 1 else 0
+            return np.zeros(len(sizes)), np.zeros(len(sizes), dtype=bool), False
+        rows, exact = self._rows(g, tuple(key), tuple(shape))
+        n = len(g.sizes)
+        ls = np.log2(np.maximum(sizes, 1.0))
+        j = np.clip(np.searchsorted(g.sizes, ls), 1, max(n - 1, 1))
+        i = j - 1 if n > 1 else np.zeros_like(j)
+        j = np.minimum(j, n - 1)
+        a, b = rows[i], rows[j]
+        span = g.sizes[j] - g.sizes[i]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.clip((ls - g.sizes[i]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+        val = np.where(np.isnan(a), b, np.where(np.isnan(b) | (span <= 0), a, (1 - t) * a + t * b))
+        found = ~np.isnan(val)
+        return np.where(found, val, 0.0), found, exact
 
-        def at(row):
-            vals = g.table[row]
-            ok = ~np.isnan(vals) & (w > 0)
-            return float((vals[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else np.nan
-
-        a, b = at(i), at(min(j, len(g.sizes) - 1))
-        if np.isnan(a) and np.isnan(b):
-            return 0.0, "roofline"
-        if np.isnan(a) or np.isnan(b) or g.sizes[j] == g.sizes[i]:
-            val = b if np.isnan(a) else a
-        else:
-            t = float(np.clip((ls - g.sizes[i]) / (g.sizes[j] - g.sizes[i]), 0.0, 1.0))
-            val = (1 - t) * a + t * b
-        return val, ("table" if exact.any() else "roofline+neighbours")
+    def _rows(self, g: _Group, key: tuple, shape: tuple) -> tuple[np.ndarray, bool]:
+        """One shape's weighted residual at every size-axis row (NaN where no neighbour has data),
+        and whether the shape itself was measured; cached per shape."""
+        hit = self._row_cache.get((key, shape))
+        if hit is None:
+            q = np.log2(np.asarray(shape, dtype=float))
+            d2 = ((g.shapes - q) ** 2).sum(axis=1)
+            exact = d2 < 1e-9
+            w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS) ** 2
+            ok = ~np.isnan(g.table) & (w > 0)
+            den = (w * ok).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rows = np.where(den > 0, np.where(ok, g.table, 0.0) @ w / den, np.nan)
+            hit = self._row_cache[(key, shape)] = (rows, bool(exact.any()))
+        return hit

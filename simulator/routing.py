@@ -94,10 +94,7 @@ class Routing:
         if topk >= num_experts:
             counts[:] = total
             return counts
-        logp = np.log(self.popularity(num_experts))
-        # Gumbel top-k: K distinct experts per token, each drawn with probability ~ popularity.
-        g = logp - np.log(-np.log(rng.random((total, num_experts))))
-        choice = np.argpartition(-g, topk - 1, axis=1)[:, :topk]
+        choice = self._choose(total, num_experts, topk, rng)
         if self.kind == "locality" and self.locality > 0:
             # A token that is not the first of its sequence in this step keeps the previous
             # token's expert in each slot with probability `locality`.
@@ -113,8 +110,29 @@ class Routing:
                     if row[j] < 0:
                         row[j] = next((e for e in fill if e not in row), choice[t][j])
                 choice[t] = row
-        np.add.at(counts, choice.ravel(), 1)
-        return counts
+        return np.bincount(choice.ravel(), minlength=num_experts)
+
+    def _choose(self, total: int, num_experts: int, topk: int, rng: np.random.Generator) -> np.ndarray:
+        """[total, topk] expert ids, K distinct per token."""
+        E, K = num_experts, topk
+        p_distinct = math.prod(1.0 - i / E for i in range(K))
+        if (self.kind == "power_law" and self.exponent > 0) or p_distinct < 0.5:
+            # Gumbel top-k: K distinct experts per token, drawn in turn with probability ~ popularity.
+            g = np.log(self.popularity(E)) - np.log(-np.log(rng.random((total, E))))
+            return np.argpartition(-g, K - 1, axis=1)[:, :K]
+        # Uniform: every K-subset equally likely. Draw K ids per token with replacement and redraw
+        # the tokens that repeated one until none does (fewer than half do each round): exact, and
+        # O(T K) where the draw above is O(T E).
+        draw = lambda n: (rng.random((n, K)) * E).astype(np.int64)  # noqa: E731
+        choice = check = draw(total)
+        rows = None
+        while True:
+            s = np.sort(check, axis=1)
+            bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+            if not len(bad):
+                return choice
+            rows = bad if rows is None else rows[bad]
+            check = choice[rows] = draw(len(rows))
 
     def expected_counts(self, num_tokens: float, num_experts: int, topk: int) -> np.ndarray:
         """Expected tokens per expert (fractional), for the in-expectation cost path."""

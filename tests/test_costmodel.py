@@ -74,3 +74,33 @@ def test_bad_input_names_the_field(cm, call, field):
 def test_unknown_gpu():
     with pytest.raises(ConfigError, match="unknown gpu 'h999'.*allowed"):
         CostModel("h999")
+
+
+def test_cached_lookup_does_not_depend_on_what_ran_before():
+    """Residual corrections are cached per 1/64-octave size bucket; the value must be the bucket's,
+    not that of whichever size happened to fill the cache first."""
+    sizes = [m for m in range(590, 640) if round(np.log2(m) * 64) == round(np.log2(600) * 64)]
+    assert len(sizes) >= 2
+    a, b = CostModel("h100_sxm"), CostModel("h100_sxm")
+    a.gemm(sizes[0], 4096, 3584)
+    assert a.gemm(sizes[-1], 4096, 3584).latency_s == b.gemm(sizes[-1], 4096, 3584).latency_s
+
+
+def test_tabulated_paths_equal_the_per_call_api(cm):
+    """The engine prices steps through vectorised tables; they must equal the per-call API."""
+    from simulator.routing import Routing
+    ms = np.arange(1, 3000, 7)
+    per_call = np.array([cm.gemm(int(m), 4096, 3584).latency_s for m in ms])
+    np.testing.assert_allclose(cm.gemm_latency_s(ms, 4096, 3584), per_call, rtol=1e-12)
+    ctx = 2.0 ** (np.arange(60) / 4)
+    per_call = np.array([cm.attention_decode(37, float(c), 14, 2, 128, 4).latency_s for c in ctx])
+    np.testing.assert_allclose(cm.attention_decode_latency_s(37, ctx, 14, 2, 128, 4), per_call, rtol=1e-12)
+    msg = np.array([1e3, 1e5, 3e6])
+    per_call = np.array([cm.allreduce(float(b), 2).latency_s for b in msg])
+    np.testing.assert_allclose(cm.allreduce_latency_s(msg, 2), per_call, rtol=1e-12)
+    rng = np.random.default_rng(0)
+    for T in (1, 3, 17, 130, 527):
+        for ep in (1, 2, 4):
+            c = Routing("power_law", exponent=1.0).sample_counts([T], 64, 8, rng)
+            assert cm.moe_latency_s(c, 3584, 2560, 8, 2, ep) == pytest.approx(
+                cm.moe_from_counts(c, 3584, 2560, 8, 2, ep).latency_s, rel=1e-12)
