@@ -151,9 +151,12 @@ class Replica:
     # Take the leading running requests that fit in one array operation. False schedules every
     # request one by one: the reference the tests compare the fast path with.
     batch_schedule = True
+    # Run consecutive plain-decode steps without rescheduling while nothing can change the batch
+    # (see _coast). False takes every step through the scheduler: the reference for the tests.
+    coast = True
 
     def __init__(self, env, idx, cfg: EngineConfig, R: Requests, target: ForwardModel, draft: ForwardModel | None,
-                 acceptance, routing, rng, steps: list, on_finish, stop):
+                 acceptance, routing, rng, steps: list, on_finish, stop, next_arrival=None):
         self.env, self.idx, self.cfg, self.R = env, idx, cfg, R
         self.target, self.draft, self.acc, self.routing, self.rng = target, draft, acceptance, routing, rng
         self.waiting: deque = deque()
@@ -161,6 +164,7 @@ class Replica:
         self.free_blocks = cfg.num_blocks
         self.steps, self.on_finish = steps, on_finish
         self.stop = stop
+        self.next_arrival = next_arrival   # time of the next request that may reach this replica; None: unknown
         self.wake = None
         self.outstanding = 0
         self.k_now = cfg.k
@@ -391,6 +395,9 @@ class Replica:
                 R.blocks[i] = 0
                 self._fail(i, "kv cache too small for this request")
                 continue
+            if self.coast and self._coastable(plan):
+                yield from self._coast(plan)
+                continue
             cost, batch, counts = self.step_cost(plan)
             start = env.now
             yield env.timeout(cost.total_s)
@@ -399,6 +406,79 @@ class Replica:
                                batch.decode_q, cost.draft_s, cost.attention_s, cost.gemm_s, cost.moe_s, cost.comm_s,
                                cost.overhead_s, cost.active_experts, cost.expert_weight_bytes, emitted, drafted,
                                accepted, cfg.num_blocks - self.free_blocks, len(self.waiting), plan.preempted))
+
+    def _coastable(self, plan: Plan) -> bool:
+        """A plain decode step (no SD, no prefill, nobody waiting) whose requests all need more
+        than one more token: the steps after it stay the same until something arrives."""
+        return (self.next_arrival is not None and self.cfg.k == 0 and not len(plan.pre) and not self.waiting
+                and not plan.preempted and len(plan.dec) > 0
+                and int(np.minimum.reduce(self.R.output_len[plan.dec] - self.R.generated[plan.dec])) > 2)
+
+    def _coast(self, plan: Plan):
+        """Run the scheduled plain-decode step and the identical ones after it in one go.
+
+        Without SD each step emits exactly one token per request, so until a request finishes,
+        a request arrives or KV blocks run short, the scheduler would pick the same batch with
+        every context one token longer. Each step is priced as step_cost prices it (routing
+        drawn in the same order) and timed by its own SimPy timeout, so the run is the one the
+        scheduler would have produced, byte for byte (tests compare); scheduling and per-request
+        bookkeeping are skipped and applied once at the end."""
+        env, cfg, R = self.env, self.cfg, self.R
+        ids, c0 = plan.dec, plan.dec_ctx
+        bs, B = cfg.block_size, len(ids)
+        blocks0 = int(_sum(R.blocks[ids]))
+        held = lambda m: int(_sum((c0 + m + bs - 1) // bs))  # noqa: E731  (blocks held after m steps)
+        # a request with L tokens to go finishes on its L-th step; KV growth must fit (step 0's
+        # blocks are already allocated, so at least one step does)
+        m_max = int(np.minimum.reduce(R.output_len[ids] - R.generated[ids])) - 1
+        if held(m_max) - blocks0 > self.free_blocks:
+            lo, hi = 1, m_max
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if held(mid) - blocks0 <= self.free_blocks else (lo, mid)
+            m_max = lo
+        t_next = self.next_arrival()
+        used = cfg.num_blocks - self.free_blocks
+        # a request's block count grows on the step after its context reaches a multiple of bs
+        phase = np.bincount(c0 % bs, minlength=bs).tolist()
+        ctx_sum0 = int(_sum(c0))
+        overhead_s = cfg.step_overhead_s + cfg.per_seq_overhead_s * B
+        moe = self.target.m.moe
+        starts, ends, rows = [], [], []
+        start = env.now
+        while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
+            m = len(starts)
+            counts = self._counts(B, plan) if moe else None
+            cost = self.target.forward(Batch(B, 1, float(ctx_sum0 + m * B) / B, ()), counts)
+            cost.overhead_s += overhead_s
+            end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
+            if m:
+                used += phase[(-m) % bs]
+            rows.append((self.idx, start, cost.total_s, B, 0, B, 1, cost.draft_s, cost.attention_s, cost.gemm_s,
+                         cost.moe_s, cost.comm_s, cost.overhead_s, cost.active_experts, cost.expert_weight_bytes,
+                         B, 0, 0, used, 0, 0))
+            starts.append(start)
+            ends.append(end)
+            start = end
+        # Advance the clock to the end of the last step. One timeout lands exactly there when
+        # now + (end - now) == end in floating point; otherwise one per step, as the scheduler's.
+        if env.now + (ends[-1] - env.now) == ends[-1]:
+            yield env.timeout(ends[-1] - env.now)
+        else:
+            for a, b in zip(starts, ends):
+                yield env.timeout(b - a)
+        rows[-1] = rows[-1][:19] + (len(self.waiting), 0)    # an arrival during the last step waits now
+        self.steps.extend(rows)
+        m = len(starts)
+        R.itl_log.append((ids, ends[0] - R.last_token_s[ids]))
+        for a, b in zip(starts[1:], ends[1:]):
+            R.itl_log.append((ids, np.full(B, b - a)))
+        final = (c0 + m + bs - 1) // bs
+        self.free_blocks -= int(_sum(final)) - blocks0
+        R.blocks[ids] = final
+        R.computed[ids] = c0 + m
+        R.generated[ids] += m
+        R.last_token_s[ids] = ends[-1]
 
     def _advance(self, plan: Plan, now: float) -> tuple:
         """Apply a finished step: prefill progress, acceptance, KV rollback, token emission."""
@@ -496,8 +576,13 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
         if not left[0]:
             all_done.succeed()
 
+    nxt = [0]      # index of the next request the arrivals process will release
+    next_arrival = lambda: specs[nxt[0]].arrival_s if nxt[0] < len(specs) else math.inf  # noqa: E731
+    # With a concurrency cap a finish (here or elsewhere) sends the next request: then arrivals
+    # are not known ahead and no replica runs ahead (see Replica._coast).
+    known = None if max_concurrency else next_arrival
     reps = [Replica(env, j, cfg, R, target, draft, acceptance, routing, np.random.default_rng(streams[j]), steps,
-                    finished, stop) for j in range(replicas)]
+                    finished, stop, known) for j in range(replicas)]
     rr = [0]
 
     def send(i, spec):
@@ -529,6 +614,7 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
         for i, spec in enumerate(specs):
             if spec.arrival_s > env.now:
                 yield env.timeout(spec.arrival_s - env.now)
+            nxt[0] = i + 1
             if sem is None:
                 send(i, spec)
             else:

@@ -13,6 +13,7 @@ Loads are returned for one EP rank: the busiest one, since an MoE layer waits fo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,12 @@ def expected_count_vector(num_tokens: int, num_experts: int, topk: int) -> np.nd
 # --- serving routing -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _p_distinct(num_experts: int, topk: int) -> float:
+    """Probability that K ids drawn uniformly with replacement from E are all distinct."""
+    return math.prod(1.0 - i / num_experts for i in range(topk))
+
+
 @dataclass(frozen=True)
 class Routing:
     """A routing distribution for serving. ``kind``: uniform | power_law | locality.
@@ -86,14 +93,10 @@ class Routing:
     def sample_counts(self, seq_tokens: list[int] | np.ndarray, num_experts: int, topk: int,
                       rng: np.random.Generator) -> np.ndarray:
         """Tokens per expert for a step; ``seq_tokens[i]`` = tokens of sequence i in the step."""
-        seq_tokens = np.asarray(seq_tokens, dtype=int)
-        total = int(seq_tokens.sum())
-        counts = np.zeros(num_experts, dtype=np.int64)
-        if total == 0:
-            return counts
-        if topk >= num_experts:
-            counts[:] = total
-            return counts
+        seq_tokens = np.asarray(seq_tokens)
+        total = int(np.add.reduce(seq_tokens))
+        if total == 0 or topk >= num_experts:
+            return np.full(num_experts, total, dtype=np.int64)
         choice = self._choose(total, num_experts, topk, rng)
         if self.kind == "locality" and self.locality > 0:
             # A token that is not the first of its sequence in this step keeps the previous
@@ -115,24 +118,22 @@ class Routing:
     def _choose(self, total: int, num_experts: int, topk: int, rng: np.random.Generator) -> np.ndarray:
         """[total, topk] expert ids, K distinct per token."""
         E, K = num_experts, topk
-        p_distinct = math.prod(1.0 - i / E for i in range(K))
-        if (self.kind == "power_law" and self.exponent > 0) or p_distinct < 0.5:
+        if self.kind == "power_law" and self.exponent > 0:
             # Gumbel top-k: K distinct experts per token, drawn in turn with probability ~ popularity.
             g = np.log(self.popularity(E)) - np.log(-np.log(rng.random((total, E))))
             return np.argpartition(-g, K - 1, axis=1)[:, :K]
-        # Uniform: every K-subset equally likely. Draw K ids per token with replacement and redraw
-        # the tokens that repeated one until none does (fewer than half do each round): exact, and
-        # O(T K) where the draw above is O(T E).
-        draw = lambda n: (rng.random((n, K)) * E).astype(np.int64)  # noqa: E731
-        choice = check = draw(total)
-        rows = None
-        while True:
-            s = np.sort(check, axis=1)
-            bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
-            if not len(bad):
-                return choice
-            rows = bad if rows is None else rows[bad]
-            check = choice[rows] = draw(len(rows))
+        if total * E <= 8192 or _p_distinct(E, K) < 0.5:
+            # Uniform: the K smallest of E random keys per token (one O(E) draw, cheapest when small).
+            return np.argpartition(rng.random((total, E)), K - 1, axis=1)[:, :K]
+        # Uniform, many tokens: draw K ids per token with replacement (O(T K)); the tokens that drew
+        # a repeat (under half) get a fresh subset from the O(E) draw above. Both are uniform over
+        # K-subsets, so the result is exact.
+        choice = (rng.random((total, K)) * E).astype(np.int64)
+        s = np.sort(choice, axis=1)
+        bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        if len(bad):
+            choice[bad] = np.argpartition(rng.random((len(bad), E)), K - 1, axis=1)[:, :K]
+        return choice
 
     def expected_counts(self, num_tokens: float, num_experts: int, topk: int) -> np.ndarray:
         """Expected tokens per expert (fractional), for the in-expectation cost path."""

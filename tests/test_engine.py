@@ -148,3 +148,28 @@ def test_per_request_counters_add_up_to_the_step_log():
     done = req[req.completed]
     assert (done.num_chunks <= done.generated - 1).all() and (done.num_chunks >= 1).all()
     assert (done.accepted_tokens <= done.draft_tokens).all()
+
+
+@pytest.mark.parametrize("sets", [
+    ["speculative_config=null", "workload.request_rate=2"],
+    ["speculative_config=null", "workload.request_rate=3", "hardware.data_parallel_size=2",
+     "engine.router=least_outstanding"],
+    ["speculative_config=null", "workload.request_rate=inf", "workload.random_output_len=400"],   # KV-bound
+    ["speculative_config=null", "workload.request_rate=1", "routing.mode=expected"],
+])
+def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeypatch):
+    """Without SD, runs of identical decode steps skip the scheduler (Replica._coast); taking
+    every step through it must give the same run, byte for byte."""
+    from simulator.engine import Replica
+
+    def go(coast):
+        monkeypatch.setattr(Replica, "coast", coast)
+        s = small(sets)
+        if "workload.random_output_len=400" in sets:
+            s.cfg.num_blocks = 200
+        return run(s)
+
+    fast, ref = go(True), go(False)
+    assert json.dumps(fast[0], sort_keys=True, default=str) == json.dumps(ref[0], sort_keys=True, default=str)
+    assert fast[1].equals(ref[1]) and fast[2].equals(ref[2])
+    assert fast[0]["completed"] == 60
