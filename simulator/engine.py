@@ -42,6 +42,28 @@ def _ones(n: int) -> np.ndarray:
     return _ONES[:n] if n <= len(_ONES) else np.ones(n, dtype=np.int64)
 
 
+class _Columns:
+    """Rows appended per step to a few growing numpy columns (amortised doubling): joining
+    thousands of small per-step arrays at the end cost more than the appends."""
+
+    def __init__(self, dtypes):
+        self.cols = [np.empty(1024, dtype=d) for d in dtypes]
+        self.size = 0
+
+    def append(self, *arrays) -> None:
+        n = len(arrays[0])
+        end = self.size + n
+        if end > len(self.cols[0]):
+            cap = max(2 * len(self.cols[0]), end)
+            self.cols = [np.concatenate([c[:self.size], np.empty(cap - self.size, dtype=c.dtype)]) for c in self.cols]
+        for c, a in zip(self.cols, arrays):
+            c[self.size:end] = a
+        self.size = end
+
+    def arrays(self) -> list:
+        return [c[:self.size] for c in self.cols]
+
+
 class Requests:
     """Per-request state as columns. ``computed``: tokens whose KV is held; ``prefill_target``:
     tokens to prefill before decoding (the prompt, or prompt + output after a preemption).
@@ -63,9 +85,9 @@ class Requests:
         self.finished = np.zeros(n, dtype=bool)
         self.failed = np.zeros(n, dtype=bool)
         self.fail_reason = [""] * n
-        self.itl_log: list = []     # per emitting step: (request indices, gaps since their last token, s)
-        self.spec_log: list = []    # per speculative step: (request indices, drafted, accepted)
-        self._itl_ids = self._itl_gaps = np.zeros(0)
+        self.itl_log = _Columns((np.int64, float))            # request, gap since its last token (s)
+        self.spec_log = _Columns((np.int64, np.int64, np.int64))   # request, drafted, accepted per step
+        self._itl_ids, self._itl_gaps = np.zeros(0, dtype=np.int64), np.zeros(0)
 
     def __len__(self) -> int:
         return len(self.id)
@@ -76,22 +98,16 @@ class Requests:
     def close(self) -> None:
         """Reduce the per-step logs to per-request totals."""
         n = len(self)
-        if self.itl_log:
-            self._itl_ids = np.concatenate([i for i, _ in self.itl_log])
-            self._itl_gaps = np.concatenate([g for _, g in self.itl_log])
-            self.chunks = np.bincount(self._itl_ids, minlength=n)
-        if self.spec_log:
-            ids = np.concatenate([i for i, _, _ in self.spec_log])
-            k = np.concatenate([k for _, k, _ in self.spec_log])
-            a = np.concatenate([a for _, _, a in self.spec_log])
-            self.num_drafts = np.bincount(ids, weights=k > 0, minlength=n).astype(np.int64)
-            self.drafted = np.bincount(ids, weights=k, minlength=n).astype(np.int64)
-            self.accepted = np.bincount(ids, weights=a, minlength=n).astype(np.int64)
-        self.itl_log, self.spec_log = [], []
+        self._itl_ids, self._itl_gaps = self.itl_log.arrays()
+        self.chunks = np.bincount(self._itl_ids, minlength=n)
+        ids, k, a = self.spec_log.arrays()
+        self.num_drafts = np.bincount(ids, weights=k > 0, minlength=n).astype(np.int64)
+        self.drafted = np.bincount(ids, weights=k, minlength=n).astype(np.int64)
+        self.accepted = np.bincount(ids, weights=a, minlength=n).astype(np.int64)
 
     def itls(self) -> np.ndarray:
         """Inter-token (chunk) gaps of the requests that did not fail, in seconds."""
-        return self._itl_gaps[~self.failed[self._itl_ids.astype(np.int64)]]
+        return self._itl_gaps[~self.failed[self._itl_ids]]
 
 
 @dataclass
@@ -470,9 +486,9 @@ class Replica:
         rows[-1] = rows[-1][:19] + (len(self.waiting), 0)    # an arrival during the last step waits now
         self.steps.extend(rows)
         m = len(starts)
-        R.itl_log.append((ids, ends[0] - R.last_token_s[ids]))
+        R.itl_log.append(ids, ends[0] - R.last_token_s[ids])
         for a, b in zip(starts[1:], ends[1:]):
-            R.itl_log.append((ids, np.full(B, b - a)))
+            R.itl_log.append(ids, np.full(B, b - a))
         final = (c0 + m + bs - 1) // bs
         self.free_blocks -= int(_sum(final)) - blocks0
         R.blocks[ids] = final
@@ -498,7 +514,7 @@ class Replica:
                 ks = plan.dec_k
                 acc = np.minimum(self.acc.sample(self.k_now, len(dec), self.rng), ks)
                 self.k_by_a += np.bincount(ks * (cfg.k + 1) + acc, minlength=len(self.k_by_a))
-                R.spec_log.append((dec, ks, acc))
+                R.spec_log.append(dec, ks, acc)
                 drafted, accepted = int(_sum(ks)), int(_sum(acc))
                 want = acc + 1
             else:
@@ -535,12 +551,12 @@ class Replica:
         m = np.minimum(want, out - gen)
         last = R.last_token_s[ids]
         if not first_possible:
-            R.itl_log.append((ids, now - last))
+            R.itl_log.append(ids, now - last)
         elif (gap := ~np.isnan(last)).all():   # no previous token: this one is the first (TTFT)
-            R.itl_log.append((ids, now - last))
+            R.itl_log.append(ids, now - last)
         else:
             R.first_token_s[ids[~gap]] = now
-            R.itl_log.append((ids[gap], now - last[gap]))
+            R.itl_log.append(ids[gap], now - last[gap])
         R.last_token_s[ids] = now
         gen = gen + m
         R.generated[ids] = gen
