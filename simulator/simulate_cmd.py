@@ -105,7 +105,11 @@ def build(sc, source: str = "scenario") -> Setup:
             raise ConfigError("adaptive k works with chain drafts only; drop speculative_eagle_topk/"
                               "speculative_num_draft_tokens", source=source, field="speculative_config.adaptive")
         ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
-        cfg.k_policy = AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k)
+        # AdaptiveK memoises step times; the engine passes it the run's acceptance counters, so
+        # runs of the same models and overheads share one
+        cfg.k_policy = _shared(("adaptive", id(target_fm), id(draft_fm), cfg.step_overhead_s, cfg.per_seq_overhead_s,
+                                cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
+                               lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
 
 
