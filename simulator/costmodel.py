@@ -148,10 +148,8 @@ class CostModel:
             raise ConfigError(f"num_experts {len(counts)} is not divisible by expert-parallel size {ep}",
                               field="moe_ep_size")
         total = int(np.add.reduce(counts))
-        if ep <= 1:
-            return round(total / topk), int(np.count_nonzero(counts)), total, int(np.add.reduce((counts + 15) // 16)) * 16
         local = busiest_rank(counts, ep)
-        return (round(total / topk), int(np.count_nonzero(local)), int(np.add.reduce(local)),
+        return (round(total / topk), int(np.count_nonzero(local)), total if ep <= 1 else int(np.add.reduce(local)),
                 int(np.add.reduce((local + 15) // 16)) * 16)
 
     def moe_from_counts(self, counts: np.ndarray, hidden_size: int, inter_size: int, topk: int,
@@ -188,9 +186,12 @@ class CostModel:
         shape = (hidden_size, inter_size, num_experts, topk, tp, ep, gated, bytes_per_el)
         hit = self._cache.get(("moe_curve", T, active, slots, shape))
         if hit is None:
-            Ts = np.arange(T - T % 16, T - T % 16 + 16) if ep <= 1 else np.array([T])
-            Ts = Ts[Ts * topk >= active] if ep <= 1 else Ts
-            sl = Ts * topk if ep <= 1 else np.array([slots])
+            if ep <= 1:                               # slots = T * topk: price the block of 16 T's
+                Ts = np.arange(T - T % 16, T - T % 16 + 16)
+                Ts = Ts[Ts * topk >= active]
+                sl = Ts * topk
+            else:
+                Ts, sl = np.array([T]), np.array([slots])
             lo, hi = -(-sl // 16), (sl + 15 * active) // 16 + 1
             rep = hi - lo
             ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))

@@ -295,7 +295,7 @@ class Replica:
             fits = (np.cumsum(n) <= budget) & (np.cumsum(need) <= self.free_blocks)
             j = int(np.argmin(fits))
         if j:
-            R.blocks[ids[:j] if j < len(ids) else ids] = blocks[:j] + need[:j]
+            R.blocks[ids[:j]] = blocks[:j] + need[:j]
             self.free_blocks -= int(_sum(need[:j]))
             budget -= int(_sum(n[:j]))
         preempted = 0
@@ -418,10 +418,15 @@ class Replica:
             start = env.now
             yield env.timeout(cost.total_s)
             emitted, drafted, accepted = self._advance(plan, env.now)
-            self.steps.append((self.idx, start, cost.total_s, len(plan.dec), len(plan.pre), batch.num_tokens,
-                               batch.decode_q, cost.draft_s, cost.attention_s, cost.gemm_s, cost.moe_s, cost.comm_s,
-                               cost.overhead_s, cost.active_experts, cost.expert_weight_bytes, emitted, drafted,
-                               accepted, cfg.num_blocks - self.free_blocks, len(self.waiting), plan.preempted))
+            self.steps.append(self._row(start, cost, batch, len(plan.dec), len(plan.pre), emitted, drafted, accepted,
+                                        cfg.num_blocks - self.free_blocks, len(self.waiting), plan.preempted))
+
+    def _row(self, start, cost, batch, num_decode, num_prefill, emitted, drafted, accepted, kv_used, waiting,
+             preempted) -> tuple:
+        """One row of the step table, in STEP_FIELDS order."""
+        return (self.idx, start, cost.total_s, num_decode, num_prefill, batch.num_tokens, batch.decode_q,
+                cost.draft_s, cost.attention_s, cost.gemm_s, cost.moe_s, cost.comm_s, cost.overhead_s,
+                cost.active_experts, cost.expert_weight_bytes, emitted, drafted, accepted, kv_used, waiting, preempted)
 
     def _coastable(self, plan: Plan) -> bool:
         """A plain decode step (no SD, no prefill, nobody waiting) whose requests all need more
@@ -460,19 +465,18 @@ class Replica:
         ctx_sum0 = int(_sum(c0))
         overhead_s = cfg.step_overhead_s + cfg.per_seq_overhead_s * B
         moe = self.target.m.moe
-        starts, ends, rows = [], [], []
+        starts, ends, priced = [], [], []
         start = env.now
         while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
             m = len(starts)
             counts = self._counts(B, plan) if moe else None
-            cost = self.target.forward(Batch(B, 1, float(ctx_sum0 + m * B) / B, ()), counts)
+            batch = Batch(B, 1, float(ctx_sum0 + m * B) / B, ())
+            cost = self.target.forward(batch, counts)
             cost.overhead_s += overhead_s
             end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
             if m:
                 used += phase[(-m) % bs]
-            rows.append((self.idx, start, cost.total_s, B, 0, B, 1, cost.draft_s, cost.attention_s, cost.gemm_s,
-                         cost.moe_s, cost.comm_s, cost.overhead_s, cost.active_experts, cost.expert_weight_bytes,
-                         B, 0, 0, used, 0, 0))
+            priced.append((cost, batch, used))
             starts.append(start)
             ends.append(end)
             start = end
@@ -483,9 +487,10 @@ class Replica:
         else:
             for a, b in zip(starts, ends):
                 yield env.timeout(b - a)
-        rows[-1] = rows[-1][:19] + (len(self.waiting), 0)    # an arrival during the last step waits now
-        self.steps.extend(rows)
         m = len(starts)
+        for j, (a, (cost, batch, kv_used)) in enumerate(zip(starts, priced)):
+            # only the last step can end after an arrival, which then waits
+            self.steps.append(self._row(a, cost, batch, B, 0, B, 0, 0, kv_used, len(self.waiting) if j == m - 1 else 0, 0))
         R.itl_log.append(ids, ends[0] - R.last_token_s[ids])
         for a, b in zip(starts[1:], ends[1:]):
             R.itl_log.append(ids, np.full(B, b - a))
@@ -550,9 +555,7 @@ class Replica:
         out = R.output_len[ids]
         m = np.minimum(want, out - gen)
         last = R.last_token_s[ids]
-        if not first_possible:
-            R.itl_log.append(ids, now - last)
-        elif (gap := ~np.isnan(last)).all():   # no previous token: this one is the first (TTFT)
+        if not first_possible or (gap := ~np.isnan(last)).all():   # no previous token: the first (TTFT)
             R.itl_log.append(ids, now - last)
         else:
             R.first_token_s[ids[~gap]] = now
