@@ -42,18 +42,21 @@ def select_rows(op: str, df: pd.DataFrame) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=None)
 def _collector_features(T, E, K, ep, dist):
-    """Mean (active experts, slots, 16-padded slots) on the busiest rank over seeded draws."""
-    draws = 1 if dist == "balanced" else 4
-    feats = []
+    """Mean (active experts, slots, 16-padded slots) on the timed rank over the collector's five
+    routings (it times five power-law draws back to back and reports the mean), and the distinct
+    experts those five touch together (what must stay in L2 for the loop to run from L2)."""
+    draws = 1 if dist == "balanced" else 5
+    feats, touched = [], 0
     for s in range(draws):
         c = routing.collector_counts(T, E, K, ep, dist, np.random.default_rng(s))
+        touched = touched | (c > 0)
         c = c[c > 0]
         feats.append((len(c), c.sum(), (np.ceil(c / 16.0) * 16.0).sum()))
-    return tuple(np.mean(feats, axis=0))
+    return tuple(np.mean(feats, axis=0)) + (float(np.count_nonzero(touched)),)
 
 
 def moe_features(df: pd.DataFrame) -> np.ndarray:
-    """(active experts, slots, 16-padded slots) per row; parameter-free, so kept on the frame once
+    """(active experts, slots, 16-padded slots, experts touched by the timed loop) per row; parameter-free, so kept on the frame once
     computed (a fit evaluates the roofline hundreds of times on the same rows)."""
     cached = _attr_cache(df, "_moe_features")
     if cached is not None:
@@ -65,6 +68,16 @@ def moe_features(df: pd.DataFrame) -> np.ndarray:
     f = np.array([uniq[k] for k in keys])
     df.attrs["_moe_features"] = _RowCache(df.index.to_numpy().copy(), f)
     return f
+
+
+def gemm_weight_copies(df: pd.DataFrame) -> np.ndarray:
+    """Weight matrices each timed GEMM loop cycled through: AIConfigurator's vLLM collector runs six
+    layers of the shape back to back on one input (one for fp8_block/nvfp4), so six copies of the
+    weights compete for L2 (collector/vllm/collect_gemm.py); the project's profiler times one."""
+    if "framework" not in df:
+        return np.ones(len(df))
+    six = (df.framework.astype(str).str.lower() == "vllm").to_numpy() & df.dtype.isin(["bfloat16", "fp8"]).to_numpy()
+    return np.where(six, 6.0, 1.0)
 
 
 def moe_gated(df: pd.DataFrame) -> np.ndarray:
@@ -99,12 +112,14 @@ def _attr_cache(df: pd.DataFrame, name: str):
 def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True) -> np.ndarray:
     """Roofline latency (s) of each trace row, under the collector's conditions."""
     if op == "gemm":
-        return kernels.gemm(hw, params, df.m.values, df.n.values, df.k.values, l2_warm=l2_warm)["latency_s"]
+        return kernels.gemm(hw, params, df.m.values, df.n.values, df.k.values, l2_warm=l2_warm,
+                            l2_weight_copies=gemm_weight_copies(df))["latency_s"]
     if op == "moe":
         f = moe_features(df)
         return kernels.moe(hw, params, f[:, 0], f[:, 1], f[:, 2], df.num_tokens.values, df.topk.values,
                            df.hidden_size.values, df.inter_size.values / df.moe_tp_size.values,
-                           gated=moe_gated(df), ep_size=df.moe_ep_size.values, l2_warm=l2_warm)["latency_s"]
+                           gated=moe_gated(df), ep_size=df.moe_ep_size.values, l2_warm=l2_warm,
+                           l2_experts=f[:, 3])["latency_s"]
     if op == "attention_generation":
         return kernels.attention_generation(hw, params, df.batch_size.values, df.step.values, df.num_heads.values,
                                             df.num_key_value_heads.values, df.head_dim.values,

@@ -59,8 +59,10 @@ def _l2_bandwidth(hw, p, working_set_bytes, l2_warm):
     return base * (1.0 + (p["l2_gain"] - 1.0) * resident)
 
 
-def gemm(hw, p, m, n, k, bytes_per_el=2.0, l2_warm=False):
-    """y[m, n] = x[m, k] @ w[k, n]; m is the token count."""
+def gemm(hw, p, m, n, k, bytes_per_el=2.0, l2_warm=False, l2_weight_copies=1):
+    """y[m, n] = x[m, k] @ w[k, n]; m is the token count. ``l2_weight_copies``: with ``l2_warm``,
+    how many distinct weight matrices a timed loop cycles through on the same input (their sum
+    decides L2 residency; AIConfigurator's collector times six layers back to back)."""
     m, n, k = (np.asarray(v, dtype=float) for v in (m, n, k))
     flops = 2.0 * m * n * k
     tiles = np.ceil(m / 128.0) * np.ceil(n / 128.0)
@@ -68,27 +70,31 @@ def gemm(hw, p, m, n, k, bytes_per_el=2.0, l2_warm=False):
     wave_eff = (tiles / (waves * hw.num_sms)) ** p["wave_beta"]
     compute = 2.0 * np.maximum(m, p["min_m"]) * n * k / (hw.peak_flops_per_s(bytes_per_el) * p["eff_compute"] * wave_eff)
     bytes_ = bytes_per_el * (m * k + k * n) + 2.0 * m * n
-    memory = bytes_ / _l2_bandwidth(hw, p, bytes_, l2_warm)
+    l2_set = bytes_ + (np.asarray(l2_weight_copies, dtype=float) - 1.0) * bytes_per_el * k * n
+    memory = bytes_ / _l2_bandwidth(hw, p, l2_set, l2_warm)
     overhead = p["overhead_s"] + p["k_loop_s"] * k
     return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead + 0 * m, "flops": flops, "bytes": bytes_}
 
 
 def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, inter_local,
-        gated=True, ep_size=1, bytes_per_el=2.0, l2_warm=False):
+        gated=True, ep_size=1, bytes_per_el=2.0, l2_warm=False, l2_experts=None):
     """Fused MoE layer on the busiest rank (both expert GEMMs, activation, align/sort, reduce).
 
     ``active_experts``/``slots``/``padded_slots`` describe that rank's experts: how many got at
     least one token, token-slots routed to them, and slots padded to the kernel's 16-row blocks.
     ``num_tokens * topk`` token-slots pass through the elementwise kernels on every rank.
-    ``inter_local`` is the expert intermediate size after TP sharding.
+    ``inter_local`` is the expert intermediate size after TP sharding. ``l2_experts``: with
+    ``l2_warm``, the distinct experts a timed loop cycles through (the collector times five
+    power-law routings back to back); their weights decide L2 residency. Default: the active ones.
     """
     a, s, ps = (np.asarray(v, dtype=float) for v in (active_experts, slots, padded_slots))
     T, K, h, i = (np.asarray(v, dtype=float) for v in (num_tokens, topk, hidden, inter_local))
     mats = np.where(np.asarray(gated), 3.0, 2.0)
     weight_bytes = a * mats * h * i * bytes_per_el
     act_bytes = 2.0 * s * h * 2.0
-    bw = _l2_bandwidth(hw, p, weight_bytes, l2_warm)
+    l2_set = weight_bytes if l2_experts is None else np.asarray(l2_experts, dtype=float) * mats * h * i * bytes_per_el
+    bw = _l2_bandwidth(hw, p, l2_set, l2_warm)
     ctas = ps / 16.0 * np.ceil(mats / 3.0 * 2.0 * i / 128.0)
     fill = np.minimum(1.0, ctas / (hw.num_sms * p["occupancy"])) ** 0.5
     memory = (weight_bytes + act_bytes) / bw / np.maximum(fill, 1e-3)

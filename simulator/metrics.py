@@ -32,7 +32,9 @@ def steps_frame(outcome) -> pd.DataFrame:
 
 
 def _agg(values_ms: np.ndarray, name: str) -> dict:
-    v = values_ms[~np.isnan(values_ms)] if len(values_ms) else values_ms
+    # Sorted, so the mean and std do not depend on the order values were logged in (the engine's
+    # coasting and step-by-step paths log the same gaps in different orders).
+    v = np.sort(values_ms[~np.isnan(values_ms)]) if len(values_ms) else values_ms
     if len(v) == 0:
         out = {f"mean_{name}_ms": None, f"median_{name}_ms": None, f"std_{name}_ms": None}
         out.update({f"p{p}_{name}_ms": None for p in PERCENTILES})

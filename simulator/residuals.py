@@ -23,12 +23,15 @@ LAYOUT = {
     "allreduce": (["num_gpus"], ["backend"], "message_size"),
 }
 # Inverse-distance weights 1 / (d^2 + eps)^power over log2 shape distance d: close shapes dominate
-# (kernel-config effects are local in shape). Chosen by leave-one-shape-out error: against
-# 1 / (d^2 + 0.25) it cut GEMM LOSO median from 4.8% to 2.8% (H100), 8.4% to 5.2% (L40S),
-# 5.5% to 3.5% (B200); GEMM's power 3 (vs 2) then took the medians to 2.8%, 4.9% and 3.4% at
-# p90s 0.3 points higher (benchmarks/kernel_accuracy.py).
-_EPS = 0.05
+# (kernel-config effects are local in shape). Chosen by leave-one-shape-out error
+# (benchmarks/kernel_accuracy.py): against 1 / (d^2 + 0.25) it cut GEMM LOSO median from 4.8% to
+# 2.8% (H100), 8.4% to 5.2% (L40S), 5.5% to 3.5% (B200). For GEMM, distance along n counts twice
+# distance along k (which kernel cuBLAS picks, and how it splits the work, follows the output
+# width more than the reduction depth) with power 3 and eps 0.2: LOSO median / p90 went from
+# 2.8/9.7% to 2.6/8.8% (H100), 4.9/16.4% to 4.6/15.7% (L40S), 3.4/11.1% to 2.9/10.1% (B200).
+_EPS = {"gemm": 0.2}
 _POWER = {"gemm": 3}
+_AXIS_SCALE = {"gemm": (2.0, 1.0)}     # per shape column, multiplies its log2 distance
 
 
 @dataclass
@@ -113,9 +116,9 @@ class ResidualTable:
         hit = self._row_cache.get((key, shape))
         if hit is None:
             q = np.log2(np.asarray(shape, dtype=float))
-            d2 = ((g.shapes - q) ** 2).sum(axis=1)
+            d2 = (((g.shapes - q) * np.asarray(_AXIS_SCALE.get(self.op, 1.0))) ** 2).sum(axis=1)
             exact = d2 < 1e-9
-            w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS) ** _POWER.get(self.op, 2)
+            w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS.get(self.op, 0.05)) ** _POWER.get(self.op, 2)
             ok = ~np.isnan(g.table) & (w > 0)
             den = (w * ok).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):

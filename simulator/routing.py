@@ -151,13 +151,12 @@ class Routing:
 
 def collector_counts(num_tokens: int, num_experts: int, topk: int, ep: int, distribution: str,
                      rng: np.random.Generator | None = None) -> np.ndarray:
-    """Per-expert token counts on the busiest EP rank, as AIConfigurator's collector routed them.
+    """Per-expert token counts on the timed EP rank, as AIConfigurator's collector routed them.
 
     ``balanced``: slot j of token i goes to expert (i + j*ceil(E/K)) mod E (spread over the
     stride when T is small), so min(E, T*K) experts are active.
     ``uniform``: each token picks K distinct experts uniformly at random (the profiler's i.i.d. case).
-    ``power_law_<a>``: expert loads drawn from a power law with exponent a (bounded support,
-    rescaled to T*K slots, each expert capped at T tokens), busiest rank timed.
+    ``power_law_<a>``: see ``_collector_power_law``.
     """
     T, E, K = int(num_tokens), int(num_experts), int(topk)
     if distribution == "balanced":
@@ -176,22 +175,49 @@ def collector_counts(num_tokens: int, num_experts: int, topk: int, ep: int, dist
         return busiest_rank(np.bincount(ids.ravel(), minlength=E), ep)
     if not distribution.startswith("power_law"):
         raise ValueError(f"unknown distribution {distribution!r}")
-    alpha = float(distribution.split("_")[-1])
-    rng = rng or np.random.default_rng(0)
+    return _collector_power_law(T, E, K, max(int(ep), 1), float(distribution.split("_")[-1]),
+                                rng or np.random.default_rng(0))
+
+
+def _collector_power_law(T: int, E: int, K: int, ep: int, alpha: float, rng) -> np.ndarray:
+    """The collector's power-law routing (AIConfigurator collector/helper.py, 2026 version that
+    timed the vLLM 0.24 tables), rank 0 after its swap:
+
+    1. per-expert loads from a bounded power law (support [1, 0.8 T] when T*K > E, else
+       [0.01, 2]), scaled to T*K slots and rounded;
+    2. each expert capped at T; the overflow, then the rounding error, handed out one slot per
+       EP rank in turn, each rank giving it to its least-loaded expert (lowest index on ties);
+    3. the busiest rank swapped into rank 0, which is the one timed.
+
+    Step 2 matters at small T: every load rounds to 0, so the slots land on the first experts
+    of each rank, the same ones in every draw (their weights stay in L2 across the timed loop),
+    and spread over the ranks (the busiest rank holds about T*K/ep of them, not all)."""
     xmin, xmax = (1.0, T * 0.8) if T * K > E else (0.01, 2.0)
-    xmax = max(xmax, xmin * 1.0001)
     a1 = 1.0 - alpha
-    for _ in range(20):
-        u = rng.random(E)
-        loads = ((xmax ** a1 - xmin ** a1) * u + xmin ** a1) ** (1.0 / a1)
-        counts = np.round(loads / loads.sum() * T * K).astype(np.int64)
-        delta = T * K - int(counts.sum())
-        order = np.argsort(-counts, kind="stable")
-        for n in range(abs(delta)):
-            counts[order[(n if delta > 0 else -(n % E) - 1) % E]] += 1 if delta > 0 else -1
-        counts = np.maximum(counts, 0)
-        if counts.max() <= T:
-            break
-    else:
-        counts = np.minimum(counts, T)
-    return busiest_rank(counts, ep) if ep > 1 else counts
+    loads = ((xmax ** a1 - xmin ** a1) * rng.random(E) + xmin ** a1) ** (1.0 / a1)
+    counts = np.round(loads / loads.sum() * (T * K)).astype(np.int64)
+    overflow = int(np.maximum(counts - T, 0).sum())
+    counts = np.minimum(counts, T).reshape(ep, E // ep)
+    _round_robin(counts, overflow, T, +1)
+    delta = T * K - int(counts.sum())
+    _round_robin(counts, abs(delta), T, 1 if delta > 0 else -1)
+    return counts[int(np.argmax(counts.sum(axis=1)))].copy()
+
+
+def _round_robin(counts: np.ndarray, remaining: int, cap: int, step: int) -> None:
+    """Add (step=+1) or remove (-1) ``remaining`` slots, one per rank in rank order per round:
+    each rank's least-loaded expert under ``cap`` (adding) or most-loaded non-empty one
+    (removing), lowest index on ties. In place."""
+    rows = np.arange(counts.shape[0])
+    while remaining > 0:
+        if step > 0:
+            valid = counts < cap
+            pick = np.argmin(np.where(valid, counts, np.iinfo(np.int64).max), axis=1)
+        else:
+            valid = counts > 0
+            pick = np.argmax(np.where(valid, counts, -1), axis=1)
+        ranks = rows[valid.any(axis=1)][:remaining]
+        if len(ranks) == 0:
+            return
+        counts[ranks, pick[ranks]] += step
+        remaining -= len(ranks)

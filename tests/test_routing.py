@@ -53,6 +53,25 @@ def test_collector_power_law_is_capped_and_conserved():
     assert len(ep) == 32 and ep.sum() >= 64 * 8 / 4
 
 
+def test_collector_power_law_few_tokens_fill_the_first_experts_of_each_rank():
+    """At T*K << E every power-law load rounds to 0; the collector hands the T*K slots out one per
+    EP rank in turn, least-loaded expert first: the first experts of each rank, whatever the draw."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        one = routing.collector_counts(1, 128, 8, 1, "power_law_1.01", rng)
+        assert one[:8].tolist() == [1] * 8 and one.sum() == 8
+        # 16 ranks of 8 experts: 8 slots go to ranks 0..7, one each; the timed rank holds one
+        ep16 = routing.collector_counts(1, 128, 8, 16, "power_law_1.2", rng)
+        assert ep16.tolist() == [1] + [0] * 7
+
+
+def test_collector_power_law_ep_rank_is_the_busiest():
+    """The timed rank is the busiest: it holds at least the average share of the T*K slots."""
+    for T, ep in [(3, 4), (16, 8), (300, 8)]:
+        c = routing.collector_counts(T, 128, 8, ep, "power_law_1.01", np.random.default_rng(T))
+        assert len(c) == 128 // ep and c.sum() >= T * 8 / ep and c.max() <= T
+
+
 def test_expected_count_vector():
     c = routing.expected_count_vector(4, 64, 8)
     assert c.sum() == 32 and np.count_nonzero(c) == round(26.5)
