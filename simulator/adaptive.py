@@ -22,34 +22,43 @@ class AdaptiveK:
         self.prior_rate, self.prior_weight = prior_rate, prior_weight
         self._by_ctx: dict = {}
 
-    def rates(self, reached: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    def rates(self, reached, accepted) -> list:
         """Conditional acceptance rate per draft position (``reached[j]``: times position j was drafted
         with all earlier drafts accepted; ``accepted[j]``: times it was accepted too), each shrunk
         toward the previous position's estimate, so unobserved deep positions inherit shallower ones."""
-        out = np.empty(self.k_max)
+        reached, accepted = list(reached), list(accepted)
+        out = []
         prev = self.prior_rate
         w = self.prior_weight
         for j in range(self.k_max):
-            d = reached[j] if j < len(reached) else 0
-            a = accepted[j] if j < len(accepted) else 0
-            prev = out[j] = (a + w * prev) / (d + w)
+            d = float(reached[j]) if j < len(reached) else 0.0
+            a = float(accepted[j]) if j < len(accepted) else 0.0
+            prev = (a + w * prev) / (d + w)
+            out.append(prev)
         return out
 
-    def _times(self, ctx: float) -> StepTimes:
-        # quarter-octave context buckets: attention time is smooth in context, and a bucket's
-        # StepTimes memoises every (B, k) it is asked for
-        b = round(4 * math.log2(max(ctx, 1.0)))
-        st = self._by_ctx.get(b)
-        if st is None:
-            st = self._by_ctx[b] = self.times.with_context(2 ** (b / 4))
-        return st
+    def _step_s(self, batch: int, ctx: float) -> list:
+        """Step time for k = 0..k_max at this batch, on quarter-octave context buckets: attention
+        time is smooth in context."""
+        key = (batch, round(4 * math.log2(max(ctx, 1.0))))
+        hit = self._by_ctx.get(key)
+        if hit is None:
+            st = self.times.with_context(2 ** (key[1] / 4))
+            hit = self._by_ctx[key] = [st.step_s(batch, k) for k in range(self.k_max + 1)]
+        return hit
 
     def choose(self, batch: int, ctx: float, reached: np.ndarray, accepted: np.ndarray) -> int:
         if batch <= 0:
             return self.k_max
-        tokens = 1.0 + np.concatenate([[0.0], np.cumsum(np.cumprod(self.rates(reached, accepted)))])
-        st = self._times(ctx)
-        rate = [tokens[k] / st.step_s(batch, k) for k in range(self.k_max + 1)]
-        return int(np.argmax(rate))
+        step_s = self._step_s(batch, ctx)
+        best_k, best = 0, 1.0 / step_s[0]
+        run = prod = 0.0
+        for k, r in enumerate(self.rates(reached, accepted), start=1):
+            prod = r if k == 1 else prod * r            # P(first k drafts all accepted)
+            run += prod                                   # expected accepted drafts at k
+            rate = (1.0 + run) / step_s[k]
+            if rate > best:
+                best_k, best = k, rate
+        return best_k
 
     __call__ = choose

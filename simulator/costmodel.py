@@ -105,10 +105,14 @@ class CostModel:
         table = self.tables.get(op)
         if table is None:
             return np.ones(len(sizes))
-        g = np.round(np.log2(np.maximum(np.asarray(sizes, dtype=float), 1.0)) * 64)
-        grid, inverse = np.unique(g, return_inverse=True)
-        corr, _, _ = table.lookup_many(shape, key, 2.0 ** (grid / 64))
-        return np.exp(corr)[inverse]
+        g = np.round(np.log2(np.maximum(np.asarray(sizes, dtype=float), 1.0)) * 64).tolist()
+        # per grid point, memoised: lookup_many and exp are elementwise, so the values are the same
+        memo = self._lookups.setdefault((op, tuple(shape), tuple(key), "grid"), {})
+        missing = sorted({x for x in g if x not in memo})
+        if missing:
+            corr, _, _ = table.lookup_many(shape, key, 2.0 ** (np.array(missing) / 64))
+            memo.update(zip(missing, np.exp(corr).tolist()))
+        return np.array([memo[x] for x in g])
 
     def _finish(self, op, terms, shape, key, size, extra=None) -> KernelCost:
         f, path = self._factor(op, shape, key, size)
@@ -152,6 +156,23 @@ class CostModel:
         return (round(total / topk), int(np.count_nonzero(local)), total if ep <= 1 else int(np.add.reduce(local)),
                 int(np.add.reduce((local + 15) // 16)) * 16)
 
+    @staticmethod
+    def moe_loads_many(counts: np.ndarray, topk: int, ep: int) -> list:
+        """``_moe_loads`` of each row of ``counts`` [steps, E], and each row's distinct experts."""
+        steps, E = counts.shape
+        total = np.add.reduce(counts, axis=1)
+        if ep <= 1:
+            local, slots = counts, total
+        else:
+            per = counts.reshape(steps, ep, E // ep)
+            local = per[np.arange(steps), np.argmax(np.add.reduce(per, axis=2), axis=1)]
+            slots = np.add.reduce(local, axis=1)
+        active = np.count_nonzero(local, axis=1)
+        padded = np.add.reduce((local + 15) // 16, axis=1) * 16
+        everywhere = active if ep <= 1 else np.count_nonzero(counts, axis=1)
+        return list(zip(zip(np.round(total / topk).astype(np.int64).tolist(), active.tolist(), slots.tolist(),
+                            padded.tolist()), everywhere.tolist()))
+
     def moe_from_counts(self, counts: np.ndarray, hidden_size: int, inter_size: int, topk: int,
                         tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> KernelCost:
         """Fused MoE layer given the token count of every expert (length E, summing to T*K)."""
@@ -174,8 +195,8 @@ class CostModel:
         """``moe_from_counts(...).latency_s``, fast for the engine's per-step calls.
 
         For given (T, active, slots) the padded slot count takes at most active + 1 values
-        (multiples of 16), so a miss prices them all in one vectorised call; without EP
-        (slots = T * topk) it also prices the 15 neighbouring token counts of the same block."""
+        (multiples of 16), so a miss prices them all in one vectorised call, with its neighbours
+        (``_price_moe_curves``)."""
         return self.moe_latency_from_loads(self._moe_loads(counts, topk, ep), hidden_size, inter_size, len(counts),
                                            topk, tp, ep, gated, bytes_per_el)
 
@@ -186,23 +207,42 @@ class CostModel:
         shape = (hidden_size, inter_size, num_experts, topk, tp, ep, gated, bytes_per_el)
         hit = self._cache.get(("moe_curve", T, active, slots, shape))
         if hit is None:
-            if ep <= 1:                               # slots = T * topk: price the block of 16 T's
-                Ts = np.arange(T - T % 16, T - T % 16 + 16)
-                Ts = Ts[Ts * topk >= active]
-                sl = Ts * topk
-            else:
-                Ts, sl = np.array([T]), np.array([slots])
-            lo, hi = -(-sl // 16), (sl + 15 * active) // 16 + 1
-            rep = hi - lo
-            ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))
-            t = kernels.moe(self.hw, self._p("moe"), active, np.repeat(sl, rep), ps, np.repeat(Ts, rep), topk,
-                            hidden_size, inter_size / tp, gated, ep, bytes_per_el, self.l2_warm)
-            lat = t["latency_s"] * np.repeat(self._factors("moe", shape[:4], (tp, ep, "balanced"),
-                                                           np.maximum(Ts, 1)), rep)
-            for x, s_, l_, part in zip(Ts.tolist(), sl.tolist(), lo.tolist(), np.split(lat, np.cumsum(rep)[:-1])):
-                self._cache[("moe_curve", x, active, s_, shape)] = (l_, part.tolist())
+            self._price_moe_curves(T, active, slots, shape)
             hit = self._cache[("moe_curve", T, active, slots, shape)]
         return hit[1][padded // 16 - hit[0]]
+
+    def _price_moe_curves(self, T: int, active: int, slots: int, shape: tuple) -> None:
+        """Cache the latency at every padded-slot count (at most active + 1 multiples of 16) for
+        (T, active, slots) and, in the same vectorised call, for the neighbours the next steps
+        will likely ask for: the other token counts of T's block of 16 without EP (slots = T * topk),
+        slot counts within 3 with EP, and active counts within 1 (wider neighbourhoods cost more in
+        the call than they save in later misses)."""
+        hidden_size, inter_size, num_experts, topk, tp, ep, gated, bytes_per_el = shape
+        per_rank = num_experts // max(ep, 1)
+        acts = np.arange(max(1, active - 1), min(per_rank, active + 1) + 1)
+        if ep <= 1:
+            Ts = np.arange(T - T % 16, T - T % 16 + 16)
+            x, a = np.repeat(Ts, len(acts)), np.tile(acts, len(Ts))
+            s_ = x * topk
+        else:
+            sl = np.arange(max(1, slots - 3), slots + 4)
+            a, s_ = np.repeat(acts, len(sl)), np.tile(sl, len(acts))
+            x = np.full(len(a), T)
+        # feasible: each active expert holds 1..T slots, and there are T * topk slots in all
+        ok = (s_ >= a) & (s_ <= a * np.maximum(x, 1)) & (s_ <= x * topk)
+        keys = [("moe_curve", xi, ai, si, shape) for xi, ai, si in zip(x.tolist(), a.tolist(), s_.tolist())]
+        ok &= np.array([k not in self._cache for k in keys])
+        ok[np.flatnonzero((x == T) & (a == active) & (s_ == slots))] = True
+        x, a, s_ = x[ok], a[ok], s_[ok]
+        lo, hi = -(-s_ // 16), (s_ + 15 * a) // 16 + 1
+        rep = hi - lo
+        ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))
+        t = kernels.moe(self.hw, self._p("moe"), np.repeat(a, rep), np.repeat(s_, rep), ps, np.repeat(x, rep), topk,
+                        hidden_size, inter_size / tp, gated, ep, bytes_per_el, self.l2_warm)
+        lat = t["latency_s"] * np.repeat(self._factors("moe", shape[:4], (tp, ep, "balanced"), np.maximum(x, 1)), rep)
+        vals, ends = lat.tolist(), np.cumsum(rep).tolist()
+        for xi, ai, si, l_, r, e in zip(x.tolist(), a.tolist(), s_.tolist(), lo.tolist(), rep.tolist(), ends):
+            self._cache[("moe_curve", xi, ai, si, shape)] = (l_, vals[e - r:e])
 
     def moe(self, num_tokens: int, hidden_size: int, inter_size: int, num_experts: int, topk: int,
             tp: int = 1, ep: int = 1, distribution: str = "uniform", gated: bool = True,

@@ -110,6 +110,58 @@ class Requests:
         return self._itl_gaps[~self.failed[self._itl_ids]]
 
 
+class _CoastLoads:
+    """MoE loads of a coast's steps, routed many steps per call.
+
+    When a step's routing draws only ``B x E`` uniform keys (RoutingModel.keys_only), the keys of
+    the next n steps are one draw and their loads one vectorised pass. The coast may stop before
+    using them all (an arrival); ``close`` then rewinds the generator to just after the keys of
+    the steps used, so every later draw is the one the step-by-step path makes."""
+
+    def __init__(self, replica: "Replica", B: int):
+        self.r, self.B = replica, B
+        m = replica.target.m.moe
+        self.E, self.K = m.num_experts, m.num_experts_per_tok
+        self.expected = replica.routing.mode == "expected"
+        model = replica.routing.model
+        self.batched = self.expected or (
+            not (B > 256 and replica._popularity is not None) and model.keys_only(B, self.E, self.K)
+            and hasattr(replica.rng.bit_generator, "advance"))
+        self.rows: list = []
+        self.used = 0
+        self.state = None
+
+    def next(self, left: int, until_s: float, priced: list) -> tuple:
+        if self.expected:        # no draws: every step has the same loads
+            if not self.rows:
+                counts = expected_count_vector(self.B, self.E, self.K)[None, :]
+                self.rows = self.r.target.cm.moe_loads_many(counts, self.K, self.r.target.par.moe_ep)
+            return self.rows[0]
+        if not self.rows:
+            self._fill(left, until_s, priced)
+        self.used += 1
+        return self.rows.pop()
+
+    def _fill(self, left: int, until_s: float, priced: list) -> None:
+        r, B, E, K = self.r, self.B, self.E, self.K
+        # steps likely to run before the next arrival, from the last step's time (a guess: keys
+        # drawn for steps that do not run are handed back by `close`)
+        step_s = priced[-1][0].total_s if priced else 0.0
+        n = min(left, 512, 8 if step_s <= 0 else (int(until_s / step_s) + 2 if until_s < math.inf else 512))
+        self.state, self.used = r.rng.bit_generator.state, 0
+        counts = r.routing.model.counts_from_keys(r.rng.random((n * B, E)), n, K)
+        self.rows = r.target.cm.moe_loads_many(counts, K, r.target.par.moe_ep)
+        self.rows.reverse()
+
+    def close(self) -> None:
+        """Rewind the generator to just after the keys of the steps that ran."""
+        if not self.expected and self.state is not None and self.rows:
+            bg = self.r.rng.bit_generator
+            bg.state = self.state
+            bg.advance(self.used * self.B * self.E)
+        self.state, self.rows = None, []
+
+
 @dataclass
 class EngineConfig:
     max_num_seqs: int
@@ -202,8 +254,9 @@ class Replica:
         if self._pos_masks is None:
             j, k, a = np.arange(K)[:, None, None], np.arange(K + 1)[None, :, None], np.arange(K + 1)[None, None, :]
             masks = (k > j) & (a >= 0), (a > j) & (k >= 0), (k > j) & (a >= j)
-            self._pos_masks = np.concatenate([m.reshape(K, -1) for m in masks]).astype(np.int64)
-        drafted, accepted, reached = np.split(self._pos_masks @ self.k_by_a, 3)
+            self._pos_masks = np.concatenate([m.reshape(K, -1) for m in masks]).astype(float)
+        # float counts (exact below 2^53): a float matrix product is far cheaper than an int one
+        drafted, accepted, reached = np.split(self._pos_masks @ self.k_by_a.astype(float), 3)
         return drafted, accepted, reached
 
     # --- admission ---------------------------------------------------------------------
@@ -465,13 +518,19 @@ class Replica:
         ctx_sum0 = int(_sum(c0))
         overhead_s = cfg.step_overhead_s + cfg.per_seq_overhead_s * B
         moe = self.target.m.moe
+        loads = _CoastLoads(self, B) if moe else None
+        price = self.target.plain_decode(B) if loads is None or loads.batched else None
         starts, ends, priced = [], [], []
         start = env.now
         while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
             m = len(starts)
-            counts = self._counts(B, plan) if moe else None
             batch = Batch(B, 1, float(ctx_sum0 + m * B) / B, ())
-            cost = self.target.forward(batch, counts)
+            if price is None:
+                cost = self.target.forward(batch, self._counts(B, plan))
+            elif loads is None:
+                cost = price(batch.decode_ctx_mean, None, 0)
+            else:
+                cost = price(batch.decode_ctx_mean, *loads.next(m_max - m, t_next - start, priced))
             cost.overhead_s += overhead_s
             end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
             if m:
@@ -480,6 +539,8 @@ class Replica:
             starts.append(start)
             ends.append(end)
             start = end
+        if loads is not None:
+            loads.close()
         # Advance the clock to the end of the last step. One timeout lands exactly there when
         # now + (end - now) == end in floating point; otherwise one per step, as the scheduler's.
         if env.now + (ends[-1] - env.now) == ends[-1]:
@@ -492,8 +553,8 @@ class Replica:
             # only the last step can end after an arrival, which then waits
             self.steps.append(self._row(a, cost, batch, B, 0, B, 0, 0, kv_used, len(self.waiting) if j == m - 1 else 0, 0))
         R.itl_log.append(ids, ends[0] - R.last_token_s[ids])
-        for a, b in zip(starts[1:], ends[1:]):
-            R.itl_log.append(ids, np.full(B, b - a))
+        if m > 1:    # later steps: every request's gap is the step's length (one append, same order)
+            R.itl_log.append(np.tile(ids, m - 1), np.repeat(np.subtract(ends[1:], starts[1:]), B))
         final = (c0 + m + bs - 1) // bs
         self.free_blocks -= int(_sum(final)) - blocks0
         R.blocks[ids] = final

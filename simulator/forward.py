@@ -193,11 +193,15 @@ class ForwardModel:
         MoE layers, given one layer's expert loads."""
         m, par = self.m, self.par
         loads = self.cm._moe_loads(counts, m.moe.num_experts_per_tok, par.moe_ep)
-        active = loads[1] if par.moe_ep <= 1 else int(np.count_nonzero(counts))
+        return self.moe_part_from_loads(loads, loads[1] if par.moe_ep <= 1 else int(np.count_nonzero(counts)))
+
+    def moe_part_from_loads(self, loads: tuple, active: int) -> tuple:
+        """``moe_part`` given ``CostModel._moe_loads`` of the counts and the experts active on any rank."""
         if not active:
             return 0.0, 0.0, 0
+        m, par = self.m, self.par
         L = m.num_moe_layers
-        moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, len(counts),
+        moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts,
                                                    m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated)
         mats = 3 if m.moe.gated else 2
         return moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * 2.0, active
@@ -210,4 +214,27 @@ class ForwardModel:
             if counts is None:   # uniform routing in expectation
                 counts = expected_count_vector(c.tokens, self.m.moe.num_experts, self.m.moe.num_experts_per_tok)
             c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part(counts)
+        return c
+
+    def plain_decode(self, num_decode: int):
+        """Pricer of plain decode steps of ``num_decode`` sequences (one query token each, no prefill):
+        ``price(ctx_mean, loads, active)`` equals ``forward_from_loads(Batch(num_decode, 1, ctx_mean),
+        loads, active)`` (``loads=None`` for a dense model) with the context-free part computed once."""
+        gemm_s, comm_s, overhead_s = self._token_part(num_decode, num_decode)
+        layers = self.m.num_hidden_layers
+
+        def price(ctx_mean: float, loads, active: int) -> StepCost:
+            c = StepCost(attention_s=layers * self._decode_attention(num_decode, 1, ctx_mean), gemm_s=gemm_s,
+                         comm_s=comm_s, overhead_s=overhead_s, tokens=num_decode)
+            if loads is not None:
+                c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)
+            return c
+        return price
+
+    def forward_from_loads(self, batch: Batch, loads: tuple, active: int) -> StepCost:
+        """``forward`` given the MoE loads (``CostModel.moe_loads_many``) instead of the counts."""
+        c = self._dense_part(batch)
+        c.tokens = batch.num_tokens
+        if c.tokens:
+            c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)
         return c

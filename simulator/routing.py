@@ -97,6 +97,8 @@ class Routing:
         total = int(np.add.reduce(seq_tokens))
         if total == 0 or topk >= num_experts:
             return np.full(num_experts, total, dtype=np.int64)
+        if self.keys_only(total, num_experts, topk):
+            return self.counts_from_keys(rng.random((total, num_experts)), 1, topk)[0]
         choice = self._choose(total, num_experts, topk, rng)
         if self.kind == "locality" and self.locality > 0:
             # A token that is not the first of its sequence in this step keeps the previous
@@ -118,13 +120,8 @@ class Routing:
     def _choose(self, total: int, num_experts: int, topk: int, rng: np.random.Generator) -> np.ndarray:
         """[total, topk] expert ids, K distinct per token."""
         E, K = num_experts, topk
-        if self.kind == "power_law" and self.exponent > 0:
-            # Gumbel top-k: K distinct experts per token, drawn in turn with probability ~ popularity.
-            g = np.log(self.popularity(E)) - np.log(-np.log(rng.random((total, E))))
-            return np.argpartition(-g, K - 1, axis=1)[:, :K]
-        if total * E <= 8192 or _p_distinct(E, K) < 0.5:
-            # Uniform: the K smallest of E random keys per token (one O(E) draw, cheapest when small).
-            return np.argpartition(rng.random((total, E)), K - 1, axis=1)[:, :K]
+        if self._keys_path(total, E, K):
+            return self._ids_from_keys(rng.random((total, E)), K)
         # Uniform, many tokens: draw K ids per token with replacement (O(T K)); the tokens that drew
         # a repeat (under half) get a fresh subset from the O(E) draw above. Both are uniform over
         # K-subsets, so the result is exact.
@@ -134,6 +131,45 @@ class Routing:
         if len(bad):
             choice[bad] = np.argpartition(rng.random((len(bad), E)), K - 1, axis=1)[:, :K]
         return choice
+
+    def keys_only(self, total: int, num_experts: int, topk: int) -> bool:
+        """Whether routing ``total`` tokens draws exactly ``total x E`` uniform keys and nothing else
+        (then several steps' keys can be drawn in one call: ``counts_from_keys``)."""
+        if total == 0 or topk >= num_experts or (self.kind == "locality" and self.locality > 0):
+            return False
+        return self._keys_path(total, num_experts, topk)
+
+    def _keys_path(self, total: int, num_experts: int, topk: int) -> bool:
+        if self.kind == "power_law" and self.exponent > 0:
+            return True
+        return total * num_experts <= 8192 or _p_distinct(num_experts, topk) < 0.5
+
+    def _scores(self, keys: np.ndarray) -> np.ndarray:
+        """Per-token scores whose K smallest are the token's experts."""
+        if self.kind == "power_law" and self.exponent > 0:
+            # Gumbel top-k: K distinct experts per token, drawn in turn with probability ~ popularity.
+            return np.log(-np.log(keys)) - np.log(self.popularity(keys.shape[1]))
+        # Uniform: the K smallest of E random keys per token (one O(E) draw, cheapest when small).
+        return keys
+
+    def _ids_from_keys(self, keys: np.ndarray, topk: int) -> np.ndarray:
+        return np.argpartition(self._scores(keys), topk - 1, axis=1)[:, :topk]
+
+    def counts_from_keys(self, keys: np.ndarray, steps: int, topk: int) -> np.ndarray:
+        """[steps, E] tokens per expert from ``steps x total`` rows of keys (``keys_only`` cases):
+        row block j is step j, routed exactly as ``sample_counts`` would route it.
+
+        Each token's experts are its scores at or below its K-th smallest (np.partition, twice as
+        fast as argpartition): the same set argpartition picks unless a tie straddles the K-th
+        score (continuous keys: probability ~E^2 / 2^53 per token), which the count check catches."""
+        E = keys.shape[1]
+        v = self._scores(keys)
+        picked = v <= np.partition(v, topk - 1, axis=1)[:, topk - 1:topk]
+        counts = np.add.reduce(picked.reshape(steps, -1, E), axis=1)
+        if int(np.add.reduce(counts, axis=None)) != len(keys) * topk:
+            ids = np.argpartition(v, topk - 1, axis=1)[:, :topk] + np.repeat(np.arange(steps) * E, len(keys) // steps)[:, None]
+            counts = np.bincount(ids.ravel(), minlength=steps * E).reshape(steps, E)
+        return counts
 
     def expected_counts(self, num_tokens: float, num_experts: int, topk: int) -> np.ndarray:
         """Expected tokens per expert (fractional), for the in-expectation cost path."""

@@ -156,6 +156,10 @@ def test_per_request_counters_add_up_to_the_step_log():
      "engine.router=least_outstanding"],
     ["speculative_config=null", "workload.request_rate=inf", "workload.random_output_len=400"],   # KV-bound
     ["speculative_config=null", "workload.request_rate=1", "routing.mode=expected"],
+    # power-law keys, experts split over 2 EP ranks; locality routing (not drawn many steps at once)
+    ["speculative_config=null", "workload.request_rate=2", "routing.distribution=power_law",
+     "routing.exponent=1.2", "hardware.enable_expert_parallel=true"],
+    ["speculative_config=null", "workload.request_rate=2", "routing.distribution=locality", "routing.locality=0.5"],
 ])
 def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeypatch):
     """Without SD, runs of identical decode steps skip the scheduler (Replica._coast); taking

@@ -53,6 +53,23 @@ def test_collector_power_law_is_capped_and_conserved():
     assert len(ep) == 32 and ep.sum() >= 64 * 8 / 4
 
 
+@pytest.mark.parametrize("model", [routing.Routing("uniform"), routing.Routing("power_law", exponent=1.2)])
+def test_many_steps_of_keys_route_as_step_by_step(model):
+    """The engine's coast draws several steps' routing keys in one call: the counts, and the
+    generator's state after the steps used, must be those of one draw per step."""
+    T, E, K, n = 6, 64, 4, 5
+    one = np.random.default_rng(7)
+    per_step = np.array([model.sample_counts([T], E, K, one) for _ in range(n)])
+    many = np.random.default_rng(7)
+    assert model.keys_only(T, E, K)
+    np.testing.assert_array_equal(model.counts_from_keys(many.random((n * T, E)), n, K), per_step)
+    assert many.random() == one.random()
+    # a tie straddling the K-th smallest key falls back to argpartition: still K experts per token
+    keys = np.tile(np.linspace(0.1, 0.9, E), (T, 1))
+    keys[:, K] = keys[:, K - 1]
+    assert model.counts_from_keys(keys, 1, K).sum() == T * K
+
+
 def test_collector_power_law_few_tokens_fill_the_first_experts_of_each_rank():
     """At T*K << E every power-law load rounds to 0; the collector hands the T*K slots out one per
     EP rank in turn, least-loaded expert first: the first experts of each rank, whatever the draw."""
