@@ -95,10 +95,11 @@ def build(sc, source: str = "scenario") -> Setup:
     r = sc.routing
     routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
                                     locality=r.locality), r.mode)
-    target_fm = _shared(("fm", target.model_dump_json(), hw.name, par), lambda: ForwardModel(target, cost, par))
+    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par)
+    target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par))
     dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)
-    draft_fm = _shared(("fm", draft_arch.model_dump_json(), hw.name, dpar),
-                       lambda: ForwardModel(draft_arch, cost, dpar)) if draft_arch is not None else None
+    draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar) if draft_arch is not None else None
+    draft_fm = _shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar)) if draft_arch is not None else None
     if spec and k and spec.adaptive:
         if spec.verify_tokens != k + 1:
             from .errors import ConfigError
@@ -107,7 +108,7 @@ def build(sc, source: str = "scenario") -> Setup:
         ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
         # AdaptiveK memoises step times; the engine passes it the run's acceptance counters, so
         # runs of the same models and overheads share one
-        cfg.k_policy = _shared(("adaptive", id(target_fm), id(draft_fm), cfg.step_overhead_s, cfg.per_seq_overhead_s,
+        cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_overhead_s, cfg.per_seq_overhead_s,
                                 cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
