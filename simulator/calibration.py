@@ -56,8 +56,9 @@ def _collector_features(T, E, K, ep, dist):
 
 
 def moe_features(df: pd.DataFrame) -> np.ndarray:
-    """(active experts, slots, 16-padded slots, experts touched by the timed loop) per row; parameter-free, so kept on the frame once
-    computed (a fit evaluates the roofline hundreds of times on the same rows)."""
+    """(active experts, slots, 16-padded slots, experts touched by the timed loop) per row;
+    parameter-free, so kept on the frame once computed (a fit evaluates the roofline hundreds of
+    times on the same rows)."""
     cached = _attr_cache(df, "_moe_features")
     if cached is not None:
         return cached

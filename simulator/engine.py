@@ -125,7 +125,7 @@ class _CoastLoads:
         self.expected = replica.routing.mode == "expected"
         model = replica.routing.model
         self.batched = self.expected or (
-            not (B > 256 and replica._popularity is not None) and model.keys_only(B, self.E, self.K)
+            not replica._multinomial(B) and model.keys_only(B, self.E, self.K)
             and hasattr(replica.rng.bit_generator, "advance"))
         self.rows: list = []
         self.used = 0
@@ -407,10 +407,14 @@ class Replica:
         E, K = m.moe.num_experts, m.moe.num_experts_per_tok
         if self.routing.mode == "expected":
             return expected_count_vector(total, E, K)
-        if total > 256 and self._popularity is not None:
+        if self._multinomial(total):
             return self.rng.multinomial(total * K, self._popularity)
         seq_tokens = np.concatenate([plan.dec_n, plan.pre_n]) if len(plan.pre) else plan.dec_n
         return self.routing.model.sample_counts(seq_tokens, E, K, self.rng)
+
+    def _multinomial(self, total: int) -> bool:
+        """Whether a step of ``total`` tokens draws its loads as one multinomial (large steps)."""
+        return total > 256 and self._popularity is not None
 
     def step_cost(self, plan: Plan) -> tuple:
         cfg = self.cfg
@@ -519,18 +523,18 @@ class Replica:
         overhead_s = cfg.step_overhead_s + cfg.per_seq_overhead_s * B
         moe = self.target.m.moe
         loads = _CoastLoads(self, B) if moe else None
-        price = self.target.plain_decode(B) if loads is None or loads.batched else None
+        price = self.target.plain_decode(B)
         starts, ends, priced = [], [], []
         start = env.now
         while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
             m = len(starts)
             batch = Batch(B, 1, float(ctx_sum0 + m * B) / B, ())
-            if price is None:
-                cost = self.target.forward(batch, self._counts(B, plan))
-            elif loads is None:
+            if loads is None:
                 cost = price(batch.decode_ctx_mean, None, 0)
-            else:
+            elif loads.batched:
                 cost = price(batch.decode_ctx_mean, *loads.next(m_max - m, t_next - start, priced))
+            else:
+                cost = price(batch.decode_ctx_mean, *self.target.moe_loads(self._counts(B, plan)))
             cost.overhead_s += overhead_s
             end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
             if m:

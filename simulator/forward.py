@@ -188,12 +188,15 @@ class ForwardModel:
         self._tok_comm_s = np.concatenate([zero, comm_s]).tolist()
         self._head_gemm_s = np.concatenate([zero, g(max(1, m.vocab_size // tp), h)]).tolist()
 
+    def moe_loads(self, counts: np.ndarray) -> tuple:
+        """(``CostModel._moe_loads`` of one layer's per-expert tokens, experts active on any rank)."""
+        loads = self.cm._moe_loads(counts, self.m.moe.num_experts_per_tok, self.par.moe_ep)
+        return loads, loads[1] if self.par.moe_ep <= 1 else int(np.count_nonzero(counts))
+
     def moe_part(self, counts: np.ndarray) -> tuple:
         """(expert time s, expert weight bytes read, distinct experts activated per layer) for all
         MoE layers, given one layer's expert loads."""
-        m, par = self.m, self.par
-        loads = self.cm._moe_loads(counts, m.moe.num_experts_per_tok, par.moe_ep)
-        return self.moe_part_from_loads(loads, loads[1] if par.moe_ep <= 1 else int(np.count_nonzero(counts)))
+        return self.moe_part_from_loads(*self.moe_loads(counts))
 
     def moe_part_from_loads(self, loads: tuple, active: int) -> tuple:
         """``moe_part`` given ``CostModel._moe_loads`` of the counts and the experts active on any rank."""
@@ -218,8 +221,9 @@ class ForwardModel:
 
     def plain_decode(self, num_decode: int):
         """Pricer of plain decode steps of ``num_decode`` sequences (one query token each, no prefill):
-        ``price(ctx_mean, loads, active)`` equals ``forward_from_loads(Batch(num_decode, 1, ctx_mean),
-        loads, active)`` (``loads=None`` for a dense model) with the context-free part computed once."""
+        ``price(ctx_mean, loads, active)`` equals ``forward(Batch(num_decode, 1, ctx_mean), counts)`` for
+        counts with these ``moe_loads`` (``loads=None`` for a dense model), the context-free part
+        computed once."""
         gemm_s, comm_s, overhead_s = self._token_part(num_decode, num_decode)
         layers = self.m.num_hidden_layers
 
@@ -230,11 +234,3 @@ class ForwardModel:
                 c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)
             return c
         return price
-
-    def forward_from_loads(self, batch: Batch, loads: tuple, active: int) -> StepCost:
-        """``forward`` given the MoE loads (``CostModel.moe_loads_many``) instead of the counts."""
-        c = self._dense_part(batch)
-        c.tokens = batch.num_tokens
-        if c.tokens:
-            c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)
-        return c

@@ -237,7 +237,7 @@ def _collector_power_law(T: int, E: int, K: int, ep: int, alpha: float, rng) -> 
     _round_robin(counts, overflow, T, +1)
     delta = T * K - int(counts.sum())
     _round_robin(counts, abs(delta), T, 1 if delta > 0 else -1)
-    return counts[int(np.argmax(counts.sum(axis=1)))].copy()
+    return busiest_rank(counts.ravel(), ep)
 
 
 def _round_robin(counts: np.ndarray, remaining: int, cap: int, step: int) -> None:
