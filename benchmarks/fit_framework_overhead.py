@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from simulator import validate_cmd as v
+from simulator.analysis import validate as v
 
 
 def main():

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from simulator import calibration, traces
-from simulator.gpu import load
-from simulator.paths import shared_traces_dir
+from simulator.cost import calibration, traces
+from simulator.config.gpu import load
+from simulator.common.paths import shared_traces_dir
 
 TARGETS = {"moe": (0.07, 0.22), "gemm": (0.05, 0.16), "attention_generation": (0.08, None), "allreduce": (0.10, None)}
 SIZE = {"gemm": "m", "moe": "num_tokens", "attention_generation": "batch_size", "attention_context": "isl",

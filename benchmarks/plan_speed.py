@@ -12,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from simulator.plan import configurations, load_plan
-from simulator.plan_cmd import plan
+from simulator.analysis.plan import configurations
+from simulator.config.plan import load_plan
+from simulator.analysis.plan import plan
 
 
 def main():

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulator import traces
-from simulator.costmodel import CostModel
-from simulator.routing import collector_counts
+from simulator.cost import traces
+from simulator.cost.costmodel import CostModel
+from simulator.cost.routing import collector_counts
 
 KEYS = {"gemm": ["m", "n", "k"],
         "moe": ["num_tokens", "hidden_size", "inter_size", "num_experts", "topk", "moe_tp_size", "distribution"],

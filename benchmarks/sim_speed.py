@@ -18,8 +18,8 @@ import time
 
 
 def once(num_prompts: int, rate: str) -> dict:
-    from simulator.scenario import load_scenario
-    from simulator.simulate_cmd import build, simulate
+    from simulator.config.scenario import load_scenario
+    from simulator.serving.simulation import build, simulate
     setup = build(load_scenario("quickstart", [f"workload.num_prompts={num_prompts}", f"workload.request_rate={rate}"]))
     w0, c0 = time.perf_counter(), time.process_time()
     summary, req, steps = simulate(setup)

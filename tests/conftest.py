@@ -1,6 +1,6 @@
 import pytest
 
-from simulator.paths import shared_traces_dir
+from simulator.common.paths import shared_traces_dir
 
 
 def shared_or_skip():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from simulator.costmodel import CostModel
-from simulator.errors import ConfigError
-from simulator.routing import expected_count_vector
+from simulator.cost.costmodel import CostModel
+from simulator.common.errors import ConfigError
+from simulator.cost.routing import expected_count_vector
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_moe_bytes_grow_with_active_experts(cm):
 def test_l2_residency_follows_the_timed_working_set(cm):
     """Under benchmark conditions (L2 warm) a GEMM whose weights fit in L2 runs faster than HBM
     allows, unless the timed loop cycles through enough copies to spill it; same for MoE experts."""
-    from simulator import kernels
+    from simulator.cost import kernels
     hw, p = cm.hw, cm.params["gemm"]
     one = kernels.gemm(hw, p, 1, 2048, 2048, l2_warm=True)["latency_s"]            # 8 MB of weights
     six = kernels.gemm(hw, p, 1, 2048, 2048, l2_warm=True, l2_weight_copies=30)["latency_s"]
@@ -104,7 +104,7 @@ def test_cached_lookup_does_not_depend_on_what_ran_before():
 
 def test_tabulated_paths_equal_the_per_call_api(cm):
     """The engine prices steps through vectorised tables; they must equal the per-call API."""
-    from simulator.routing import Routing
+    from simulator.cost.routing import Routing
     ms = np.arange(1, 3000, 7)
     per_call = np.array([cm.gemm(int(m), 4096, 3584).latency_s for m in ms])
     np.testing.assert_allclose(cm.gemm_latency_s(ms, 4096, 3584), per_call, rtol=1e-12)
@@ -120,3 +120,21 @@ def test_tabulated_paths_equal_the_per_call_api(cm):
             c = Routing("power_law", exponent=1.0).sample_counts([T], 64, 8, rng)
             assert cm.moe_latency_s(c, 3584, 2560, 8, 2, ep) == pytest.approx(
                 cm.moe_from_counts(c, 3584, 2560, 8, 2, ep).latency_s, rel=1e-12)
+
+
+def test_scalar_and_vector_twins_agree():
+    """The two kept twins (see CostModel._factor and CostModel._moe_loads) give the same numbers."""
+    import numpy as np
+    cm = CostModel("h100_sxm")
+    rng = np.random.default_rng(3)
+    counts = rng.multinomial(64 * 8, np.ones(64) / 64, size=20)
+    counts[3] = 0
+    counts[4, :8] = 8                              # ties across ranks
+    for ep in (1, 2, 4, 8):
+        many = cm.moe_loads_many(counts, 8, ep)
+        assert [m[0] for m in many] == [cm._moe_loads(c, 8, ep) for c in counts]
+        assert [m[1] for m in many] == np.count_nonzero(counts, axis=1).tolist()
+    sizes = np.array([1, 3, 17, 100, 1000, 4097])
+    vec = cm._factors("gemm", (4096, 4096), (), sizes)
+    assert vec.tolist() == [cm._factor("gemm", (4096, 4096), (), s)[0] for s in sizes]
+    assert len(set(vec.tolist())) > 1               # residuals are in play (not all 1.0)

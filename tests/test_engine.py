@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from simulator.scenario import load_scenario
-from simulator.simulate_cmd import build, simulate, write_outputs
+from simulator.config.scenario import load_scenario
+from simulator.commands.simulate import write_outputs
+from simulator.serving.simulation import build, simulate
 
 
 def small(overrides=(), base="quickstart"):
@@ -90,7 +91,7 @@ def test_md1_queue_against_theory():
 
 
 def test_uniform_routing_activates_expected_experts_per_step():
-    from simulator.routing import expected_distinct_experts
+    from simulator.cost.routing import expected_distinct_experts
     summary, req, steps = run(small(["speculative_config=null", "workload.request_rate=inf",
                                      "engine.max_num_seqs=4"]))
     dec = steps[(steps.num_prefill == 0) & (steps.num_tokens == 4)]
@@ -122,10 +123,10 @@ def test_max_concurrency_caps_in_flight_requests():
 def test_array_scheduler_matches_one_by_one_reference(sets, num_blocks, monkeypatch):
     """The scheduler takes the leading requests that fit in one array operation; scheduling every
     request one by one (vLLM's loop) must give the same run, byte for byte."""
-    from simulator.engine import Replica
+    from simulator.serving.scheduler import Scheduler
 
     def go(batch):
-        monkeypatch.setattr(Replica, "batch_schedule", batch)
+        monkeypatch.setattr(Scheduler, "batch_schedule", batch)
         s = small(sets)
         if num_blocks:
             s.cfg.num_blocks = num_blocks
@@ -162,9 +163,9 @@ def test_per_request_counters_add_up_to_the_step_log():
     ["speculative_config=null", "workload.request_rate=2", "routing.distribution=locality", "routing.locality=0.5"],
 ])
 def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeypatch):
-    """Without SD, runs of identical decode steps skip the scheduler (Replica._coast); taking
+    """Without SD, runs of identical decode steps skip the scheduler (simulator.serving.coast); taking
     every step through it must give the same run, byte for byte."""
-    from simulator.engine import Replica
+    from simulator.serving.replica import Replica
 
     def go(coast):
         monkeypatch.setattr(Replica, "coast", coast)

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator import theory
-from simulator.routing import full_activation_threshold
-from simulator.scenario import load_scenario
-from simulator.simulate_cmd import build
-from simulator.sweep_cmd import fixed_batch_point, peak, sparsity, sweep, waves_for
+from simulator.serving import theory
+from simulator.cost.routing import full_activation_threshold
+from simulator.config.scenario import load_scenario
+from simulator.serving.simulation import build
+from simulator.analysis.sweep import fixed_batch_point, peak, sparsity, sweep, waves_for
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 ACC = ["speculative_config.acceptance={rate: 0.8}"]

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator import runner
-from simulator.cli import main as cli
-from simulator.errors import ConfigError
-from simulator.plan import capacity_estimate, configurations, config_label, evaluate, parse_plan
-from simulator.plan_cmd import plan
+from simulator.analysis import runner
+from simulator.commands.cli import main as cli
+from simulator.common.errors import ConfigError
+from simulator.analysis.plan import capacity_estimate, configurations, config_label, evaluate
+from simulator.config.plan import parse_plan
+from simulator.analysis.plan import plan
 
 SMALL = {
     "name": "small", "model": "Qwen1.5-MoE-A2.7B",

@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -e '.[dev]' brings the CPU build)")
 
-from simulator import calibration, traces  # noqa: E402
-from simulator.cli import main as cli  # noqa: E402
-from simulator.gpu import load  # noqa: E402
-from simulator.paths import TRACES_DIR  # noqa: E402
+from simulator.cost import calibration, traces  # noqa: E402
+from simulator.commands.cli import main as cli  # noqa: E402
+from simulator.config.gpu import load  # noqa: E402
+from simulator.common.paths import TRACES_DIR  # noqa: E402
 from simulator.profiler import e2e, ops, plan  # noqa: E402
 
 

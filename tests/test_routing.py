@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from simulator import routing
+from simulator.cost import routing
 
 
 def test_paper_worked_values():

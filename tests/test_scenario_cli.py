@@ -4,9 +4,9 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from simulator.errors import ConfigError
-from simulator.scenario import parse
-from simulator.simulate_cmd import build
+from simulator.common.errors import ConfigError
+from simulator.config.scenario import parse
+from simulator.serving.simulation import build
 
 
 def cli(*args, cwd=None):
@@ -27,7 +27,7 @@ def test_sglang_aliases():
 
 
 def test_mean_acceptance_length_roundtrip():
-    from simulator import acceptance
+    from simulator.serving import acceptance
     a = acceptance.build(parse({"model": "Qwen2-7B", "speculative_config": {
         "method": "ngram", "num_speculative_tokens": 4, "acceptance": {"mean_acceptance_length": 2.5}}}, "x")
         .speculative_config.acceptance, 4)

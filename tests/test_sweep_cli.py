@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from simulator import runner
-from simulator.cli import main as cli
+from simulator.analysis import runner
+from simulator.commands.cli import main as cli
 
 
 def test_sweep_writes_csv_and_report(tmp_path):

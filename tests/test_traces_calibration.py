@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator import calibration, traces
-from simulator.costmodel import CostModel
-from simulator.errors import ConfigError
-from simulator.gpu import load
+from simulator.cost import calibration, traces
+from simulator.cost.costmodel import CostModel
+from simulator.common.errors import ConfigError
+from simulator.config.gpu import load
 
 from .conftest import shared_or_skip
 
@@ -47,7 +47,7 @@ def test_moe_leave_one_shape_out_h100():
     held = labels == "4096/14336/8/2"
     params = calibration.fit("moe", hw, df[~held].reset_index(drop=True))
     pred = calibration.predict_rows("moe", hw, params, df)
-    from simulator.residuals import ResidualTable
+    from simulator.cost.residuals import ResidualTable
     table = ResidualTable.build("moe", calibration.residual_rows("moe", df[~held], pred[~held.values]))
     final = calibration.corrected("moe", table, df[held], pred[held.values])
     err = calibration.errors(final, df[held])

@@ -7,8 +7,9 @@ typed-in figures derived from ../shared; the derivation is checked when ../share
 import pandas as pd
 import pytest
 
-from simulator import validate_cmd
-from simulator.paths import shared_traces_dir
+from simulator.analysis import validate as validate_cmd
+from simulator.common.errors import ConfigError
+from simulator.common.paths import shared_traces_dir
 
 
 @pytest.fixture(scope="module")
@@ -60,5 +61,5 @@ def test_cases_match_their_derivation_from_shared(tmp_path, monkeypatch):
 
 
 def test_unknown_case_is_a_one_line_error():
-    with pytest.raises(validate_cmd.ConfigError, match="unknown case 'nope'"):
+    with pytest.raises(ConfigError, match="unknown case 'nope'"):
         validate_cmd.select(validate_cmd.load_cases(), "nope")

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from simulator.errors import ConfigError
-from simulator.scenario import load_scenario
-from simulator.simulate_cmd import build, simulate
-from simulator.workload import read_trace
+from simulator.common.errors import ConfigError
+from simulator.config.scenario import load_scenario
+from simulator.serving.simulation import build, simulate
+from simulator.serving.workload import read_trace
 
 
 def _check(specs, arrivals, ins, outs):
@@ -72,7 +72,7 @@ def test_trace_scenario_runs_end_to_end(tmp_path):
 def test_random_dataset_matches_vllm_semantics():
     sc = load_scenario("quickstart", ["workload.num_prompts=4000", "workload.request_rate=8",
                                       "workload.random_range_ratio=0.5"])
-    from simulator.workload import build as wl_build
+    from simulator.serving.workload import build as wl_build
     specs = wl_build(sc.workload, np.random.default_rng(0))
     ins = np.array([s.input_len for s in specs])
     assert ins.min() >= 256 and ins.max() <= 768                      # uniform in [L(1-r), L(1+r)]

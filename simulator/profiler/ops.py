@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import routing
+from ..cost import routing
 
 DTYPE = torch.bfloat16
 
@@ -70,7 +70,7 @@ class ExpertMLP:
 def moe(num_tokens: int, hidden: int, inter: int, num_experts: int, topk: int, tp: int, ep: int,
         distribution: str, dev, gated: bool = True, seed: int = 0, grouped: bool | None = None) -> tuple:
     """The experts part of one MoE layer on the busiest rank, with the trace collectors' routing
-    (simulator.routing.collector_counts): what the `moe` trace rows time."""
+    (simulator.cost.routing.collector_counts): what the `moe` trace rows time."""
     counts = routing.collector_counts(num_tokens, num_experts, topk, ep, distribution, np.random.default_rng(seed))
     experts = ExpertMLP(hidden, inter // tp, len(counts), dev, gated, grouped)
     slots = int(counts.sum())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..paths import MODELS_DIR
+from ..common.paths import MODELS_DIR
 
 POW2 = [2 ** i for i in range(14)]            # 1 .. 8192 tokens
 
@@ -30,7 +30,7 @@ class Plan:
 def load_arch(name: str) -> dict:
     path = MODELS_DIR / f"{name}.yaml"
     if not Path(path).exists():
-        from ..errors import ConfigError
+        from ..common.errors import ConfigError
         known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown model {name!r}; known: {known}", field="--models")
     return yaml.safe_load(Path(path).read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..atomic import write_text
+from ..common.atomic import write_text
 from . import e2e, ops, plan as plan_mod
 from .harness import device, environment, measure, row
 

@@ -1,0 +1,1 @@
+"""Many simulations answering one question: SD sweeps, validation against hardware, capacity planning."""

@@ -1,0 +1,146 @@
+"""``moesd`` command line: simulate, sweep, plan, validate, calibrate, kernel, profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..common.errors import ConfigError
+from ..common.paths import REPORTS_DIR, shared_traces_dir
+from . import kernel
+
+
+def _add_profile(sub) -> None:
+    ap = sub.add_parser("profile", help="measure kernels on this machine's GPU (or CPU) into trace files")
+    ap.add_argument("--out", required=True, help="folder for <op>.csv files (e.g. traces/kernels/h100_sxm)")
+    ap.add_argument("--gpu", help="spec name to record (default: from the device name)")
+    ap.add_argument("--preset", choices=["tiny", "models"], default="models",
+                    help="tiny: small shapes for a CPU smoke run; models: the shapes of --models")
+    ap.add_argument("--models", default="Qwen2-57B-A14B,Mixtral-8x7B-v0.1,Qwen3-30B-A3B,Qwen2-0.5B")
+    ap.add_argument("--tp", default="1,2", help="tensor-parallel slices to measure (comma list)")
+    ap.add_argument("--e2e-models", default="Qwen2-57B-A14B,Mixtral-8x7B-v0.1,OPT-30B")
+    ap.add_argument("--e2e-layers", type=int, default=4)
+    ap.add_argument("--e2e-q-lens", default="1,4", help="query tokens per sequence (k+1) for the e2e forwards")
+    ap.add_argument("--e2e-tp", default="1", help="tensor-parallel slices for the e2e forwards (one GPU's share)")
+    ap.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--budget-s", type=float, default=float("inf"), help="stop measuring after this long")
+
+
+def _add_run_options(p, cache_help: str = "reuse results of identical runs stored here") -> None:
+    """Options shared by the commands that run many simulations."""
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--cache-dir", default=None, help=cache_help)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="moesd", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("simulate", help="run a serving scenario")
+    p.add_argument("scenario")
+    p.add_argument("--out", help="output folder (default reports/<scenario name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("calibrate", help="fit a GPU's cost model to kernel traces")
+    p.add_argument("--traces", default=None, help="trace folder (default $MOESD_TRACES or ../shared/traces)")
+    p.add_argument("--gpu", required=True)
+    p.add_argument("--report", default=None, help="HTML report path (default reports/calibration_<gpu>.html)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, leave gpu_specs/ unchanged")
+
+    p = sub.add_parser("sweep", help="SD speedup and target efficiency over batch size x k")
+    p.add_argument("scenario")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256")
+    p.add_argument("--num-speculative-tokens", default="1..6", help="k values: 1,2,3 or 1..6")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dense-scenario", default="opt_dense_pair",
+                   help="dense pair compared at the same GPU, TP, lengths and acceptance ('' to skip)")
+    p.add_argument("--topk-sweep", default="1,2,4,8,16", help="top-K values for the sparsity sweep (closed form)")
+    p.add_argument("--closed-form-only", action="store_true", help="skip the engine runs")
+    _add_run_options(p)
+
+    p = sub.add_parser("validate", help="compare simulated throughput/latency with hardware measurements")
+    p.add_argument("--cases", default=None, help="case ids, families or scenarios (comma list; default all)")
+    _add_run_options(p)
+
+    p = sub.add_parser("plan", help="cheapest deployment meeting SLOs, with and without SD")
+    p.add_argument("plan", nargs="?", help="plan.yaml (or use the AIConfigurator-style flags)")
+    p.add_argument("--model")
+    p.add_argument("--system", help="GPU spec name(s), comma separated")
+    p.add_argument("--total-gpus", type=int, default=2)
+    p.add_argument("--isl", type=int, default=1024)
+    p.add_argument("--osl", type=int, default=256)
+    p.add_argument("--ttft", type=float, help="ms")
+    p.add_argument("--tpot", type=float, help="ms")
+    p.add_argument("--e2el", type=float, help="ms")
+    p.add_argument("--draft", help="draft model for SD candidates")
+    p.add_argument("--draft-method", default="draft_model")
+    p.add_argument("--acceptance-rate", type=float, default=0.8)
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--target-rate", type=float, help="req/s the deployment must sustain")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--top-n", type=int, default=5)
+    _add_run_options(p, cache_help="default reports/.plan_cache")
+
+    kernel.add_parser(sub)
+    _add_profile(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "kernel":
+            out = kernel.predict(args)
+            if args.json:
+                print(json.dumps(out, indent=2))
+            else:
+                for k, v in out.items():
+                    print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+        elif args.cmd == "calibrate":
+            from . import calibrate
+            traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
+            report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
+            print(f"calibrating {args.gpu} from {traces_dir}")
+            calib = calibrate.run(traces_dir, args.gpu, report, write=not args.dry_run)
+            for op, f in calib["fit"].items():
+                r = f["roofline"]
+                print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
+                      f"p90 {r['p90_abs_err']*100:5.1f}%")
+            for op in calib.get("kept", []):
+                print(f"  {op:<22} no traces: parameters kept from the earlier calibration")
+            print(f"wrote {report}" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml and {report}")
+        elif args.cmd == "profile":
+            try:
+                from ..profiler import run as profiler
+            except ImportError as exc:
+                raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
+            return profiler.main(args)
+        elif args.cmd == "plan":
+            from .plan import run as plan
+            return plan(args)
+        elif args.cmd == "validate":
+            from .validate import run as validate
+            return validate(args)
+        elif args.cmd == "sweep":
+            from .sweep import run as sweep
+            return sweep(args)
+        elif args.cmd == "simulate":
+            from .simulate import run as simulate
+            return simulate(args)
+    except ConfigError as exc:
+        print(f"moesd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moesd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

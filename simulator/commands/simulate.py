@@ -1,0 +1,85 @@
+"""``moesd simulate``: scenario in, results folder out (summary.json, tables, report.html)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..common.atomic import output_dir
+from ..common.paths import REPORTS_DIR
+from ..config.scenario import load_scenario
+from ..serving.simulation import build, simulate
+
+
+def _json(obj) -> str:
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, float)):
+            return None if not np.isfinite(v) else float(f"{float(v):.10g}")
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+    return json.dumps(clean(obj), indent=2, sort_keys=False) + "\n"
+
+
+def write_outputs(out_dir: Path, sc, summary: dict, req, steps, report: bool = True) -> None:
+    with output_dir(out_dir) as tmp:
+        (tmp / "summary.json").write_text(_json(summary))
+        req.to_csv(tmp / "requests.csv", index=False, float_format="%.9g")
+        steps.to_csv(tmp / "steps.csv", index=False, float_format="%.9g")
+        (tmp / "scenario.yaml").write_text(yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False))
+        if report:
+            from ..reports.simulation import simulation_report
+            simulation_report(tmp / "report.html", sc, summary, req, steps)
+
+
+def print_table(summary: dict, out_dir: Path) -> None:
+    f = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [("completed / failed", f"{summary['completed']} / {summary['failed']}"),
+            ("duration (s)", f(summary["duration"])),
+            ("request throughput (req/s)", f(summary["request_throughput"])),
+            ("output throughput (tok/s)", f(summary["output_throughput"], 1)),
+            ("TTFT mean / p99 (ms)", f"{f(summary['mean_ttft_ms'])} / {f(summary['p99_ttft_ms'])}"),
+            ("TPOT mean / p99 (ms)", f"{f(summary['mean_tpot_ms'])} / {f(summary['p99_tpot_ms'])}"),
+            ("ITL mean (ms)", f(summary["mean_itl_ms"])),
+            ("acceptance length", f(summary["spec_decode_acceptance_length"])),
+            ("target efficiency", f(summary.get("target_efficiency"), 3)),
+            ("mean batch size", f(summary["mean_batch_size"], 1)),
+            ("active experts / MoE layer", f(summary["mean_active_experts_per_layer"], 1)),
+            ("expert bytes / output token", f"{summary['expert_bytes_per_output_token'] / 1e6:.1f} MB")]
+    if summary.get("request_goodput") is not None:
+        rows.insert(3, ("request goodput (req/s)", f(summary["request_goodput"])))
+    w = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"  {a:<{w}}  {b}")
+    print(f"  results: {out_dir}")
+
+
+def run(args) -> int:
+    sc = load_scenario(args.scenario, args.set)
+    source = str(args.scenario)
+    setup = build(sc, source)
+    out_dir = Path(args.out) if args.out else REPORTS_DIR / sc.name
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=sc.workload.num_prompts, unit="req", delay=2.0, file=sys.stderr, leave=False)
+    try:
+        summary, req, steps = simulate(setup, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    write_outputs(out_dir, sc, summary, req, steps, report=not args.no_report)
+    if not args.quiet:
+        print(f"{sc.name}: {setup.target.name} on {sc.hardware.data_parallel_size}x{sc.hardware.tensor_parallel_size} "
+              f"{setup.hw.name} ({summary['calibration']}), SD "
+              f"{'k=' + str(setup.cfg.k) + ' ' + sc.speculative_config.method if setup.cfg.k else 'off'}")
+        print_table(summary, out_dir)
+    return 0

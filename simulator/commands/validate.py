@@ -1,0 +1,44 @@
+"""``moesd validate``: the measured-vs-simulated comparison of :mod:`simulator.analysis.validate`;
+writes validation.csv, summary.json and report.html."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..analysis.validate import validate
+from ..common.atomic import output_dir
+from ..common.paths import REPORTS_DIR
+from ..reports.validation import report
+
+
+def run(args) -> int:
+    t, s = validate(args.cases, args.workers, args.executor, args.address,
+                    Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
+    out = Path(args.out) if args.out else REPORTS_DIR / "validate"
+    with output_dir(out) as tmp:
+        t.to_csv(tmp / "validation.csv", index=False, float_format="%.6g")
+        (tmp / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+        if not args.no_report:
+            report(tmp / "report.html", t, s)
+    print_table(t, s)
+    print(f"  results: {out}")
+    return 0
+
+
+def print_table(t: pd.DataFrame, s: dict) -> None:
+    print(f"{'case':<46} {'measured':>10} {'simulated':>10} {'error':>7}  SD speedup meas/sim")
+    for r in t.itertuples():
+        sd = f"  {r.measured_speedup:.2f} / {r.sim_speedup:.2f} {'ok' if r.sd_sign_right else 'WRONG SIGN'}" \
+            if r.measured_speedup == r.measured_speedup else ""
+        print(f"{r.case:<46} {r.measured_throughput_tok_s:>10.1f} {r.sim_throughput_tok_s:>10.1f} "
+              f"{r.throughput_err:>+7.1%}{sd}")
+    print(f"\n{'group':<44} {'cases':>5} {'thr median':>10} {'p90':>7} {'lat median':>10} {'p90':>7}  SD sign")
+    for g, v in s.items():
+        lat = f"{v['latency_median_abs_err']:>10.1%} {v['latency_p90_abs_err']:>7.1%}" \
+            if v["latency_median_abs_err"] is not None else f"{'-':>10} {'-':>7}"
+        sign = f"{v['sd_sign_right']}/{v['sd_cases']}" if v["sd_cases"] else "-"
+        print(f"{g:<44} {v['cases']:>5} {v['throughput_median_abs_err']:>10.1%} "
+              f"{v['throughput_p90_abs_err']:>7.1%} {lat}  {sign}")

@@ -1,0 +1,1 @@
+"""Shared plumbing for every layer: one-line user errors, data paths, cached YAML reads, atomic writes."""

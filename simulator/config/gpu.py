@@ -1,0 +1,91 @@
+"""GPU specs: datasheet figures and fitted calibration, loaded from ``gpu_specs/<name>.yaml``.
+
+A GPU without its own calibration borrows the dimensionless efficiencies (and fixed overheads)
+of the nearest calibrated GPU (``transfer_from``); its own bandwidth, compute and capacity still
+set the roofline, and every prediction says it was transferred.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..common.datafiles import read_yaml
+from ..common.errors import ConfigError, pydantic_error
+from ..common.paths import GPU_SPECS_DIR
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, dict]
+    fit: dict[str, dict] = Field(default_factory=dict)
+    traces: str = ""
+    framework: str = ""
+    date: str = ""
+    residuals_file: Optional[str] = None
+    kept: list[str] = Field(default_factory=list, description="ops without traces; parameters kept from before")
+
+
+class Hardware(BaseModel):
+    """Datasheet figures of one GPU. Rates are per second, sizes in bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    display_name: str
+    vendor: str = "nvidia"
+    architecture: str
+    num_sms: int = Field(gt=0)
+    bf16_flops_per_s: float = Field(gt=0)
+    fp8_flops_per_s: Optional[float] = Field(default=None, gt=0)
+    hbm_bytes_per_s: float = Field(gt=0)
+    memory_bytes: float = Field(gt=0)
+    l2_bytes: float = Field(gt=0)
+    link_bytes_per_s: float = Field(gt=0, description="GPU-to-GPU bandwidth per direction (NVLink or PCIe)")
+    pcie_bytes_per_s: float = Field(gt=0)
+    cost_per_gpu_hour_usd: float = Field(gt=0)
+    sources: dict[str, str]
+    transfer_from: Optional[str] = None
+    calibration: Optional[Calibration] = None
+
+    def peak_flops_per_s(self, bytes_per_el: float = 2.0) -> float:
+        if bytes_per_el <= 1.0 and self.fp8_flops_per_s:
+            return self.fp8_flops_per_s
+        return self.bf16_flops_per_s
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in GPU_SPECS_DIR.glob("*.yaml"))
+
+
+def spec_path(name: str) -> Path:
+    return GPU_SPECS_DIR / f"{name}.yaml"
+
+
+def load(name: str, source: str | None = None) -> Hardware:
+    """Load ``gpu_specs/<name>.yaml``; unknown names list the allowed ones."""
+    path = spec_path(name)
+    if not path.exists():
+        raise ConfigError(f"unknown gpu {name!r}; allowed: {available()}", source=source, field="gpu")
+    try:
+        data = read_yaml(path)
+        return Hardware.model_validate(data)
+    except ValidationError as exc:
+        raise pydantic_error(exc, str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML ({exc.__class__.__name__})", source=str(path)) from None
+
+
+def calibrated_source(hw: Hardware) -> Hardware:
+    """The GPU whose fitted parameters ``hw`` uses: itself, or the one it transfers from."""
+    if hw.calibration is not None:
+        return hw
+    if not hw.transfer_from:
+        raise ConfigError("no calibration and no transfer_from", source=str(spec_path(hw.name)))
+    src = load(hw.transfer_from)
+    if src.calibration is None:
+        raise ConfigError(f"transfer_from {hw.transfer_from!r} is not calibrated; run moesd calibrate",
+                          source=str(spec_path(hw.name)), field="transfer_from")
+    return src

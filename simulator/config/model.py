@@ -1,0 +1,116 @@
+"""Model architectures as validated data (``workloads/models/<name>.yaml``), from public configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..common.datafiles import read_yaml
+from ..common.errors import ConfigError, pydantic_error
+from ..common.paths import MODELS_DIR
+
+
+class MoEConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_experts: int = Field(gt=0)
+    num_experts_per_tok: int = Field(gt=0)
+    moe_intermediate_size: int = Field(gt=0)
+    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    gated: bool = True
+    first_k_dense_replace: int = Field(default=0, ge=0, description="leading layers with a dense FFN")
+
+    @model_validator(mode="after")
+    def _topk(self):
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError("num_experts_per_tok exceeds num_experts")
+        return self
+
+
+class ModelArch(BaseModel):
+    """One transformer. Sizes follow Hugging Face ``config.json`` names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    source: str
+    kind: Literal["model", "eagle_head"] = "model"
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int = Field(gt=0)
+    head_dim: Optional[int] = Field(default=None, gt=0)
+    intermediate_size: int = Field(gt=0, description="dense FFN size (dense layers, or MoE's dense layers)")
+    gated_ffn: bool = True
+    vocab_size: int = Field(gt=0)
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = Field(default=32768, gt=0)
+    moe: Optional[MoEConfig] = None
+    kv_cache_dim_per_token: Optional[int] = Field(
+        default=None, gt=0, description="override K+V elements per token per layer (MLA latent cache)")
+    fc_in_multiplier: int = Field(default=0, ge=0, description="EAGLE heads: fc from m*hidden to hidden")
+    notes: str = ""
+
+    @property
+    def head_dim_(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.moe is not None and layer >= self.moe.first_k_dense_replace
+
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.num_hidden_layers - self.moe.first_k_dense_replace
+
+    def kv_elems_per_token_per_layer(self) -> int:
+        return self.kv_cache_dim_per_token or 2 * self.num_key_value_heads * self.head_dim_
+
+    def parameter_count(self) -> dict:
+        """Weights by part: attention, dense FFN, experts, shared experts, embeddings."""
+        h, d = self.hidden_size, self.head_dim_
+        attn = h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
+        mats = 3 if self.gated_ffn else 2
+        dense_layers = self.num_hidden_layers - self.num_moe_layers
+        out = {"attention": attn * self.num_hidden_layers,
+               "dense_ffn": dense_layers * mats * h * self.intermediate_size,
+               "experts": 0, "shared_experts": 0, "router": 0,
+               "embeddings": self.vocab_size * h * (1 if self.tie_word_embeddings else 2),
+               "fc": self.fc_in_multiplier * h * h}
+        if self.moe:
+            em = 3 if self.moe.gated else 2
+            out["experts"] = self.num_moe_layers * self.moe.num_experts * em * h * self.moe.moe_intermediate_size
+            out["shared_experts"] = self.num_moe_layers * 3 * h * self.moe.shared_expert_intermediate_size
+            out["router"] = self.num_moe_layers * h * self.moe.num_experts
+        return out
+
+    def weight_bytes(self, bytes_per_param: float = 2.0) -> float:
+        return sum(self.parameter_count().values()) * bytes_per_param
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+
+
+def parse(data, source: str) -> ModelArch:
+    try:
+        return ModelArch.model_validate(data)
+    except ValidationError as exc:
+        raise pydantic_error(exc, source) from None
+
+
+def load(name_or_path: str, source: str | None = None) -> ModelArch:
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = MODELS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown model {name_or_path!r}; allowed: {available()}", source=source, field="model")
+    try:
+        data = read_yaml(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML ({exc.__class__.__name__})", source=str(path)) from None
+    return parse(data, str(path))

@@ -1,0 +1,292 @@
+"""Fit each op's roofline parameters to kernel traces, and measure how well they predict.
+
+``fit(op, hw, rows)`` is a bounded least-squares fit of log(predicted/measured) (robust loss, so a
+few kernel-config outliers do not drag the curve). ``calibrate_gpu`` fits every op of one GPU and
+builds the residual tables; ``cross_validate`` leaves one shape out at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from ..common.errors import ConfigError
+from . import kernels, routing, traces
+from .residuals import LAYOUT, ResidualTable
+
+# Non-gated expert shapes in the traces (two weight matrices, not three): see shared/README.
+NON_GATED_SHAPES = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
+MAX_FIT_TOKENS = 16384
+
+
+def select_rows(op: str, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a bf16 serving model is fitted on."""
+    if op == "gemm":
+        df = df[(df.dtype == "bfloat16") & (df.m <= MAX_FIT_TOKENS)]
+    elif op == "moe":
+        df = df[(df.dtype == "bfloat16") & (df.num_tokens <= MAX_FIT_TOKENS)]
+        if "kernel_source" in df and df.kernel_source.nunique() > 1:
+            # One roofline per kernel: where the collector timed several MoE kernels (B200: FlashInfer's
+            # TRT-LLM experts for most shapes, its CUTLASS experts for two), fit the dominant one.
+            df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
+    elif op in ("attention_generation", "attention_context"):
+        df = df[(df.kv_cache_dtype == "bfloat16") & (df.window_size == 0) & (df.dtype == "bfloat16")]
+    elif op == "allreduce":
+        df = df[df.dtype == "bfloat16"]
+    return df.reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _collector_features(T, E, K, ep, dist):
+    """Mean (active experts, slots, 16-padded slots) on the timed rank over the collector's five
+    routings (it times five power-law draws back to back and reports the mean), and the distinct
+    experts those five touch together (what must stay in L2 for the loop to run from L2)."""
+    draws = 1 if dist == "balanced" else 5
+    feats, touched = [], 0
+    for s in range(draws):
+        c = routing.collector_counts(T, E, K, ep, dist, np.random.default_rng(s))
+        touched = touched | (c > 0)
+        c = c[c > 0]
+        feats.append((len(c), c.sum(), (np.ceil(c / 16.0) * 16.0).sum()))
+    return tuple(np.mean(feats, axis=0)) + (float(np.count_nonzero(touched)),)
+
+
+def moe_features(df: pd.DataFrame) -> np.ndarray:
+    """(active experts, slots, 16-padded slots, experts touched by the timed loop) per row;
+    parameter-free, so kept on the frame once computed (a fit evaluates the roofline hundreds of
+    times on the same rows)."""
+    cached = _attr_cache(df, "_moe_features")
+    if cached is not None:
+        return cached
+    keys = list(zip(df.num_tokens.to_numpy().tolist(), df.num_experts.to_numpy().tolist(),
+                    df.topk.to_numpy().tolist(), df.moe_ep_size.to_numpy().tolist(),
+                    df.distribution.astype(str).tolist()))
+    uniq = {k: _collector_features(int(k[0]), int(k[1]), int(k[2]), int(k[3]), k[4]) for k in set(keys)}
+    f = np.array([uniq[k] for k in keys])
+    df.attrs["_moe_features"] = _RowCache(df.index.to_numpy().copy(), f)
+    return f
+
+
+def gemm_weight_copies(df: pd.DataFrame) -> np.ndarray:
+    """Weight matrices each timed GEMM loop cycled through: AIConfigurator's vLLM collector runs six
+    layers of the shape back to back on one input (one for fp8_block/nvfp4), so six copies of the
+    weights compete for L2 (collector/vllm/collect_gemm.py); the project's profiler times one."""
+    if "framework" not in df:
+        return np.ones(len(df))
+    six = (df.framework.astype(str).str.lower() == "vllm").to_numpy() & df.dtype.isin(["bfloat16", "fp8"]).to_numpy()
+    return np.where(six, 6.0, 1.0)
+
+
+def moe_gated(df: pd.DataFrame) -> np.ndarray:
+    cached = _attr_cache(df, "_moe_gated")
+    if cached is not None:
+        return cached
+    keys = zip(df.hidden_size, df.inter_size, df.num_experts, df.topk)
+    g = np.array([(int(a), int(b), int(c), int(d)) not in NON_GATED_SHAPES for a, b, c, d in keys])
+    df.attrs["_moe_gated"] = _RowCache(df.index.to_numpy().copy(), g)
+    return g
+
+
+class _RowCache:
+    """A per-row array kept in ``DataFrame.attrs``. pandas copies attrs to derived frames (whose rows
+    may differ) and compares them with ``==``: an object compares by identity, an array would not."""
+
+    __slots__ = ("index", "values")
+
+    def __init__(self, index, values):
+        self.index, self.values = index, values
+
+
+def _attr_cache(df: pd.DataFrame, name: str):
+    """The cached array if it was computed on exactly these rows."""
+    hit = df.attrs.get(name)
+    if not isinstance(hit, _RowCache):
+        return None
+    ok = len(hit.index) == len(df) and np.array_equal(hit.index, df.index.to_numpy())
+    return hit.values if ok else None
+
+
+def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True) -> np.ndarray:
+    """Roofline latency (s) of each trace row, under the collector's conditions."""
+    if op == "gemm":
+        return kernels.gemm(hw, params, df.m.values, df.n.values, df.k.values, l2_warm=l2_warm,
+                            l2_weight_copies=gemm_weight_copies(df))["latency_s"]
+    if op == "moe":
+        f = moe_features(df)
+        return kernels.moe(hw, params, f[:, 0], f[:, 1], f[:, 2], df.num_tokens.values, df.topk.values,
+                           df.hidden_size.values, df.inter_size.values / df.moe_tp_size.values,
+                           gated=moe_gated(df), ep_size=df.moe_ep_size.values, l2_warm=l2_warm,
+                           l2_experts=f[:, 3])["latency_s"]
+    if op == "attention_generation":
+        return kernels.attention_generation(hw, params, df.batch_size.values, df.step.values, df.num_heads.values,
+                                            df.num_key_value_heads.values, df.head_dim.values,
+                                            l2_warm=l2_warm)["latency_s"]
+    if op == "attention_context":
+        return kernels.attention_context(hw, params, df.batch_size.values, df.isl.values, df.num_heads.values,
+                                         df.num_key_value_heads.values, df.head_dim.values)["latency_s"]
+    if op == "allreduce":
+        return kernels.allreduce(hw, params, df.message_size.values, df.num_gpus.values)["latency_s"]
+    raise ValueError(op)
+
+
+def fit(op: str, hw, df: pd.DataFrame, groups=None) -> dict:
+    """Fitted parameters of ``op`` (dict), or per group for all-reduce (one fit per GPU count)."""
+    spec = kernels.PARAMS[op]
+    names = list(spec)
+    x0 = np.log([spec[n][0] for n in names])
+    lo = np.log([spec[n][1] for n in names])
+    hi = np.log([spec[n][2] for n in names])
+    y = df.latency_ms.values / 1e3
+    if op == "moe":
+        predict_rows(op, hw, dict(zip(names, np.exp(x0))), df)  # warm the feature cache once
+
+    def resid(x):
+        pred = predict_rows(op, hw, dict(zip(names, np.exp(x))), df)
+        return np.log(pred / y)
+
+    res = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=400)
+    return {n: float(v) for n, v in zip(names, np.exp(res.x))}
+
+
+def fit_op(op: str, hw, df: pd.DataFrame) -> dict:
+    """All-reduce fits one curve per (GPU count, backend); the others one curve per GPU."""
+    if op != "allreduce":
+        return fit(op, hw, df)
+    return {f"{n}:{b}": fit(op, hw, g) for (n, b), g in df.groupby(["num_gpus", "backend"])}
+
+
+def op_params(op: str, params: dict, num_gpus=None, backend=None) -> dict:
+    if op != "allreduce":
+        return params
+    return params[f"{int(num_gpus)}:{backend}"]
+
+
+def predict_op(op: str, hw, params: dict, df: pd.DataFrame) -> np.ndarray:
+    if op != "allreduce":
+        return predict_rows(op, hw, params, df)
+    out = np.empty(len(df))
+    for (n, b), idx in df.groupby(["num_gpus", "backend"]).groups.items():
+        sub = df.loc[idx]
+        out[df.index.get_indexer(idx)] = predict_rows(op, hw, op_params(op, params, n, b), sub)
+    return out
+
+
+def residual_rows(op: str, df: pd.DataFrame, pred_s: np.ndarray) -> pd.DataFrame:
+    shape_cols, key_cols, size_col = LAYOUT[op]
+    out = df[shape_cols + key_cols + [size_col]].copy()
+    out["log_residual"] = np.log(df.latency_ms.values / 1e3 / pred_s)
+    return out
+
+
+def corrected(op: str, table: ResidualTable, df: pd.DataFrame, pred_s: np.ndarray) -> np.ndarray:
+    shape_cols, key_cols, size_col = LAYOUT[op]
+    corr = np.array([table.lookup(s, k, z)[0] for s, k, z in
+                     zip(df[shape_cols].values, df[key_cols].values if key_cols else [()] * len(df),
+                         df[size_col].values)])
+    return pred_s * np.exp(corr)
+
+
+def in_sample_corrected(op: str, rows: pd.DataFrame, pred_s: np.ndarray) -> np.ndarray:
+    """What the residual table gives back for the rows it was built from: the mean log residual of
+    each exactly measured (shape, key, size) point (the same as ``corrected``, without the lookups)."""
+    shape_cols, key_cols, size_col = LAYOUT[op]
+    mean = rows.groupby(shape_cols + key_cols + [size_col], dropna=False)["log_residual"].transform("mean")
+    return pred_s * np.exp(mean.values)
+
+
+def errors(pred_s, df) -> np.ndarray:
+    return np.abs(pred_s / (df.latency_ms.values / 1e3) - 1.0)
+
+
+def summarize(err: np.ndarray) -> dict:
+    return {"rows": int(len(err)), "median_abs_err": float(np.median(err)),
+            "p90_abs_err": float(np.percentile(err, 90))}
+
+
+def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "attention_context", "allreduce"),
+                  progress=None):
+    """Fit every op of one GPU: returns (calibration dict, residual frame, per-row report frame).
+
+    An op without traces (all-reduce on a one-GPU box) keeps the parameters of the GPU's current
+    calibration, or of the GPU it transfers from, and the calibration lists it under ``kept``."""
+    params, fits, res_frames, reports, kept = {}, {}, [], [], []
+    framework = ""
+    for op in ops:
+        try:
+            df = select_rows(op, traces.load(traces_dir, hw.name, op))
+        except ConfigError:
+            df = pd.DataFrame()
+        if df.empty:
+            prev = _previous_params(hw, op)
+            if prev is None:
+                raise ConfigError(f"no bf16 {op} traces for {hw.name} and no earlier calibration to keep",
+                                  source=str(traces_dir))
+            params[op] = prev
+            kept.append(op)
+            continue
+        framework = framework or f"{df.framework.iloc[0]} {df.framework_version.iloc[0]}"
+        params[op] = fit_op(op, hw, df)
+        pred = predict_op(op, hw, params[op], df)
+        rows = residual_rows(op, df, pred)
+        table = ResidualTable.build(op, rows)
+        res_frames.append(table.to_frame())
+        final = in_sample_corrected(op, rows, pred)
+        fits[op] = {"roofline": summarize(errors(pred, df)), "with_table": summarize(errors(final, df))}
+        rep = df.copy()
+        rep["predicted_ms"] = pred * 1e3
+        rep["predicted_table_ms"] = final * 1e3
+        reports.append(rep)
+        if progress:
+            progress(op)
+    calib = {"params": params, "fit": fits, "traces": str(traces_dir), "framework": framework,
+             "date": _dt.date.today().isoformat()}
+    if kept:
+        calib["kept"] = kept
+    return calib, pd.concat(res_frames, ignore_index=True), pd.concat(reports, ignore_index=True)
+
+
+def _previous_params(hw, op: str):
+    from ..config.gpu import load
+    for cal in (hw.calibration, load(hw.transfer_from).calibration if hw.transfer_from else None):
+        if cal is not None and op in cal.params:
+            return dict(cal.params[op])
+    return None
+
+
+def shape_groups(op: str, df: pd.DataFrame) -> pd.Series:
+    """Label of each row's model shape (what leave-one-shape-out leaves out)."""
+    shape_cols = {"gemm": ["n", "k"], "moe": ["hidden_size", "inter_size", "num_experts", "topk"],
+                  "attention_generation": ["num_heads", "num_key_value_heads", "head_dim"],
+                  "attention_context": ["num_heads", "num_key_value_heads", "head_dim"],
+                  "allreduce": ["message_size"]}[op]   # fitted per (GPU count, backend): leave a size out
+    return df[shape_cols].astype(str).agg("/".join, axis=1)
+
+
+def cross_validate(op: str, hw, df: pd.DataFrame, max_folds: int | None = None, seed: int = 0) -> np.ndarray:
+    """Leave-one-shape-out errors: refit without a shape (roofline and residual table), predict it.
+
+    With many shapes (GEMM has hundreds of (n, k) pairs) the roofline is refitted on at most
+    ``max_folds`` shape folds while the residual table still leaves out exactly one shape.
+    """
+    labels = shape_groups(op, df)
+    uniq = np.array(sorted(labels.unique()))
+    folds = np.arange(len(uniq))
+    if max_folds and len(uniq) > max_folds:
+        folds = np.random.default_rng(seed).permutation(len(uniq)) % max_folds
+    errs = []
+    for f in np.unique(folds):
+        held = set(uniq[folds == f])
+        train = df[~labels.isin(held)]
+        params = fit_op(op, hw, train)
+        pred_all = predict_op(op, hw, params, df)
+        for shape in held:
+            test = labels.values == shape
+            tr = ~test
+            table = ResidualTable.build(op, residual_rows(op, df[tr], pred_all[tr]))
+            final = corrected(op, table, df[test], pred_all[test])
+            errs.append(errors(final, df[test]))
+    return np.concatenate(errs)

@@ -1,0 +1,236 @@
+"""Cost of one engine step (draft passes + target forward), broken down per operation.
+
+Pure functions over the kernel cost model: the SimPy engine asks "how long does this batch take"
+and gets a :class:`StepCost` whose parts add up to ``total_s``.
+
+Conventions: the target scores ``q_len`` query tokens per decoding sequence (``k + 1`` when
+verifying ``k`` draft tokens: the drafts plus the bonus position), so ``T_T(B, k)`` in the
+theory module is a forward with ``q_len = k + 1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .costmodel import CostModel
+from ..config.model import ModelArch
+from .routing import expected_count_vector
+
+
+@dataclass(frozen=True)
+class Parallel:
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    cuda_graphs: bool = True
+    step_overhead_s: float = 0.0015       # scheduler + sampling + launch on the CPU, per engine step
+    eager_launch_s: float = 4e-6          # per kernel launch without CUDA graphs
+    kernels_per_layer: int = 14
+
+    @property
+    def moe_tp(self) -> int:
+        return 1 if self.enable_expert_parallel else self.tensor_parallel_size
+
+    @property
+    def moe_ep(self) -> int:
+        return self.tensor_parallel_size if self.enable_expert_parallel else 1
+
+
+class Batch(NamedTuple):
+    """What one forward pass computes.
+
+    ``decode_q``: query tokens per decoding sequence (1, or k+1 when verifying);
+    ``decode_ctx_mean``: mean context length of the decoding sequences (KV read per query);
+    ``prefill``: (new tokens, tokens already cached) per prefill chunk.
+    """
+
+    num_decode: int = 0
+    decode_q: int = 1
+    decode_ctx_mean: float = 0.0
+    prefill: tuple = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_decode * self.decode_q + sum(c for c, _ in self.prefill)
+
+
+@dataclass(slots=True)
+class StepCost:
+    attention_s: float = 0.0
+    gemm_s: float = 0.0
+    moe_s: float = 0.0
+    comm_s: float = 0.0
+    overhead_s: float = 0.0
+    draft_s: float = 0.0
+    expert_weight_bytes: float = 0.0     # expert weights read from HBM in this step, all GPUs, all layers
+    active_experts: float = 0.0          # distinct experts activated per MoE layer (busiest EP rank if EP)
+    tokens: int = 0
+
+    @property
+    def total_s(self) -> float:
+        return self.attention_s + self.gemm_s + self.moe_s + self.comm_s + self.overhead_s + self.draft_s
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ctx_bucket(ctx: float) -> float:
+    """Round contexts to 1/32 of an octave so cached attention costs stay few and accurate (<2%)."""
+    if ctx <= 16:
+        return float(max(1, round(ctx)))
+    step = 2.0 ** math.floor(math.log2(ctx)) / 32
+    return float(round(ctx / step) * step)
+
+
+_CTX_GRID = 4 * 24   # decode-attention context grid: 2^(i/4) up to 16M tokens
+
+
+class ForwardModel:
+    """Forward-pass costs of one model on one GPU type with one parallel layout."""
+
+    def __init__(self, model: ModelArch, cost: CostModel, par: Parallel):
+        self.m, self.cm, self.par = model, cost, par
+        tp = par.tensor_parallel_size
+        self.tp = tp
+        self.heads = max(1, model.num_attention_heads // tp)
+        self.kv_heads = max(1, model.num_key_value_heads // tp)
+        if model.kv_cache_dim_per_token:   # MLA latent cache: not split by TP
+            self.kv_heads = model.kv_cache_dim_per_token / (2 * model.head_dim_)
+        self._dense_cache: dict = {}
+        self._tok_gemm_s: list = []
+        self._eager_s = 0.0 if par.cuda_graphs else model.num_hidden_layers * par.kernels_per_layer * par.eager_launch_s
+
+    # --- per-layer pieces ----------------------------------------------------------------
+
+    def _dense_part(self, batch: Batch) -> StepCost:
+        """Everything but the MoE experts, for the whole stack.
+
+        Assembled from pieces cached separately, so steps that differ only in context length
+        or prefill chunking reuse most of the work: token-count-dependent GEMMs and all-reduces,
+        decode attention (interpolated in context between quarter-octave grid points, <1%),
+        and prefill attention per bucketed (chunk, prefix) (<2%)."""
+        prefill = tuple((int(_ctx_bucket(c)), int(_ctx_bucket(p)) if p else 0) for c, p in batch.prefill)
+        N = batch.num_decode * batch.decode_q + sum(ch for ch, _ in prefill)
+        c = StepCost(tokens=N)
+        if N == 0:
+            return c
+        logits = batch.num_decode * batch.decode_q + len(prefill)
+        gemm_s, comm_s, overhead_s = self._token_part(N, logits)
+        attn = 0.0
+        if batch.num_decode:
+            attn += self._decode_attention(batch.num_decode, batch.decode_q, batch.decode_ctx_mean)
+        for chunk, prefix in prefill:
+            attn += self._prefill_attention(chunk, prefix)
+        c.gemm_s, c.comm_s, c.overhead_s = gemm_s, comm_s, overhead_s
+        c.attention_s = self.m.num_hidden_layers * attn
+        return c
+
+    def _decode_attention(self, b: int, q: int, ctx: float) -> float:
+        """One layer's decode attention, linear in context between grid points 2^(i/4)."""
+        x = 4.0 * math.log2(max(ctx, 1.0))
+        i = math.floor(x)
+        w = x - i
+        lo = self._decode_attention_at(b, q, i)
+        return lo if w < 1e-9 else lo + (self._decode_attention_at(b, q, i + 1) - lo) * (
+            (max(ctx, 1.0) - 2 ** (i / 4)) / (2 ** ((i + 1) / 4) - 2 ** (i / 4)))
+
+    def _decode_attention_at(self, b: int, q: int, i: int) -> float:
+        """Decode attention at context 2^(i/4), tabulated per (batch, q) over the whole grid."""
+        row = self._dense_cache.get(("dec", b, q))
+        if row is None:
+            row = self._dense_cache[("dec", b, q)] = self.cm.attention_decode_latency_s(
+                b, 2.0 ** (np.arange(_CTX_GRID) / 4), self.heads, self.kv_heads, self.m.head_dim_, q).tolist()
+        return row[i]
+
+    def _prefill_attention(self, chunk: int, prefix: int) -> float:
+        key = ("pre", chunk, prefix)
+        hit = self._dense_cache.get(key)
+        if hit is None:
+            hit = self._dense_cache[key] = self.cm.attention_prefill(
+                1, chunk, self.heads, self.kv_heads, self.m.head_dim_, prefix).latency_s
+        return hit
+
+    def _token_part(self, N: int, logits: int) -> tuple:
+        """(GEMM s, communication s, eager launch s) of the whole stack for N tokens, ``logits`` of
+        them through the LM head. Tabulated for every N up to a power of two, grown on demand."""
+        if max(N, logits) >= len(self._tok_gemm_s):
+            self._tabulate(max(N, logits) + 1)
+        return self._tok_gemm_s[N] + self._head_gemm_s[max(1, logits)], self._tok_comm_s[N], self._eager_s
+
+    def _tabulate(self, size: int) -> None:
+        cap = 1 << max(10, (size - 1).bit_length())
+        N = np.arange(1, cap)
+        m, cm, tp = self.m, self.cm, self.tp
+        h, d = m.hidden_size, m.head_dim_
+        g = lambda n, k: cm.gemm_latency_s(N, n, k)  # noqa: E731
+        qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, h)
+        o = g(h, self.heads * d)
+        layers = m.num_hidden_layers
+        mats = 3 if m.gated_ffn else 2
+        gemm_s = layers * (qkv + o)
+        if layers > m.num_moe_layers:
+            ffn = g((mats - 1) * m.intermediate_size // tp, h) + g(h, m.intermediate_size // tp)
+            gemm_s += (layers - m.num_moe_layers) * ffn
+        if m.moe:
+            moe_dense = g(m.moe.num_experts, h)                # router
+            if m.moe.shared_expert_intermediate_size:
+                si = m.moe.shared_expert_intermediate_size // tp
+                moe_dense = moe_dense + g(2 * si, h) + g(h, si)
+            gemm_s += m.num_moe_layers * moe_dense
+        if m.fc_in_multiplier:
+            gemm_s += g(h, m.fc_in_multiplier * h)
+        # two all-reduces per layer (after attention and after the FFN/MoE)
+        comm_s = 2 * layers * cm.allreduce_latency_s(N * h * 2.0, tp, self.par.cuda_graphs) if tp > 1 else 0 * N
+        zero = np.zeros(1)
+        self._tok_gemm_s = np.concatenate([zero, gemm_s]).tolist()
+        self._tok_comm_s = np.concatenate([zero, comm_s]).tolist()
+        self._head_gemm_s = np.concatenate([zero, g(max(1, m.vocab_size // tp), h)]).tolist()
+
+    def moe_loads(self, counts: np.ndarray) -> tuple:
+        """(``CostModel._moe_loads`` of one layer's per-expert tokens, experts active on any rank)."""
+        loads = self.cm._moe_loads(counts, self.m.moe.num_experts_per_tok, self.par.moe_ep)
+        return loads, loads[1] if self.par.moe_ep <= 1 else int(np.count_nonzero(counts))
+
+    def moe_part(self, counts: np.ndarray) -> tuple:
+        """(expert time s, expert weight bytes read, distinct experts activated per layer) for all
+        MoE layers, given one layer's expert loads."""
+        return self.moe_part_from_loads(*self.moe_loads(counts))
+
+    def moe_part_from_loads(self, loads: tuple, active: int) -> tuple:
+        """``moe_part`` given ``CostModel._moe_loads`` of the counts and the experts active on any rank."""
+        if not active:
+            return 0.0, 0.0, 0
+        m, par = self.m, self.par
+        L = m.num_moe_layers
+        moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts,
+                                                   m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated)
+        mats = 3 if m.moe.gated else 2
+        return moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * 2.0, active
+
+    def forward(self, batch: Batch, counts: np.ndarray | None = None) -> StepCost:
+        """Target forward: dense part + MoE part (``counts`` = one layer's per-expert tokens)."""
+        c = self._dense_part(batch)
+        c.tokens = batch.num_tokens
+        if self.m.moe and c.tokens:
+            if counts is None:   # uniform routing in expectation
+                counts = expected_count_vector(c.tokens, self.m.moe.num_experts, self.m.moe.num_experts_per_tok)
+            c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part(counts)
+        return c
+
+    def plain_decode(self, num_decode: int):
+        """Pricer of plain decode steps of ``num_decode`` sequences (one query token each, no prefill):
+        ``price(ctx_mean, loads, active)`` equals ``forward(Batch(num_decode, 1, ctx_mean), counts)`` for
+        counts with these ``moe_loads`` (``loads=None`` for a dense model), the context-free part
+        computed once."""
+        gemm_s, comm_s, overhead_s = self._token_part(num_decode, num_decode)
+        layers = self.m.num_hidden_layers
+
+        def price(ctx_mean: float, loads, active: int) -> StepCost:
+            c = StepCost(attention_s=layers * self._decode_attention(num_decode, 1, ctx_mean), gemm_s=gemm_s,
+                         comm_s=comm_s, overhead_s=overhead_s, tokens=num_decode)
+            if loads is not None:
+                c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)
+            return c
+        return price

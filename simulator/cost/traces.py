@@ -1,0 +1,122 @@
+"""Kernel timing traces in one tidy schema (documented in traces/README.md).
+
+Readers turn AIConfigurator's per-op tables into the schema; the project's own profiler writes it
+directly (``<dir>/<op>.csv`` or ``.parquet``), so ``moesd calibrate`` reads either unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..common.errors import ConfigError
+
+OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce", "nccl")
+
+# Shape columns per op, named as in the source tables.
+SHAPE_COLUMNS = {
+    "gemm": ["m", "n", "k"],
+    "moe": ["num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
+            "moe_ep_size", "distribution"],
+    "attention_generation": ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
+                             "kv_cache_dtype", "step", "window_size"],
+    "attention_context": ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
+                          "kv_cache_dtype", "step", "window_size"],
+    "allreduce": ["num_gpus", "message_size", "backend"],
+    "nccl": ["collective", "num_gpus", "message_size"],
+}
+COMMON_COLUMNS = ["op", "gpu", "device", "framework", "framework_version", "kernel_source", "dtype",
+                  "latency_ms", "source"]
+
+# AIConfigurator file -> (op, dtype column)
+_AIC_FILES = {
+    "gemm": ("gemm/gemm_perf.parquet", "gemm_dtype"),
+    "moe": ("moe/moe_perf.parquet", "moe_dtype"),
+    "attention_generation": ("attention/generation_attention_perf.parquet", "attn_dtype"),
+    "attention_context": ("attention/context_attention_perf.parquet", "attn_dtype"),
+    "allreduce": ("comm/custom_allreduce_perf.parquet", "allreduce_dtype"),
+    "nccl": ("nccl/nccl_perf.parquet", "nccl_dtype"),
+}
+
+
+# Columns older collectors did not write, and the value they implied.
+_OPTIONAL_DEFAULTS = {"window_size": 0}
+
+
+def _tidy(df: pd.DataFrame, op: str, gpu: str, dtype_col: str, source: str) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "op": op,
+        "gpu": gpu,
+        "device": df.get("device", ""),
+        "framework": df.get("framework", "").astype(str).str.lower() if "framework" in df else "",
+        "framework_version": df.get("version", "").astype(str) if "version" in df else "",
+        "kernel_source": df.get("kernel_source", ""),
+        "dtype": df[dtype_col].astype(str),
+        "latency_ms": df["latency"].astype(float),
+        "source": source,
+    })
+    for col in SHAPE_COLUMNS[op]:
+        if col == "collective":
+            out[col] = df["op_name"].astype(str)
+        else:
+            out[col] = df[col].values
+    return out.reset_index(drop=True)
+
+
+def read_aiconfigurator(gpu_dir: Path, op: str, gpu: str | None = None) -> pd.DataFrame:
+    """Read one op of an AIConfigurator ``<gpu>/`` folder into the tidy schema."""
+    gpu_dir = Path(gpu_dir)
+    rel, dtype_col = _AIC_FILES[op]
+    path = gpu_dir / rel
+    if not path.exists():
+        raise ConfigError(f"missing trace file {rel}", source=str(gpu_dir))
+    df = pd.read_parquet(path)
+    for col, default in _OPTIONAL_DEFAULTS.items():
+        if col in SHAPE_COLUMNS[op] and col not in df.columns:
+            df[col] = default
+    missing = [c for c in SHAPE_COLUMNS[op] + ["latency", dtype_col]
+               if c != "collective" and c not in df.columns]
+    if missing:
+        raise ConfigError(f"missing columns {missing}", source=str(path))
+    return _tidy(df, op, gpu or gpu_dir.name, dtype_col, f"aiconfigurator/{gpu_dir.name}/{rel}")
+
+
+def read_tidy(path: Path) -> pd.DataFrame:
+    """Read a file already in the project's schema (what ``moesd profile`` writes)."""
+    path = Path(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = [c for c in COMMON_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(f"missing columns {missing}", source=str(path))
+    ops = set(df["op"].unique())
+    for op in ops:
+        if op not in SHAPE_COLUMNS:
+            raise ConfigError(f"unknown op {op!r}; allowed: {list(OPS)}", source=str(path), field="op")
+        miss = [c for c in SHAPE_COLUMNS[op] if c not in df.columns]
+        if miss:
+            raise ConfigError(f"missing columns {miss} for op {op}", source=str(path))
+    return df
+
+
+def load(traces_dir: Path, gpu: str, op: str) -> pd.DataFrame:
+    """All rows of ``op`` for ``gpu`` under ``traces_dir``, whichever layout holds them.
+
+    Looks for AIConfigurator's layout (``<dir>/<gpu>/gemm/gemm_perf.parquet``, or
+    ``<dir>/kernels/aiconfigurator/<gpu>/...``) and the project's own
+    (``<dir>/<gpu>/<op>.csv|parquet`` or ``<dir>/kernels/<gpu>/<op>.csv|parquet``).
+    """
+    traces_dir = Path(traces_dir)
+    if not traces_dir.exists():
+        raise ConfigError("trace folder does not exist", source=str(traces_dir))
+    frames = []
+    for base in (traces_dir / gpu, traces_dir / "kernels" / "aiconfigurator" / gpu,
+                 traces_dir / "kernels" / gpu):
+        if (base / _AIC_FILES[op][0]).exists():
+            frames.append(read_aiconfigurator(base, op, gpu))
+        for ext in (".parquet", ".csv"):
+            if (base / f"{op}{ext}").exists():
+                frames.append(read_tidy(base / f"{op}{ext}"))
+    if not frames:
+        raise ConfigError(f"no {op} traces for gpu {gpu!r}", source=str(traces_dir))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,1 @@
+"""Offline interactive Plotly reports (report.html) for each command."""

@@ -1,0 +1,146 @@
+"""The SimPy serving engine: arrivals, clients, a router, and the replicas' step loops.
+
+The processes here only decide *when* things happen; what a step computes is the scheduler's
+(:mod:`.scheduler`), its speculative round is :mod:`.speculation`'s, and how long it takes comes from
+:mod:`simulator.cost.forward` (pure cost model). Per replica the loop is vLLM V1's
+(:mod:`.replica`): a decode step = ``k`` draft passes + one target verification of ``k + 1`` tokens
+per sequence; each sequence keeps its accepted drafts plus one bonus token, and the KV of
+rejected drafts is rolled back.
+
+Request state lives in columns (:class:`~.requests.Requests`, numpy arrays indexed by request) and
+a replica's running batch is an array of request indices, so a step costs a few dozen array
+operations whatever the batch size: the simulator models steps, not tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from ..cost.forward import ForwardModel
+from .memory import blocks_for
+from .replica import Replica
+from .requests import Requests
+
+STEP_FIELDS = ("replica", "start_s", "duration_s", "num_decode", "num_prefill", "num_tokens", "query_len",
+               "draft_s", "attention_s", "gemm_s", "moe_s", "comm_s", "overhead_s", "active_experts",
+               "expert_weight_bytes", "emitted_tokens", "drafted_tokens", "accepted_tokens", "kv_blocks_used",
+               "num_waiting", "preemptions")
+
+
+@dataclass
+class EngineConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool
+    block_size: int
+    num_blocks: int
+    max_model_len: int
+    step_overhead_s: float
+    per_seq_overhead_s: float = 0.0
+    spec_round_overhead_s: float = 0.0
+    k: int = 0                         # speculative tokens (0 = no SD)
+    verify_tokens: int = 1             # query tokens per sequence when verifying (k+1, or a tree)
+    draft_kind: str = "none"           # none | model | head | ngram
+    draft_tokens_per_pass: int = 1     # EAGLE tree top-k: tokens drafted per pass per sequence
+    k_policy: object = None            # adaptive k: (batch, mean ctx, reached, accepted per position) -> k
+    stop_waiting: int | None = None    # end the run once a replica queues more requests than this
+
+
+@dataclass
+class Outcome:
+    requests: Requests
+    steps: list
+    num_replicas: int
+    end_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: ForwardModel | None, acceptance,
+        routing, seed: int, router: str = "round_robin", max_concurrency: int | None = None,
+        progress=None) -> Outcome:
+    env = simpy.Environment()
+    streams = np.random.SeedSequence(seed).spawn(replicas)
+    steps: list = []
+    R = Requests(specs)
+    sem = simpy.Resource(env, capacity=max_concurrency) if max_concurrency else None
+    done_events: dict = {}
+    # The run ends when every request has finished or failed, or early when a replica's queue
+    # passes cfg.stop_waiting (the planner's "not sustainable" verdict is then already certain).
+    all_done, stop = env.event(), env.event()
+    left = [len(specs)]
+
+    def finished(i):
+        ev = done_events.pop(i, None)
+        if ev is not None:
+            ev.succeed()
+        if progress is not None:
+            progress(1)
+        left[0] -= 1
+        if not left[0]:
+            all_done.succeed()
+
+    nxt = [0]      # index of the next request the arrivals process will release
+    next_arrival = lambda: specs[nxt[0]].arrival_s if nxt[0] < len(specs) else math.inf  # noqa: E731
+    # With a concurrency cap a finish (here or elsewhere) sends the next request: then arrivals
+    # are not known ahead and no replica runs ahead (see simulator.serving.coast).
+    known = None if max_concurrency else next_arrival
+    reps = [Replica(env, j, cfg, R, target, draft, acceptance, routing, np.random.default_rng(streams[j]), steps,
+                    finished, stop, known) for j in range(replicas)]
+    rr = [0]
+
+    def send(i, spec):
+        R.send_s[i] = env.now
+        if spec.input_len + spec.output_len > cfg.max_model_len:
+            R.fail(i, f"input+output exceeds max_model_len {cfg.max_model_len}", env.now)
+            finished(i)
+            return
+        if blocks_for(spec.input_len + spec.output_len + cfg.k, cfg.block_size) > cfg.num_blocks:
+            R.fail(i, "request needs more KV blocks than a replica has", env.now)
+            finished(i)
+            return
+        if router == "least_outstanding":
+            rep = min(reps, key=lambda x: (x.outstanding, x.idx))
+        else:
+            rep = reps[rr[0] % replicas]
+            rr[0] += 1
+        rep.submit(i)
+
+    def client(i, spec):
+        with sem.request() as slot:
+            yield slot
+            ev = done_events[i] = env.event()
+            send(i, spec)
+            if not ev.triggered:
+                yield ev
+
+    def arrivals():
+        for i, spec in enumerate(specs):
+            if spec.arrival_s > env.now:
+                yield env.timeout(spec.arrival_s - env.now)
+            nxt[0] = i + 1
+            if sem is None:
+                send(i, spec)
+            else:
+                env.process(client(i, spec))
+
+    env.process(arrivals())
+    if specs:
+        env.run(until=env.any_of([all_done, stop]))
+    stopped = not all_done.triggered
+    if stopped:
+        for i in np.flatnonzero(~R.finished).tolist():
+            R.fail(i, f"not finished: run stopped once a queue passed {cfg.stop_waiting} waiting requests", env.now)
+    per_pos = None
+    if cfg.k:
+        pos = [r.spec.positions() for r in reps]
+        pos_d, pos_a = sum(p[0] for p in pos), sum(p[1] for p in pos)
+        per_pos = [float(a / d) if d else None for a, d in zip(pos_a, pos_d)]
+    R.close()
+    extra = {"per_position": per_pos}
+    if stopped:
+        extra["stopped_early"] = True
+    return Outcome(R, steps, replicas, env.now, extra)

@@ -1,0 +1,42 @@
+"""GPU memory: weights per GPU and the KV-cache blocks left for a replica."""
+
+from __future__ import annotations
+
+import math
+
+from ..common.errors import ConfigError
+
+ACTIVATION_RESERVE_BYTES = 2.0 * 2 ** 30   # activations, CUDA graphs, NCCL buffers (per GPU)
+
+
+def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
+    """KV bytes per token on one GPU (heads split by TP; an MLA latent cache is replicated)."""
+    per_layer = model.kv_elems_per_token_per_layer()
+    if not model.kv_cache_dim_per_token:
+        per_layer = per_layer * max(1, model.num_key_value_heads // tp) / model.num_key_value_heads
+    return per_layer * model.num_hidden_layers * kv_bytes_per_el
+
+
+def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,
+              kv_bytes_per_el: float = 2.0, source: str | None = None) -> int:
+    """KV blocks per replica; a ConfigError when the weights do not fit."""
+    weights = target.weight_bytes() / tp
+    per_tok = kv_bytes_per_token(target, tp, kv_bytes_per_el)
+    if draft is not None:
+        weights += draft.weight_bytes() / tp
+        per_tok += kv_bytes_per_token(draft, tp, kv_bytes_per_el)
+    budget = hw.memory_bytes * gpu_memory_utilization - ACTIVATION_RESERVE_BYTES
+    free = budget - weights
+    if free <= 0:
+        raise ConfigError(
+            f"model {target.name}{' + ' + draft.name if draft else ''} needs {weights / 2**30:.1f} GiB of weights per "
+            f"GPU but {hw.name} offers {budget / 2**30:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}; "
+            f"raise tensor_parallel_size", source=source, field="hardware.tensor_parallel_size")
+    blocks = int(free // (per_tok * block_size))
+    if blocks < 1:
+        raise ConfigError("no room left for a single KV block", source=source, field="engine.gpu_memory_utilization")
+    return blocks
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return math.ceil(tokens / block_size)

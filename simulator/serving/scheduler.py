@@ -1,0 +1,180 @@
+"""The scheduler of one replica, as vLLM V1 schedules a step: KV blocks, the waiting queue, the
+running batch, preemption and admission. It decides *what* a step computes, not when or how long.
+
+Running requests first (decodes need ``1 + k`` query tokens when speculating, ``verify_tokens``
+for an EAGLE tree; prefills take a chunk of the token budget), preempting the newest running
+request by recompute when KV blocks run out; then waiting requests are admitted while
+``max_num_seqs``, the token budget and free KV blocks allow.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .memory import blocks_for
+from .requests import EMPTY, Requests, total
+
+
+@dataclass
+class Plan:
+    """One step's work: decoding requests (query tokens scored, drafts verified, context held)
+    and prefill chunks (tokens, context already held)."""
+    dec: np.ndarray
+    dec_n: np.ndarray
+    dec_k: np.ndarray
+    dec_ctx: np.ndarray
+    pre: np.ndarray
+    pre_n: np.ndarray
+    pre_ctx: np.ndarray
+    preempted: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return len(self.dec) == 0 and len(self.pre) == 0
+
+
+class Scheduler:
+    """Queues and KV blocks of one replica. ``run``: running request indices, oldest first."""
+
+    # Take the leading running requests that fit in one array operation. False schedules every
+    # request one by one: the reference the tests compare the fast path with.
+    batch_schedule = True
+
+    def __init__(self, cfg, R: Requests):
+        self.cfg, self.R = cfg, R
+        self.waiting: deque = deque()
+        self.run = EMPTY
+        self.free_blocks = cfg.num_blocks
+
+    def submit(self, i: int) -> None:
+        self.waiting.append(i)
+
+    def release(self, i: int) -> None:
+        """Give back the KV blocks of request i (finished, failed or dropped)."""
+        self.free_blocks += int(self.R.blocks[i])
+        self.R.blocks[i] = 0
+
+    def _grow(self, i: int, tokens: int) -> bool:
+        R = self.R
+        need = blocks_for(tokens, self.cfg.block_size) - int(R.blocks[i])
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        R.blocks[i] += need
+        return True
+
+    def _preempt(self, run: list) -> int:
+        """Recompute preemption of the newest running request: drop its KV, requeue it first;
+        prompt + output are prefilled again."""
+        R = self.R
+        i = run.pop()
+        self.free_blocks += int(R.blocks[i])
+        R.blocks[i] = R.computed[i] = 0
+        R.prefill_target[i] = R.input_len[i] + R.generated[i]
+        R.preemptions[i] += 1
+        self.waiting.appendleft(i)
+        return i
+
+    def _wants_one(self, i: int, budget: int, kn: int) -> tuple:
+        """(tokens, k) request i asks for this step given the budget left; k = -1 for a prefill."""
+        cfg, R = self.cfg, self.R
+        c, t = int(R.computed[i]), int(R.prefill_target[i])
+        if c < t:
+            left = t - c
+            return (min(left, budget) if cfg.enable_chunked_prefill else (left if left <= budget else 0)), -1
+        left = int(R.output_len[i] - R.generated[i]) - 1
+        k = kn if left >= kn else (left if left > 0 else 0)
+        n = cfg.verify_tokens if self.tree and k == cfg.k and k > 0 else k + 1
+        return (n if n <= budget else 0), k
+
+    @property
+    def tree(self) -> bool:
+        """Tree verification (more query tokens than k + 1) at full k."""
+        return self.cfg.k_policy is None and self.cfg.verify_tokens != self.cfg.k + 1
+
+    def schedule(self, kn: int) -> Plan:
+        """Running requests first, in order, preempting from the back when KV blocks run out; then
+        admit waiting requests. The leading running requests that fit the token budget and free
+        blocks as they stand are taken in one array operation; the rest go one by one."""
+        cfg, R = self.cfg, self.R
+        budget = cfg.max_num_batched_tokens
+        bs = cfg.block_size
+        ids = self.run
+        comp, tgt = R.computed[ids], R.prefill_target[ids]
+        k = np.minimum(np.maximum(R.output_len[ids] - R.generated[ids] - 1, 0), kn)
+        n = k + 1
+        if self.tree:
+            n = np.where((k == cfg.k) & (k > 0), cfg.verify_tokens, n)
+        pre = comp < tgt
+        any_pre = pre.any()
+        if any_pre:
+            n = np.where(pre, tgt - comp, n)
+            k = np.where(pre, -1, k)
+        blocks = R.blocks[ids]
+        need = np.maximum((comp + n + bs - 1) // bs - blocks, 0)
+        if not self.batch_schedule:
+            j = 0
+        elif total(n) <= budget and total(need) <= self.free_blocks:
+            j = len(ids)
+        else:
+            fits = (np.cumsum(n) <= budget) & (np.cumsum(need) <= self.free_blocks)
+            j = int(np.argmin(fits))
+        if j:
+            R.blocks[ids[:j]] = blocks[:j] + need[:j]
+            self.free_blocks -= int(total(need[:j]))
+            budget -= int(total(n[:j]))
+        preempted = 0
+        if j < len(ids):
+            run = ids.tolist()
+            tail = []
+            i = j
+            while i < len(run):
+                r = run[i]
+                nn, kk = self._wants_one(r, budget, kn)
+                if nn <= 0:
+                    i += 1
+                    continue
+                lost = False
+                while not self._grow(r, int(R.computed[r]) + nn):
+                    preempted += 1
+                    if self._preempt(run) == r:
+                        lost = True
+                        break
+                if lost:
+                    break
+                budget -= nn
+                tail.append((r, nn, kk))
+                i += 1
+            self.run = np.array(run, dtype=np.int64)
+            t = np.array(tail, dtype=np.int64).reshape(-1, 3)
+            ids, n, k = np.concatenate([ids[:j], t[:, 0]]), np.concatenate([n[:j], t[:, 1]]), np.concatenate([k[:j], t[:, 2]])
+            comp = R.computed[ids]
+            any_pre = True
+        adm = []
+        if self.waiting:
+            slots = cfg.max_num_seqs - len(self.run)
+            while self.waiting and len(adm) < slots and budget > 0 and not preempted:
+                r = self.waiting[0]
+                left = int(R.prefill_target[r] - R.computed[r])
+                nn = min(left, budget) if cfg.enable_chunked_prefill else left
+                if nn > budget or not self._grow(r, int(R.computed[r]) + nn):
+                    break
+                self.waiting.popleft()
+                budget -= nn
+                adm.append((r, nn))
+        if any_pre:
+            d = k >= 0
+            plan = Plan(ids[d], n[d], k[d], comp[d], ids[~d], n[~d], comp[~d], preempted)
+        else:
+            plan = Plan(ids, n, k, comp, EMPTY, EMPTY, EMPTY, preempted)
+        if adm:
+            a = np.array(adm, dtype=np.int64)
+            self.run = np.concatenate([self.run, a[:, 0]])
+            plan.pre, plan.pre_n = np.concatenate([plan.pre, a[:, 0]]), np.concatenate([plan.pre_n, a[:, 1]])
+            plan.pre_ctx = R.computed[plan.pre]
+        return plan

@@ -1,0 +1,143 @@
+"""A scenario resolved into a runnable simulation (``build``) and run through the engine (``simulate``).
+
+Shared by every command that simulates: ``moesd simulate`` writes the result, sweeps, plans and
+validation read figures off it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..common.errors import ConfigError
+from ..config.scenario import resolve
+from ..cost.costmodel import CostModel
+from ..cost.forward import Batch, ForwardModel, Parallel
+from ..cost.routing import Routing
+from . import acceptance as acc_mod
+from . import engine, memory, metrics, theory, workload
+from .adaptive import AdaptiveK
+
+
+@dataclass
+class RoutingChoice:
+    model: Routing
+    mode: str
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, resolved from a scenario (also used by sweeps and tests)."""
+    scenario: object
+    target: object
+    draft: object
+    hw: object
+    cost: CostModel
+    par: Parallel
+    target_fm: ForwardModel
+    draft_fm: ForwardModel | None
+    cfg: engine.EngineConfig
+    acceptance: object
+    routing: RoutingChoice
+
+
+_MODELS: dict = {}
+
+
+def _shared(key, make):
+    """Cost and forward models are pure and memoise their answers: share them between the runs of
+    one process (a sweep or plan runs hundreds of scenarios on the same model and GPU)."""
+    hit = _MODELS.get(key)
+    if hit is None:
+        if len(_MODELS) > 256:
+            _MODELS.clear()
+        hit = _MODELS[key] = make()
+    return hit
+
+
+def build(sc, source: str = "scenario") -> Setup:
+    target, draft, hw = resolve(sc, source)
+    cost = _shared(("cost", hw.model_dump_json()), lambda: CostModel(hw))
+    eng, hwc = sc.engine, sc.hardware
+    par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
+                   cuda_graphs=not eng.enforce_eager, step_overhead_s=eng.step_overhead_ms / 1e3)
+    if hwc.enable_expert_parallel and target.moe and target.moe.num_experts % hwc.tensor_parallel_size:
+        raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
+                          f"{hwc.tensor_parallel_size} under expert parallelism", source=source,
+                          field="hardware.enable_expert_parallel")
+    spec = sc.speculative_config
+    k = spec.k if spec else 0
+    draft_kind, draft_arch = "none", None
+    if spec and k > 0:
+        if spec.method == "ngram":
+            draft_kind = "ngram"
+        elif spec.method == "mtp":
+            draft_kind = "head"
+            draft_arch = draft or target.model_copy(update={"num_hidden_layers": 1, "name": f"{target.name}-MTP",
+                                                            "moe": target.moe.model_copy(update={"first_k_dense_replace": 0}) if target.moe else None})
+        else:
+            draft_kind = "model" if spec.method == "draft_model" else "head"
+            draft_arch = draft
+    kv_el = 1.0 if eng.kv_cache_dtype == "fp8" else 2.0
+    blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, hwc.tensor_parallel_size,
+                              eng.gpu_memory_utilization, eng.block_size, kv_el, source)
+    cfg = engine.EngineConfig(
+        max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
+        enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
+        max_model_len=eng.max_model_len or target.max_position_embeddings, step_overhead_s=par.step_overhead_s,
+        per_seq_overhead_s=eng.per_seq_overhead_ms / 1e3, spec_round_overhead_s=eng.spec_round_overhead_ms / 1e3,
+        k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
+        draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec else 1)
+    acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
+    r = sc.routing
+    routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
+                                    locality=r.locality), r.mode)
+    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par)
+    target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par))
+    dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)
+    draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar) if draft_arch is not None else None
+    draft_fm = _shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar)) if draft_arch is not None else None
+    if spec and k and spec.adaptive:
+        if spec.verify_tokens != k + 1:
+            raise ConfigError("adaptive k works with chain drafts only; drop speculative_eagle_topk/"
+                              "speculative_num_draft_tokens", source=source, field="speculative_config.adaptive")
+        ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
+        # AdaptiveK memoises step times; the engine passes it the run's acceptance counters, so
+        # runs of the same models and overheads share one
+        cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_overhead_s, cfg.per_seq_overhead_s,
+                                cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
+                               lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
+    return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
+
+
+def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None:
+    """eta = T_T(B, 1) / T_T(B, k+1) at this batch and context (expected routing)."""
+    k = setup.cfg.k
+    if not k or batch_size < 1:
+        return None
+    one = setup.target_fm.forward(Batch(batch_size, 1, max(ctx, 1.0))).total_s
+    ver = setup.target_fm.forward(Batch(batch_size, setup.cfg.verify_tokens, max(ctx, 1.0))).total_s
+    return one / ver
+
+
+def simulate(setup: Setup, progress=None) -> tuple:
+    sc = setup.scenario
+    seeds = np.random.SeedSequence(sc.seed).spawn(2)
+    specs = workload.build(sc.workload, np.random.default_rng(np.random.SeedSequence([sc.workload.seed])))
+    out = engine.run(specs, setup.cfg, sc.hardware.data_parallel_size, setup.target_fm, setup.draft_fm,
+                     setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]), sc.engine.router,
+                     sc.workload.max_concurrency, progress)
+    req = metrics.requests_frame(out)
+    steps = metrics.steps_frame(out)
+    dec = steps[steps.num_decode > 0]
+    mean_b = int(round(dec.num_decode.mean())) if len(dec) else 0
+    extra = dict(out.extra)
+    extra["target_efficiency"] = target_efficiency(setup, mean_b, float(req.input_len.mean() + req.output_len.mean() / 2))
+    extra["gpu"] = setup.hw.name
+    extra["calibration"] = ("calibrated" if setup.cost.source.name == setup.hw.name
+                            else f"uncalibrated, transferred from {setup.cost.source.name}")
+    extra["num_gpus"] = sc.hardware.tensor_parallel_size * sc.hardware.data_parallel_size
+    extra["kv_cache_blocks_per_replica"] = setup.cfg.num_blocks
+    summary = metrics.summary(out, req, steps, sc, extra)
+    return summary, req, steps
