@@ -37,6 +37,9 @@ def select(cases: pd.DataFrame, spec: str | None) -> pd.DataFrame:
     if not spec:
         return cases
     want = {s.strip() for s in spec.split(",") if s.strip()}
+    if not want:
+        raise ConfigError(f"no case named in {spec!r}; give case ids, families {list(FAMILIES)} or scenarios",
+                          field="--cases")
     known = set(cases.case) | set(cases.family) | set(cases.scenario)
     unknown = sorted(want - known)
     if unknown:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import yaml
 
 from ..common.atomic import write_text
-from ..common.paths import GPU_SPECS_DIR
+from ..common.errors import ConfigError
+from ..common.paths import GPU_SPECS_DIR, REPORTS_DIR, check_safe_name, shared_traces_dir
 from ..config import gpu as gpu_mod
 from ..cost import calibration
+from ..reports import page
 from ..reports.calibration import write_report
 
 
@@ -48,3 +51,36 @@ def _plain(obj):
     if isinstance(obj, float):
         return float(f"{obj:.6g}")
     return obj
+
+
+def main(args) -> int:
+    """``moesd calibrate --gpu G``: fit, write the spec and the report, print the fit per op."""
+    check_safe_name(args.gpu, "--gpu")
+    gpu_mod.load(args.gpu, field="--gpu")                  # a catalog GPU: its spec file is rewritten
+    traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
+    if not traces_dir.is_dir():
+        raise ConfigError("no such trace folder", source=str(traces_dir), field="--traces")
+    report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
+    check_report_path(report)
+    print(f"calibrating {args.gpu} from {traces_dir}")
+    calib = run(traces_dir, args.gpu, report, write=not args.dry_run)
+    for op, f in calib["fit"].items():
+        r = f["roofline"]
+        print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
+              f"p90 {r['p90_abs_err']*100:5.1f}%")
+    for op in calib.get("kept", []):
+        print(f"  {op:<22} no traces: parameters kept from the earlier calibration")
+    print(f"wrote {report}" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml and {report}")
+    return 0
+
+
+def check_report_path(path: Path) -> None:
+    """A report may replace only a report this tool wrote (never a user's file)."""
+    if path.exists():
+        if not path.is_file():
+            raise ConfigError("exists and is not a file", source=str(path), field="--report")
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if page.GENERATOR.encode() not in head:
+            raise ConfigError("exists and was not written by moesd; give another --report path", source=str(path),
+                              field="--report")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
-from pathlib import Path
 
 from ..common.errors import ConfigError
-from ..common.paths import REPORTS_DIR, shared_traces_dir
 from . import kernel
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit 2 (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _add_profile(sub) -> None:
@@ -40,7 +46,7 @@ def _add_run_options(p, cache_help: str = "reuse results of identical runs store
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="moesd", description=__doc__)
+    parser = _Parser(prog="moesd", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("simulate", help="run a serving scenario")
@@ -95,51 +101,52 @@ def main(argv=None) -> int:
     _add_profile(sub)
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "kernel":
-            out = kernel.predict(args)
-            if args.json:
-                print(json.dumps(out, indent=2))
-            else:
-                for k, v in out.items():
-                    print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
-        elif args.cmd == "calibrate":
-            from . import calibrate
-            traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
-            report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
-            print(f"calibrating {args.gpu} from {traces_dir}")
-            calib = calibrate.run(traces_dir, args.gpu, report, write=not args.dry_run)
-            for op, f in calib["fit"].items():
-                r = f["roofline"]
-                print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
-                      f"p90 {r['p90_abs_err']*100:5.1f}%")
-            for op in calib.get("kept", []):
-                print(f"  {op:<22} no traces: parameters kept from the earlier calibration")
-            print(f"wrote {report}" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml and {report}")
-        elif args.cmd == "profile":
-            try:
-                from ..profiler import run as profiler
-            except ImportError as exc:
-                raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
-            return profiler.main(args)
-        elif args.cmd == "plan":
-            from .plan import run as plan
-            return plan(args)
-        elif args.cmd == "validate":
-            from .validate import run as validate
-            return validate(args)
-        elif args.cmd == "sweep":
-            from .sweep import run as sweep
-            return sweep(args)
-        elif args.cmd == "simulate":
-            from .simulate import run as simulate
-            return simulate(args)
+        return _COMMANDS[args.cmd](args) or 0
     except ConfigError as exc:
         print(f"moesd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("moesd: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except BrokenPipeError:
+        # the reader went away (`moesd plan | head`): stop quietly, as a shell tool does on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # the file system said no (permissions, a full disk, a file where a folder should be)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"moesd: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("moesd: error: out of memory; make the run smaller (num_prompts, sweep grid)", file=sys.stderr)
+        return 2
+    except Exception as exc:          # a bug, not bad input: one line, the traceback on request
+        if os.environ.get("MOESD_DEBUG"):
+            raise
+        print(f"moesd: internal error: {exc.__class__.__name__}: {str(exc)[:300]} "
+              "(set MOESD_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def _lazy(module: str, fn: str = "run"):
+    """Each command's module is imported when that command runs (keeps start-up fast)."""
+    def call(args):
+        import importlib
+        return getattr(importlib.import_module(f"{__package__}.{module}"), fn)(args)
+    return call
+
+
+def _profile(args) -> int:
+    try:
+        from ..profiler import run as profiler
+    except ImportError as exc:
+        raise ConfigError(f"needs PyTorch ({exc}); install with: pip install -e '.[profile]'", field="profile")
+    return profiler.main(args)
+
+
+_COMMANDS = {"kernel": kernel.run, "calibrate": _lazy("calibrate", "main"), "profile": _profile,
+             "plan": _lazy("plan"), "validate": _lazy("validate"), "sweep": _lazy("sweep"),
+             "simulate": _lazy("simulate")}
 
 
 if __name__ == "__main__":

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+
+from ..common.errors import ConfigError
+
+MAX_DIM = 1 << 24          # any size argument; far above real shapes, small enough to price
+
+
+def count(text: str, hi: int = MAX_DIM) -> int:
+    """An argparse type: an integer in [1, hi]."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not 1 <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {hi}], got {v}")
+    return v
+
+
+def count_bytes(text: str) -> int:
+    return count(text, 1 << 40)
+
+
+def distribution(text: str) -> str:
+    if text in ("uniform", "balanced") or re.fullmatch(r"power_law_\d+(\.\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected uniform, balanced or power_law_<exponent>, got {text!r}")
+
 
 def predict(args) -> dict:
-    from ..cost.costmodel import CostModel   # imported when used: keeps `moesd --help` fast
-    cm = CostModel(args.gpu, l2_warm=args.l2_warm)
+    from ..config import gpu as gpu_mod     # imported when used: keeps `moesd --help` fast
+    from ..cost.costmodel import CostModel
+    if args.moe_tp_size > args.inter_size:
+        raise ConfigError(f"moe_tp_size {args.moe_tp_size} exceeds inter_size {args.inter_size}", field="--moe-tp-size")
+    cm = CostModel(gpu_mod.load(args.gpu, field="--gpu"), l2_warm=args.l2_warm)
     if args.op == "gemm":
         c = cm.gemm(args.m, args.n, args.k, 1.0 if args.dtype == "fp8" else 2.0)
     elif args.op == "moe":
@@ -23,6 +55,16 @@ def predict(args) -> dict:
     return c.as_dict()
 
 
+def run(args) -> int:
+    out = predict(args)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    return 0
+
+
 def add_parser(sub):
     p = sub.add_parser("kernel", help="predict one kernel's latency")
     p.add_argument("op", choices=["gemm", "moe", "attention", "allreduce"])
@@ -31,23 +73,23 @@ def add_parser(sub):
     p.add_argument("--l2-warm", action="store_true", help="benchmark conditions (working set kept in L2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
     for f in ("m", "n", "k"):
-        p.add_argument(f"--{f}", type=int, default=1)
-    p.add_argument("--num-tokens", type=int, default=1)
-    p.add_argument("--hidden-size", type=int, default=4096)
-    p.add_argument("--inter-size", type=int, default=14336)
-    p.add_argument("--num-experts", type=int, default=8)
-    p.add_argument("--topk", type=int, default=2)
-    p.add_argument("--moe-tp-size", type=int, default=1)
-    p.add_argument("--moe-ep-size", type=int, default=1)
-    p.add_argument("--distribution", default="uniform", help="uniform | balanced | power_law_<exponent>")
+        p.add_argument(f"--{f}", type=count, default=1)
+    p.add_argument("--num-tokens", type=count, default=1)
+    p.add_argument("--hidden-size", type=count, default=4096)
+    p.add_argument("--inter-size", type=count, default=14336)
+    p.add_argument("--num-experts", type=count, default=8)
+    p.add_argument("--topk", type=count, default=2)
+    p.add_argument("--moe-tp-size", type=count, default=1)
+    p.add_argument("--moe-ep-size", type=count, default=1)
+    p.add_argument("--distribution", type=distribution, default="uniform", help="uniform | balanced | power_law_<exponent>")
     p.add_argument("--non-gated", action="store_true", help="experts with two weight matrices (no gate)")
     p.add_argument("--phase", default="decode", choices=["decode", "prefill"])
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--isl", type=int, default=1024, help="context length (decode) or prompt length (prefill)")
-    p.add_argument("--q-len", type=int, default=1, help="query tokens per sequence (k+1 when verifying)")
-    p.add_argument("--num-heads", type=int, default=32)
-    p.add_argument("--num-key-value-heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--message-size", type=int, default=1 << 20, help="bytes")
-    p.add_argument("--num-gpus", type=int, default=2)
+    p.add_argument("--batch-size", type=count, default=1)
+    p.add_argument("--isl", type=count, default=1024, help="context length (decode) or prompt length (prefill)")
+    p.add_argument("--q-len", type=count, default=1, help="query tokens per sequence (k+1 when verifying)")
+    p.add_argument("--num-heads", type=count, default=32)
+    p.add_argument("--num-key-value-heads", type=count, default=8)
+    p.add_argument("--head-dim", type=count, default=128)
+    p.add_argument("--message-size", type=count_bytes, default=1 << 20, help="bytes")
+    p.add_argument("--num-gpus", type=count, default=2)
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.plan import plan
-from ..common.atomic import output_dir
+from ..common.atomic import check_output_dir, output_dir
 from ..common.errors import ConfigError
 from ..common.paths import REPORTS_DIR
 from ..config.plan import PlanSpec, load_plan, parse_plan
@@ -46,10 +46,10 @@ def spec_from_args(args) -> PlanSpec:
 
 def run(args) -> int:
     spec = spec_from_args(args)
-    out = Path(args.out) if args.out else REPORTS_DIR / spec.name
+    out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / spec.name)
     cache = Path(args.cache_dir) if args.cache_dir else REPORTS_DIR / ".plan_cache"
     res = plan(spec, args.workers, args.executor, args.address, cache, progress=not args.quiet, top_n=args.top_n)
-    with output_dir(out) as tmp:
+    with output_dir(out, "moesd plan") as tmp:
         res["table"].sort_values("request_rate", ascending=False).to_csv(tmp / "configs.csv", index=False,
                                                                         float_format="%.6g")
         res["top"].to_csv(tmp / "best_config_topn.csv", index=False, float_format="%.6g")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..common.atomic import output_dir
+from ..common.atomic import check_output_dir, output_dir
 from ..common.paths import REPORTS_DIR
-from ..config.scenario import load_scenario
+from ..config.scenario import load_scenario, scenario_path
 from ..serving.simulation import build, simulate
 
 
@@ -30,7 +30,7 @@ def _json(obj) -> str:
 
 
 def write_outputs(out_dir: Path, sc, summary: dict, req, steps, report: bool = True) -> None:
-    with output_dir(out_dir) as tmp:
+    with output_dir(out_dir, "moesd simulate") as tmp:
         (tmp / "summary.json").write_text(_json(summary))
         req.to_csv(tmp / "requests.csv", index=False, float_format="%.9g")
         steps.to_csv(tmp / "steps.csv", index=False, float_format="%.9g")
@@ -63,10 +63,10 @@ def print_table(summary: dict, out_dir: Path) -> None:
 
 
 def run(args) -> int:
-    sc = load_scenario(args.scenario, args.set)
-    source = str(args.scenario)
+    source = str(scenario_path(args.scenario))
+    sc = load_scenario(source, args.set)
     setup = build(sc, source)
-    out_dir = Path(args.out) if args.out else REPORTS_DIR / sc.name
+    out_dir = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / sc.name)
     bar = None
     if not args.quiet:
         from tqdm import tqdm

@@ -9,38 +9,46 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.sweep import peak, sparsity, sweep
-from ..common.atomic import output_dir
+from ..common.atomic import check_output_dir, output_dir
 from ..common.errors import ConfigError
 from ..common.paths import REPORTS_DIR
 from ..config.scenario import load_scenario
 
 
-def _ints(text: str) -> list[int]:
-    out = []
+MAX_VALUES = 64          # values per axis: the engine runs batch x k points
+
+
+def _ints(text: str, field: str, lo: int, hi: int) -> list[int]:
+    """``1,2,4`` or ``1..6`` (or both), each value in [lo, hi], at most MAX_VALUES of them."""
+    out: list[int] = []
     try:
         for part in str(text).split(","):
             part = part.strip()
             if ".." in part:
-                a, b = part.split("..")
-                out += list(range(int(a), int(b) + 1))
+                a, b = (int(x) for x in part.split(".."))
+                if b - a + 1 > MAX_VALUES:
+                    out = [hi + 1]
+                    break
+                out += list(range(a, b + 1))
             elif part:
                 out.append(int(part))
     except ValueError:
         out = []
-    if not out or min(out) < 0:
-        raise ConfigError(f"expected a list of non-negative integers like 1,2,4 or 1..6, got {text!r}")
-    return out
+    if not out or min(out) < lo or max(out) > hi or len(set(out)) > MAX_VALUES:
+        raise ConfigError(f"expected up to {MAX_VALUES} integers in [{lo}, {hi}] like 1,2,4 or 1..6, got {text!r}",
+                          field=field)
+    return sorted(set(out))
 
 
 def run(args) -> int:
-    batches = _ints(args.batch_sizes)
-    ks = [k for k in _ints(args.num_speculative_tokens) if k > 0]
-    if not ks or min(batches) < 1:
-        raise ConfigError("batch sizes must be >= 1 and at least one k >= 1", field="--batch-sizes/--num-speculative-tokens")
+    batches = _ints(args.batch_sizes, "--batch-sizes", 1, 65536)
+    ks = _ints(args.num_speculative_tokens, "--num-speculative-tokens", 1, 16)
+    topks = _ints(args.topk_sweep, "--topk-sweep", 1, 1024)
     common = dict(engine=not args.closed_form_only, workers=args.workers, executor=args.executor,
                   address=args.address, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                   progress=not args.quiet)
     sc = load_scenario(args.scenario, args.set)
+    out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / f"sweep_{sc.name}")
     tables = [sweep(args.scenario, args.set, batches, ks, **common)]
     if args.dense_scenario:
         acc = sc.speculative_config.acceptance.model_dump(exclude_none=True)
@@ -51,9 +59,8 @@ def run(args) -> int:
         tables.append(sweep(args.dense_scenario, dense_over, batches, ks, family="dense", adaptive=False, **common))
     table = pd.concat(tables, ignore_index=True)
     k_sp = 3 if 3 in ks else ks[0]
-    sp = sparsity(args.scenario, args.set, batches, k_sp, _ints(args.topk_sweep))
-    out = Path(args.out) if args.out else REPORTS_DIR / f"sweep_{sc.name}"
-    with output_dir(out) as tmp:
+    sp = sparsity(args.scenario, args.set, batches, k_sp, topks)
+    with output_dir(out, "moesd sweep") as tmp:
         table.to_csv(tmp / "sweep.csv", index=False, float_format="%.6g")
         sp.to_csv(tmp / "sparsity.csv", index=False, float_format="%.6g")
         if not args.no_report:

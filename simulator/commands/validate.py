@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.validate import validate
-from ..common.atomic import output_dir
+from ..common.atomic import check_output_dir, output_dir
 from ..common.paths import REPORTS_DIR
 from ..reports.validation import report
 
 
 def run(args) -> int:
+    out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / "validate")
     t, s = validate(args.cases, args.workers, args.executor, args.address,
                     Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
-    out = Path(args.out) if args.out else REPORTS_DIR / "validate"
-    with output_dir(out) as tmp:
+    with output_dir(out, "moesd validate") as tmp:
         t.to_csv(tmp / "validation.csv", index=False, float_format="%.6g")
         (tmp / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
         if not args.no_report:

@@ -16,8 +16,11 @@ class ConfigError(ValueError):
 def pydantic_error(exc, source: str) -> ConfigError:
     """Turn the first error of a pydantic ValidationError into a one-line ConfigError."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or None
-    msg = err.get("msg", "invalid value")
+    # a union's member tags ("float", "literal['inf']") are pydantic's, not the user's field
+    loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+    loc = [p for p in loc if p not in ("float", "int", "str", "bool", "dict", "list") and not p.startswith(("literal[", "function-"))]
+    field = ".".join(loc) or None
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
         msg = "unknown key"
     if err.get("type") == "literal_error" and "expected" in err.get("ctx", {}):

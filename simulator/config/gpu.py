@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..common.datafiles import read_yaml
 from ..common.errors import ConfigError, pydantic_error
-from ..common.paths import GPU_SPECS_DIR
+from ..common.paths import GPU_SPECS_DIR, data_file
 
 
 class Calibration(BaseModel):
@@ -64,18 +63,19 @@ def spec_path(name: str) -> Path:
     return GPU_SPECS_DIR / f"{name}.yaml"
 
 
-def load(name: str, source: str | None = None) -> Hardware:
-    """Load ``gpu_specs/<name>.yaml``; unknown names list the allowed ones."""
-    path = spec_path(name)
-    if not path.exists():
-        raise ConfigError(f"unknown gpu {name!r}; allowed: {available()}", source=source, field="gpu")
+def load(name: str, source: str | None = None, field: str = "gpu", base_dir: Path | None = None) -> Hardware:
+    """A GPU spec by catalog name (``gpu_specs/<name>.yaml``) or by path (see paths.data_file);
+    unknown names list the allowed ones."""
+    path = data_file(name, GPU_SPECS_DIR, "gpu", source, field, base_dir)
     try:
-        data = read_yaml(path)
-        return Hardware.model_validate(data)
+        return Hardware.model_validate(read_yaml(path))
     except ValidationError as exc:
         raise pydantic_error(exc, str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML ({exc.__class__.__name__})", source=str(path)) from None
+
+
+def spec_file(name: str, source: str | None = None, field: str = "gpu", base_dir: Path | None = None) -> Path:
+    """The file ``load`` reads for this reference."""
+    return data_file(name, GPU_SPECS_DIR, "gpu", source, field, base_dir)
 
 
 def calibrated_source(hw: Hardware) -> Hardware:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..common.datafiles import read_yaml
-from ..common.errors import ConfigError, pydantic_error
-from ..common.paths import MODELS_DIR
+from ..common.errors import pydantic_error
+from ..common.paths import MODELS_DIR, data_file
 
 
 class MoEConfig(BaseModel):
@@ -103,14 +102,11 @@ def parse(data, source: str) -> ModelArch:
         raise pydantic_error(exc, source) from None
 
 
-def load(name_or_path: str, source: str | None = None) -> ModelArch:
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = MODELS_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown model {name_or_path!r}; allowed: {available()}", source=source, field="model")
-    try:
-        data = read_yaml(path)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML ({exc.__class__.__name__})", source=str(path)) from None
-    return parse(data, str(path))
+def load(name_or_path: str, source: str | None = None, field: str = "model", base_dir: Path | None = None) -> ModelArch:
+    """An architecture by catalog name (``workloads/models/<name>.yaml``) or by path."""
+    path = model_file(name_or_path, source, field, base_dir)
+    return parse(read_yaml(path), str(path))
+
+
+def model_file(name_or_path: str, source: str | None = None, field: str = "model", base_dir: Path | None = None) -> Path:
+    return data_file(name_or_path, MODELS_DIR, "model", source, field, base_dir)

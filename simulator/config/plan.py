@@ -6,17 +6,22 @@ The search itself is :mod:`simulator.analysis.plan`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..common.datafiles import read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
+from ..common.paths import SAFE_NAME_RULE, is_safe_name
 from .scenario import apply_overrides
 
 
+PositiveInt = Annotated[int, Field(ge=1, le=1_000_000)]
+SpecTokens = Annotated[int, Field(ge=0, le=16)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Draft(_Strict):
@@ -40,20 +45,26 @@ class PlanSLO(_Strict):
 
 
 class Search(_Strict):
-    gpus: list[str] = Field(default_factory=lambda: ["h100_sxm"], min_length=1)
-    total_gpus: list[int] = Field(default_factory=lambda: [2], min_length=1)
-    tensor_parallel_size: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    enable_expert_parallel: list[bool] = Field(default_factory=lambda: [False])
-    max_num_seqs: list[int] = Field(default_factory=lambda: [128], min_length=1)
-    num_speculative_tokens: list[int] = Field(default_factory=lambda: [0, 3], min_length=1)
-    adaptive_k: list[bool] = Field(default_factory=lambda: [False])
+    gpus: list[str] = Field(default_factory=lambda: ["h100_sxm"], min_length=1, max_length=32)
+    total_gpus: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1, max_length=32)
+    tensor_parallel_size: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=16)
+    enable_expert_parallel: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=1, max_length=32)
+    num_speculative_tokens: list[SpecTokens] = Field(default_factory=lambda: [0, 3], min_length=1, max_length=16)
+    adaptive_k: list[bool] = Field(default_factory=lambda: [False], min_length=1)
 
 
 class Bisection(_Strict):
     rate_min: float = Field(default=0.05, gt=0)
-    rate_max: float = Field(default=500.0, gt=0)
+    rate_max: float = Field(default=500.0, gt=0, le=1e6)
     rel_tol: float = Field(default=0.15, gt=0, lt=1)
     max_sims: int = Field(default=5, ge=2, le=40)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.rate_min >= self.rate_max:
+            raise ValueError(f"rate_min {self.rate_min} must be below rate_max {self.rate_max}")
+        return self
 
 
 class PlanSpec(_Strict):
@@ -65,23 +76,24 @@ class PlanSpec(_Strict):
     engine: dict = Field(default_factory=dict)
     routing: dict = Field(default_factory=dict)
     slo: PlanSLO
-    target_request_rate: Optional[float] = Field(default=None, gt=0)
-    load_levels: list[float] = Field(default_factory=list)
+    target_request_rate: Optional[float] = Field(default=None, gt=0, le=1e6)
+    load_levels: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(default_factory=list, max_length=32)
     search: Search = Field(default_factory=Search)
-    costs: dict[str, float] = Field(default_factory=dict, description="$ per GPU-hour overrides")
+    costs: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict,
+                                                                     description="$ per GPU-hour overrides")
     bisection: Bisection = Field(default_factory=Bisection)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not is_safe_name(v):
+            raise ValueError(f"{v!r} is not a safe folder name: {SAFE_NAME_RULE}")
+        return v
 
 
 def load_plan(path, overrides: list[str] = ()) -> PlanSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("no such plan file" if not path.exists() else "not a file", source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise ConfigError("invalid YAML", source=str(path)) from None
-    return parse_plan(data, str(path), overrides)
+    return parse_plan(read_user_yaml(Path(path), "plan file"), str(path), overrides)
 
 
 def parse_plan(data, source: str, overrides: list[str] = ()) -> PlanSpec:

@@ -9,16 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import gpu as gpu_mod
 from . import model as model_mod
+from ..common.datafiles import load_text, read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
+from ..common.paths import SAFE_NAME_RULE, SCENARIOS_DIR, display_path, is_safe_name
+
+# Size limits: past these a run would not finish on one machine (or not fit its memory).
+MAX_PROMPTS = 10_000_000
+MAX_TOKENS = 1 << 20                 # prompt or output length, tokens
+MAX_SPAN_S = 1e7                     # expected arrival span num_prompts / request_rate (~4 months)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no silent coercion (`num_prompts: true` is not 1); finite: no NaN or infinity
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Acceptance(_Strict):
@@ -112,26 +119,39 @@ class Workload(_Strict):
     """``vllm bench serve`` names, plus length distributions and trace files."""
 
     dataset_name: Literal["random", "trace", "fixed"] = "random"
-    random_input_len: int = Field(default=1024, ge=1)
-    random_output_len: int = Field(default=128, ge=1)
+    random_input_len: int = Field(default=1024, ge=1, le=MAX_TOKENS)
+    random_output_len: int = Field(default=128, ge=1, le=MAX_TOKENS)
     random_range_ratio: float = Field(default=0.0, ge=0, lt=1)
     input_len_distribution: Literal["uniform", "lognormal", "fixed"] = "uniform"
     output_len_distribution: Literal["uniform", "lognormal", "geometric", "fixed"] = "uniform"
-    num_prompts: int = Field(default=1000, ge=1)
+    num_prompts: int = Field(default=1000, ge=1, le=MAX_PROMPTS)
     request_rate: Union[float, Literal["inf"]] = "inf"
-    burstiness: float = Field(default=1.0, gt=0)
+    burstiness: float = Field(default=1.0, gt=0, le=1e3)
     max_concurrency: Optional[int] = Field(default=None, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     trace_file: Optional[str] = None
     trace_format: Optional[Literal["azure", "burstgpt", "mooncake", "vidur"]] = None
-    trace_time_scale: float = Field(default=1.0, gt=0)
+    trace_time_scale: float = Field(default=1.0, gt=0, le=1e6)
+
+    @field_validator("request_rate", mode="before")
+    @classmethod
+    def _rate(cls, v):
+        if isinstance(v, float) and v == float("inf"):
+            return "inf"
+        if isinstance(v, bool) or not (v == "inf" or isinstance(v, (int, float))):
+            raise ValueError("request_rate must be a number > 0 (requests/s) or 'inf'")
+        return v
 
     @model_validator(mode="after")
     def _trace(self):
         if self.dataset_name == "trace" and not self.trace_file:
             raise ValueError("dataset_name trace needs trace_file")
-        if isinstance(self.request_rate, (int, float)) and self.request_rate <= 0:
-            raise ValueError("request_rate must be > 0 or 'inf'")
+        if isinstance(self.request_rate, (int, float)):
+            if not self.request_rate > 0:
+                raise ValueError("request_rate must be > 0 or 'inf'")
+            if self.dataset_name != "trace" and self.num_prompts / self.request_rate > MAX_SPAN_S:
+                raise ValueError(f"num_prompts / request_rate = {self.num_prompts / self.request_rate:.3g} s of arrivals; "
+                                 f"at most {MAX_SPAN_S:.0e} s (raise request_rate)")
         return self
 
 
@@ -142,7 +162,7 @@ class SLO(_Strict):
 
 
 class Scenario(_Strict):
-    name: str = "scenario"
+    name: str = Field(default="scenario", description="the results folder's name under reports/")
     description: str = ""
     model: Union[str, dict]
     speculative_config: Optional[Speculative] = None
@@ -151,7 +171,14 @@ class Scenario(_Strict):
     routing: Routing = Field(default_factory=Routing)
     workload: Workload = Field(default_factory=Workload)
     slo: Optional[SLO] = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not is_safe_name(v):
+            raise ValueError(f"{v!r} is not a safe folder name: {SAFE_NAME_RULE}")
+        return v
 
 
 def _set(data: dict, dotted: str, raw: str, source: str) -> None:
@@ -164,10 +191,7 @@ def _set(data: dict, dotted: str, raw: str, source: str) -> None:
         if not isinstance(nxt, dict):
             raise ConfigError(f"cannot set {dotted}: {k} is not a mapping", source=source, field=dotted)
         cur = nxt
-    try:
-        cur[keys[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"unparseable value {raw!r}", source="--set", field=dotted) from None
+    cur[keys[-1]] = load_text(raw, f"--set {dotted}")
 
 
 def _alias_sglang(data: dict) -> None:
@@ -206,28 +230,68 @@ def parse(data, source: str, overrides: list[str] = ()) -> Scenario:
     return sc
 
 
-def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
+def scenario_path(path: str | Path) -> Path:
+    """A scenario file, or a bundled scenario by name (``quickstart``)."""
     path = Path(path)
-    if not path.is_file():
-        from ..common.paths import SCENARIOS_DIR
-        alt = SCENARIOS_DIR / f"{path}.yaml"
-        if alt.is_file():
-            path = alt
-        else:
-            raise ConfigError("no such scenario file" if not path.exists() else "not a file", source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"invalid YAML{where}", source=str(path)) from None
-    return parse(data, str(path), overrides)
+    if not path.exists() and is_safe_name(str(path)) and (SCENARIOS_DIR / f"{path}.yaml").is_file():
+        path = SCENARIOS_DIR / f"{path}.yaml"
+    return path
+
+
+def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
+    path = scenario_path(path)
+    return parse(read_user_yaml(path, "scenario file"), str(path), overrides)
+
+
+def _base_dir(source: str) -> Path | None:
+    """Relative model/GPU paths in a scenario file are taken from the file's folder."""
+    p = Path(source)
+    return p.parent if p.suffix in (".yaml", ".yml") and p.is_file() else None
 
 
 def resolve_model(spec, source: str, field: str) -> model_mod.ModelArch:
     if isinstance(spec, dict):
         return model_mod.parse(spec, f"{source}: {field}")
-    return model_mod.load(spec, source=source)
+    return model_mod.load(spec, source=source, field=field, base_dir=_base_dir(source))
+
+
+def data_files(sc: Scenario, source: str) -> dict:
+    """The model and GPU files a scenario uses (for its summary): by name from the catalog, or the
+    path it gave; 'inline' for an architecture written into the scenario."""
+    base = _base_dir(source)
+    out = {"model_file": "inline" if isinstance(sc.model, dict) else
+           display_path(model_mod.model_file(sc.model, source, "model", base)),
+           "gpu_spec_file": display_path(gpu_mod.spec_file(sc.hardware.gpu, source, "hardware.gpu", base))}
+    spec = sc.speculative_config
+    if spec and spec.model is not None and spec.method != "ngram":
+        out["draft_model_file"] = "inline" if isinstance(spec.model, dict) else display_path(
+            model_mod.model_file(spec.model, source, "speculative_config.model", base))
+    return out
+
+
+def check_compatible(target, draft, sc: Scenario, source: str) -> None:
+    """Shapes an engine would refuse at start-up (vLLM's checks), as one-line errors."""
+    tp = sc.hardware.tensor_parallel_size
+    for arch, field in ((target, "model"), (draft, "speculative_config.model")):
+        if arch is None:
+            continue
+        heads, kv = arch.num_attention_heads, arch.num_key_value_heads
+        if heads % tp:
+            raise ConfigError(f"{arch.name} has {heads} attention heads, not divisible by tensor_parallel_size {tp}",
+                              source=source, field="hardware.tensor_parallel_size")
+        if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
+            raise ConfigError(f"{arch.name} has {kv} KV heads: tensor_parallel_size {tp} must divide them or be a "
+                              "multiple of them", source=source, field="hardware.tensor_parallel_size")
+    if draft is not None:
+        # a draft model shares the target's tokenizer; an EAGLE3 head may draft over a reduced
+        # vocabulary mapped onto the target's (its d2t table), never a larger one
+        if (draft.vocab_size != target.vocab_size) if draft.kind == "model" else draft.vocab_size > target.vocab_size:
+            raise ConfigError(f"draft {draft.name} has vocabulary {draft.vocab_size}, target {target.name} has "
+                              f"{target.vocab_size}: SD needs the same tokenizer", source=source,
+                              field="speculative_config.model")
+        if draft.kind == "model" and draft.weight_bytes() >= target.weight_bytes():
+            raise ConfigError(f"draft {draft.name} is not smaller than target {target.name}", source=source,
+                              field="speculative_config.model")
 
 
 def resolve(sc: Scenario, source: str):
@@ -236,5 +300,6 @@ def resolve(sc: Scenario, source: str):
     draft = None
     if sc.speculative_config and sc.speculative_config.model is not None and sc.speculative_config.method != "ngram":
         draft = resolve_model(sc.speculative_config.model, source, "speculative_config.model")
-    hw = gpu_mod.load(sc.hardware.gpu, source=source)
+    hw = gpu_mod.load(sc.hardware.gpu, source=source, field="hardware.gpu", base_dir=_base_dir(source))
+    check_compatible(target, draft, sc, source)
     return target, draft, hw

@@ -10,8 +10,12 @@ from plotly.graph_objs import Figure
 from ..common.atomic import write_text
 
 
+# marks a file as this tool's, so a later run may replace it (and nothing else)
+GENERATOR = "<meta name='generator' content='moesd'>"
+
+
 def page(title: str, sections: list[tuple[str, Figure | str]]) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>{GENERATOR}<title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto} table{border-collapse:collapse}"
              " td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>",
              f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.errors import ConfigError
-from ..config.scenario import resolve
+from ..config.scenario import data_files, resolve
 from ..cost.costmodel import CostModel
 from ..cost.forward import Batch, ForwardModel, Parallel
 from ..cost.routing import Routing
@@ -40,6 +40,7 @@ class Setup:
     cfg: engine.EngineConfig
     acceptance: object
     routing: RoutingChoice
+    files: dict = None          # the model and GPU spec files used (summary fields)
 
 
 _MODELS: dict = {}
@@ -108,7 +109,8 @@ def build(sc, source: str = "scenario") -> Setup:
         cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_overhead_s, cfg.per_seq_overhead_s,
                                 cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
-    return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing)
+    return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing,
+                 data_files(sc, source))
 
 
 def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None:
@@ -135,6 +137,7 @@ def simulate(setup: Setup, progress=None) -> tuple:
     extra = dict(out.extra)
     extra["target_efficiency"] = target_efficiency(setup, mean_b, float(req.input_len.mean() + req.output_len.mean() / 2))
     extra["gpu"] = setup.hw.name
+    extra.update(setup.files or {})
     extra["calibration"] = ("calibrated" if setup.cost.source.name == setup.hw.name
                             else f"uncalibrated, transferred from {setup.cost.source.name}")
     extra["num_gpus"] = sc.hardware.tensor_parallel_size * sc.hardware.data_parallel_size
