@@ -114,7 +114,7 @@ def evaluate(spec_data: dict, cfg: dict, rate: float) -> dict:
          "mean_batch_size": summary["mean_batch_size"] or 0.0,
          "acceptance_length": summary.get("spec_decode_acceptance_length"),
          # a short run can meet latency SLOs above capacity; a queue that keeps growing shows it
-         "max_waiting": max(int(steps.num_waiting.max()) if len(steps) else 0,
+         "max_waiting": max(steps.stats.max_waiting,
                             setup.cfg.stop_waiting + 1 if stopped else 0)}
     ok = np.ones(len(done), dtype=bool)
     for name, col in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s"), ("e2el_ms", "e2el_s")):

@@ -40,6 +40,43 @@ def job_key(fn, job: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _digest(result) -> str:
+    return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
+
+
+def _entry(key: str, result) -> str:
+    """A cache entry: the result with its key, the code version and a checksum, so a damaged or
+    hand-edited entry is recognised (and recomputed) rather than trusted."""
+    return json.dumps({"key": key, "code": code_version(), "sha256": _digest(result), "result": result},
+                      sort_keys=True)
+
+
+def _read_entry(path: Path, key: str):
+    """The cached result at ``path``, or None (missing; or invalid: warned about by name)."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        ok = (isinstance(data, dict) and data.get("key") == key and data.get("code") == code_version()
+              and "result" in data and data.get("sha256") == _digest(data["result"]))
+    except (OSError, ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        print(f"moesd: warning: {path}: damaged or edited cache entry, computing it again", file=sys.stderr)
+        return None
+    return data["result"]
+
+
+def _die_with_parent() -> None:
+    """Pool worker start-up: end this worker when the parent process dies (even by kill -9)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                                  # not Linux: the pool's own shutdown still applies
+
+
 def run_many(fn, jobs: list[dict], workers: int | None = None, executor: str = "local", address: str | None = None,
              cache_dir: Path | None = None, desc: str = "runs", progress: bool = True) -> list[dict]:
     """Results of ``fn`` over ``jobs``, in order. Cached results are reused, new ones stored."""
@@ -49,9 +86,9 @@ def run_many(fn, jobs: list[dict], workers: int | None = None, executor: str = "
     keys = [job_key(fn, j) for j in jobs]
     todo = []
     for i, k in enumerate(keys):
-        hit = cache_dir and (Path(cache_dir) / f"{k}.json")
-        if hit and hit.exists():
-            results[i] = json.loads(hit.read_text())
+        hit = _read_entry(Path(cache_dir) / f"{k}.json", k) if cache_dir else None
+        if hit is not None:
+            results[i] = hit
         else:
             todo.append(i)
     bar = None
@@ -62,7 +99,7 @@ def run_many(fn, jobs: list[dict], workers: int | None = None, executor: str = "
     def done(i, res):
         results[i] = res
         if cache_dir:
-            write_text(Path(cache_dir) / f"{keys[i]}.json", json.dumps(res, sort_keys=True))
+            write_text(Path(cache_dir) / f"{keys[i]}.json", _entry(keys[i], res))
         if bar:
             bar.update(1)
 
@@ -74,7 +111,7 @@ def run_many(fn, jobs: list[dict], workers: int | None = None, executor: str = "
             for i in todo:
                 done(i, fn(jobs[i]))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_die_with_parent) as pool:
                 futures = {pool.submit(fn, jobs[i]): i for i in todo}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())

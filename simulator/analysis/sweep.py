@@ -38,7 +38,8 @@ def fixed_batch_point(job: dict) -> dict:
     """One engine run (a runner job): steady full-batch decode figures."""
     b, k = job["batch"], job["k"]
     sc = load_scenario(job["scenario"], job["overrides"] + fixed_batch_overrides(b, k, job["adaptive"], job["waves"]))
-    summary, req, steps = simulate(build(sc, job["scenario"]))
+    summary, req, log = simulate(build(sc, job["scenario"]))
+    steps = log.frame()
     full = steps[(steps.num_decode == b) & (steps.num_prefill == 0)]
     if len(full) < 3:
         full = steps[(steps.num_prefill == 0) & (steps.num_decode > 0)]

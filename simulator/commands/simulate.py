@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def write_outputs(out_dir: Path, sc, summary: dict, req, steps, report: bool = T
     with output_dir(out_dir, "moesd simulate") as tmp:
         (tmp / "summary.json").write_text(_json(summary))
         req.to_csv(tmp / "requests.csv", index=False, float_format="%.9g")
-        steps.to_csv(tmp / "steps.csv", index=False, float_format="%.9g")
+        steps.write_csv(tmp / "steps.csv")
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False))
         if report:
             from ..reports.simulation import simulation_report
@@ -71,12 +72,14 @@ def run(args) -> int:
     if not args.quiet:
         from tqdm import tqdm
         bar = tqdm(total=sc.workload.num_prompts, unit="req", delay=2.0, file=sys.stderr, leave=False)
-    try:
-        summary, req, steps = simulate(setup, bar.update if bar else None)
-    finally:
-        if bar:
-            bar.close()
-    write_outputs(out_dir, sc, summary, req, steps, report=not args.no_report)
+    # the step log goes to disk as it grows: memory stays flat however long the simulated run
+    with tempfile.TemporaryDirectory(prefix="moesd-steps-") as spill:
+        try:
+            summary, req, steps = simulate(setup, bar.update if bar else None, spill_dir=Path(spill))
+        finally:
+            if bar:
+                bar.close()
+        write_outputs(out_dir, sc, summary, req, steps, report=not args.no_report)
     if not args.quiet:
         print(f"{sc.name}: {setup.target.name} on {sc.hardware.data_parallel_size}x{sc.hardware.tensor_parallel_size} "
               f"{setup.hw.name} ({summary['calibration']}), SD "

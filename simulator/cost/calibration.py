@@ -207,6 +207,9 @@ def summarize(err: np.ndarray) -> dict:
             "p90_abs_err": float(np.percentile(err, 90))}
 
 
+MIN_ROWS = 10      # fewer measured rows than this cannot pin an op's handful of parameters
+
+
 def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "attention_context", "allreduce"),
                   progress=None):
     """Fit every op of one GPU: returns (calibration dict, residual frame, per-row report frame).
@@ -218,8 +221,11 @@ def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "a
     for op in ops:
         try:
             df = select_rows(op, traces.load(traces_dir, hw.name, op))
-        except ConfigError:
+        except traces.NoTraces:          # a damaged file is an error, not a reason to keep old values
             df = pd.DataFrame()
+        if 0 < len(df) < MIN_ROWS:
+            raise ConfigError(f"{len(df)} usable bf16 {op} rows for {hw.name}; a fit needs at least {MIN_ROWS}",
+                              source=str(traces_dir))
         if df.empty:
             prev = _previous_params(hw, op)
             if prev is None:
@@ -242,6 +248,8 @@ def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "a
         reports.append(rep)
         if progress:
             progress(op)
+    if not fits:
+        raise ConfigError(f"no usable bf16 traces for {hw.name} (ops {list(ops)})", source=str(traces_dir))
     calib = {"params": params, "fit": fits, "traces": str(traces_dir), "framework": framework,
              "date": _dt.date.today().isoformat()}
     if kept:

@@ -43,19 +43,27 @@ class Parallel:
 class Batch(NamedTuple):
     """What one forward pass computes.
 
-    ``decode_q``: query tokens per decoding sequence (1, or k+1 when verifying);
+    ``decode_q``: query tokens per decoding sequence (1, or k+1 when verifying; the longest when
+    they differ: the attention kernel's query tile);
     ``decode_ctx_mean``: mean context length of the decoding sequences (KV read per query);
-    ``prefill``: (new tokens, tokens already cached) per prefill chunk.
+    ``prefill``: (new tokens, tokens already cached) per prefill chunk;
+    ``decode_tokens``: the decoding sequences' query tokens summed, when they differ (sequences near
+    their end verify fewer drafts); 0 means ``num_decode * decode_q``.
     """
 
     num_decode: int = 0
     decode_q: int = 1
     decode_ctx_mean: float = 0.0
     prefill: tuple = ()
+    decode_tokens: int = 0
+
+    @property
+    def decode_token_count(self) -> int:
+        return self.decode_tokens or self.num_decode * self.decode_q
 
     @property
     def num_tokens(self) -> int:
-        return self.num_decode * self.decode_q + sum(c for c, _ in self.prefill)
+        return self.decode_token_count + sum(c for c, _ in self.prefill)
 
 
 @dataclass(slots=True)
@@ -112,11 +120,11 @@ class ForwardModel:
         decode attention (interpolated in context between quarter-octave grid points, <1%),
         and prefill attention per bucketed (chunk, prefix) (<2%)."""
         prefill = tuple((int(_ctx_bucket(c)), int(_ctx_bucket(p)) if p else 0) for c, p in batch.prefill)
-        N = batch.num_decode * batch.decode_q + sum(ch for ch, _ in prefill)
+        N = batch.decode_token_count + sum(ch for ch, _ in prefill)
         c = StepCost(tokens=N)
         if N == 0:
             return c
-        logits = batch.num_decode * batch.decode_q + len(prefill)
+        logits = batch.decode_token_count + len(prefill)
         gemm_s, comm_s, overhead_s = self._token_part(N, logits)
         attn = 0.0
         if batch.num_decode:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..common.errors import ConfigError
@@ -64,6 +65,37 @@ def _tidy(df: pd.DataFrame, op: str, gpu: str, dtype_col: str, source: str) -> p
     return out.reset_index(drop=True)
 
 
+class NoTraces(ConfigError):
+    """No trace file of an op for a GPU (as opposed to a damaged one)."""
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """A trace table (Parquet or CSV); damaged, empty or unreadable files are one-line errors."""
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError("empty trace file", source=str(path)) from None
+    except OSError as exc:
+        if exc.strerror:
+            raise ConfigError(f"cannot be read ({exc.strerror})", source=str(path)) from None
+        raise ConfigError(f"not a readable table ({str(exc)[:100]})", source=str(path)) from None
+    except Exception as exc:     # pyarrow and the CSV parser raise many types for a corrupt file
+        raise ConfigError(f"not a readable table ({exc.__class__.__name__}: {str(exc)[:100]})",
+                          source=str(path)) from None
+    if df.empty:
+        raise ConfigError("no rows", source=str(path))
+    return df
+
+
+def _check_latency(df: pd.DataFrame, col: str, path: Path) -> None:
+    lat = pd.to_numeric(df[col], errors="coerce").values
+    bad = ~np.isfinite(lat) | (lat <= 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"row {row + 1}: latency {df[col].iloc[row]!r} is not a positive number of ms "
+                          f"({int(bad.sum())} such rows)", source=str(path), field=col)
+
+
 def read_aiconfigurator(gpu_dir: Path, op: str, gpu: str | None = None) -> pd.DataFrame:
     """Read one op of an AIConfigurator ``<gpu>/`` folder into the tidy schema."""
     gpu_dir = Path(gpu_dir)
@@ -71,7 +103,7 @@ def read_aiconfigurator(gpu_dir: Path, op: str, gpu: str | None = None) -> pd.Da
     path = gpu_dir / rel
     if not path.exists():
         raise ConfigError(f"missing trace file {rel}", source=str(gpu_dir))
-    df = pd.read_parquet(path)
+    df = _read(path)
     for col, default in _OPTIONAL_DEFAULTS.items():
         if col in SHAPE_COLUMNS[op] and col not in df.columns:
             df[col] = default
@@ -79,16 +111,18 @@ def read_aiconfigurator(gpu_dir: Path, op: str, gpu: str | None = None) -> pd.Da
                if c != "collective" and c not in df.columns]
     if missing:
         raise ConfigError(f"missing columns {missing}", source=str(path))
+    _check_latency(df, "latency", path)
     return _tidy(df, op, gpu or gpu_dir.name, dtype_col, f"aiconfigurator/{gpu_dir.name}/{rel}")
 
 
 def read_tidy(path: Path) -> pd.DataFrame:
     """Read a file already in the project's schema (what ``moesd profile`` writes)."""
     path = Path(path)
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = _read(path)
     missing = [c for c in COMMON_COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(f"missing columns {missing}", source=str(path))
+    _check_latency(df, "latency_ms", path)
     ops = set(df["op"].unique())
     for op in ops:
         if op not in SHAPE_COLUMNS:
@@ -107,7 +141,7 @@ def load(traces_dir: Path, gpu: str, op: str) -> pd.DataFrame:
     (``<dir>/<gpu>/<op>.csv|parquet`` or ``<dir>/kernels/<gpu>/<op>.csv|parquet``).
     """
     traces_dir = Path(traces_dir)
-    if not traces_dir.exists():
+    if not traces_dir.is_dir():
         raise ConfigError("trace folder does not exist", source=str(traces_dir))
     frames = []
     for base in (traces_dir / gpu, traces_dir / "kernels" / "aiconfigurator" / gpu,
@@ -118,5 +152,5 @@ def load(traces_dir: Path, gpu: str, op: str) -> pd.DataFrame:
             if (base / f"{op}{ext}").exists():
                 frames.append(read_tidy(base / f"{op}{ext}"))
     if not frames:
-        raise ConfigError(f"no {op} traces for gpu {gpu!r}", source=str(traces_dir))
+        raise NoTraces(f"no {op} traces for gpu {gpu!r}", source=str(traces_dir))
     return pd.concat(frames, ignore_index=True)

@@ -16,7 +16,9 @@ def write_report(path, gpu_name: str, rows: pd.DataFrame) -> None:
     sections = []
     summary = rows.groupby("op").error_pct.agg(
         median_abs=lambda e: np.median(np.abs(e)), p90_abs=lambda e: np.percentile(np.abs(e), 90), rows="size")
-    sections.append(("Roofline fit error (in-sample, %)", summary.round(2).to_html()))
+    sections.append(("Roofline fit error (in-sample)", page.frame_table(
+        summary.rename(columns={"median_abs": "median abs error", "p90_abs": "p90 abs error"}),
+        {"median abs error": "%", "p90 abs error": "%", "rows": "rows"}, index=True)))
     size_col = {"gemm": "m", "moe": "num_tokens", "attention_generation": "step", "attention_context": "isl",
                 "allreduce": "message_size"}
     for op, g in rows.groupby("op"):

@@ -12,16 +12,25 @@ from . import page
 from ..analysis.plan import config_label
 
 
+UNITS = {"request_rate": "req/s", "ttft": "ms", "tpot": "ms", "request_latency": "ms", "seq/s": "req/s",
+         "tokens/s": "tok/s", "tokens/s/gpu": "tok/s", "tokens/s/user": "tok/s", "cost_per_hour_usd": "$/h",
+         "usd_per_million_output_tokens": "$", "cost_for_target_per_hour_usd": "$/h", "capacity_estimate": "req/s",
+         "isl": "tokens", "osl": "tokens", "acceptance_length": "tokens"}
+
+
 def plan_report(path, spec, res: dict) -> None:
     ans = res["answer"]
     b = ans["best"]
+    slo = ans["slo"]
+    limits = ", ".join(f"{n.upper()} <= {slo[f'{n}_ms']:g} ms" for n in ("ttft", "tpot", "e2el") if slo.get(f"{n}_ms"))
     intro = (f"<p>{ans['configurations']} configurations, {ans['feasible']} meet the SLOs "
-             f"({html.escape(str(ans['slo']))}). Best: <b>{html.escape(b['config'])}</b>. "
+             f"({html.escape(limits)} at p{slo['percentile']:g}). Best: <b>{html.escape(b['config'])}</b>. "
              f"SD: {html.escape(ans['sd_recommendation']['summary'])}</p>")
-    sections = [("Answer", intro + res["top"].to_html(index=False, float_format=lambda x: f"{x:.3g}"))]
-    pts = res["points"]
-    fig = px.scatter(pts, x="tokens/s/user", y="tokens/s/gpu", color="sd", symbol="system",
+    sections = [("Answer", intro + page.frame_table(res["top"], UNITS))]
+    pts = res["points"].assign(SD=lambda d: d.sd.map({True: "SD on", False: "SD off"}))
+    fig = px.scatter(pts, x="tokens/s/user", y="tokens/s/gpu", color="SD", symbol="system",
                      hover_data=["config", "request_rate", "ttft", "tpot"])
+    fig.update_layout(xaxis_title="tokens/s per user", yaxis_title="tokens/s per GPU")
     fr = res["pareto"]
     fig.add_trace(go.Scatter(x=fr["tokens/s/user"], y=fr["tokens/s/gpu"], mode="lines", name="Pareto frontier",
                              line=dict(color="black")))
@@ -50,7 +59,16 @@ def plan_report(path, spec, res: dict) -> None:
     rec = pd.DataFrame(ans["sd_recommendation"]["levels"])
     if len(rec):
         sections.append((f"SD per load level on {ans['sd_recommendation']['hardware']}",
-                         rec.to_html(index=False, float_format=lambda x: f"{x:.3g}")))
+                         page.frame_table(rec, {"request_rate": "req/s", **{c: "ms" for c in rec.columns
+                                                                             if "_ms_" in c}})))
     if ans["pruned"]:
-        sections.append(("Pruned configurations", pd.DataFrame(ans["pruned"]).to_html(index=False)))
+        pruned = pd.DataFrame([{"configuration": _label(p), "reason": p["reason"]} for p in ans["pruned"]])
+        sections.append(("Pruned configurations", page.frame_table(pruned)))
     page.write(path, f"moesd plan: {spec.name}", sections)
+
+
+def _label(cfg: dict) -> str:
+    try:
+        return config_label(cfg)
+    except KeyError:            # pruned before it was a whole configuration
+        return f"{cfg.get('gpu')} x{cfg.get('total_gpus')} TP{cfg.get('tp')} k={cfg.get('k')}"

@@ -11,6 +11,16 @@ import plotly.graph_objects as go
 from . import page
 
 PARTS = ["draft_s", "attention_s", "gemm_s", "moe_s", "comm_s", "overhead_s"]
+# summary key -> (label, unit) for the report's table
+ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", ""), ("duration", "duration", "s"),
+        ("request_throughput", "request throughput", "req/s"), ("output_throughput", "output throughput", "tok/s"),
+        ("mean_ttft_ms", "TTFT mean", "ms"), ("p99_ttft_ms", "TTFT p99", "ms"), ("mean_tpot_ms", "TPOT mean", "ms"),
+        ("p99_tpot_ms", "TPOT p99", "ms"), ("mean_itl_ms", "ITL mean", "ms"),
+        ("spec_decode_acceptance_length", "acceptance length", "tokens/round"),
+        ("target_efficiency", "target efficiency", ""), ("mean_batch_size", "mean decode batch", "sequences"),
+        ("mean_active_experts_per_layer", "active experts per MoE layer", "experts"),
+        ("expert_bytes_per_output_token", "expert weights read per output token", "bytes"),
+        ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", "")]
 
 
 def _cdf(fig, values, name):
@@ -19,46 +29,39 @@ def _cdf(fig, values, name):
         fig.add_trace(go.Scatter(x=v, y=np.arange(1, len(v) + 1) / len(v), name=name, mode="lines"))
 
 
-def simulation_report(path, sc, summary: dict, req: pd.DataFrame, steps: pd.DataFrame) -> None:
+def simulation_report(path, sc, summary: dict, req: pd.DataFrame, steps) -> None:
+    """``steps``: the run's step log (its running statistics; the rows themselves may be on disk)."""
     done = req[req.completed]
-    keys = ["completed", "failed", "duration", "request_throughput", "output_throughput", "mean_ttft_ms",
-            "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "spec_decode_acceptance_length",
-            "target_efficiency", "mean_batch_size", "mean_active_experts_per_layer", "expert_bytes_per_output_token"]
-    table = "<table>" + "".join(
-        f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(round(summary[k], 4) if isinstance(summary.get(k), float) else summary.get(k)))}</td></tr>"
-        for k in keys if k in summary) + "</table>"
+    rows = [(label, unit, summary.get(k)) for k, label, unit in ROWS if k in summary]
+    table = page.table(["figure", "value", "unit"],
+                       [(label, page.fmt(v, unit), "" if unit == "bytes" else unit) for label, unit, v in rows])
     sections = [("Summary", f"<p>{html.escape(sc.description or sc.name)}</p>" + table)]
 
     fig = go.Figure()
     for col, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2el_s", "E2E latency")):
         _cdf(fig, done[col].values * 1e3, name)
-    fig.update_layout(xaxis_title="ms", yaxis_title="fraction of requests", xaxis_type="log")
+    fig.update_layout(xaxis_title="latency (ms)", yaxis_title="fraction of requests", xaxis_type="log")
     sections.append(("Latency CDFs", fig))
 
-    if len(steps):
-        t = steps.start_s + steps.duration_s
-        bins = np.linspace(0, float(t.max()) + 1e-9, 60)
-        idx = np.digitize(t, bins)
-        width = bins[1] - bins[0]
-        tput = steps.groupby(idx).emitted_tokens.sum() / width
-        bs = steps.groupby(idx).num_decode.mean()
+    st = steps.stats
+    if st.n:
+        tl = st.timeline()
         fig = go.Figure()
-        fig.add_trace(go.Scatter(x=bins[tput.index - 1], y=tput.values, name="output tok/s"))
-        fig.add_trace(go.Scatter(x=bins[bs.index - 1], y=bs.values, name="decode batch size", yaxis="y2"))
-        fig.update_layout(xaxis_title="simulated time (s)", yaxis_title="tok/s",
-                          yaxis2=dict(title="batch size", overlaying="y", side="right"))
+        fig.add_trace(go.Scatter(x=tl.time_s, y=tl.output_tok_s, name="output tok/s"))
+        fig.add_trace(go.Scatter(x=tl.time_s, y=tl.mean_batch, name="mean decode batch (sequences)", yaxis="y2"))
+        fig.update_layout(xaxis_title="simulated time (s)", yaxis_title="output throughput (tok/s)",
+                          yaxis2=dict(title="decode batch (sequences)", overlaying="y", side="right"))
         sections.append(("Throughput and batch size over time", fig))
 
-        by = steps.assign(b=steps.num_decode.clip(lower=0)).groupby("b")[PARTS].mean() * 1e3
-        fig = go.Figure([go.Bar(x=by.index, y=by[p], name=p.replace("_s", "")) for p in PARTS])
-        fig.update_layout(barmode="stack", xaxis_title="decode batch size", yaxis_title="mean step time (ms)")
+        by = st.parts_by_batch()
+        fig = go.Figure([go.Bar(x=by.num_decode, y=by[p], name=p.replace("_s", "")) for p in PARTS])
+        fig.update_layout(barmode="stack", xaxis_title="decode batch size (sequences)", yaxis_title="mean step time (ms)")
         sections.append(("Step-time breakdown by batch size", fig))
 
-        if steps.active_experts.max() > 0:
-            fig = go.Figure()
-            fig.add_trace(go.Scatter(x=steps.num_tokens, y=steps.active_experts, mode="markers", opacity=0.3,
-                                     name="steps"))
-            fig.update_layout(xaxis_title="tokens in step", yaxis_title="distinct experts activated per MoE layer",
+        ex = st.experts_by_tokens()
+        if len(ex) and ex.active_experts.max() > 0:
+            fig = go.Figure(go.Scatter(x=ex.num_tokens, y=ex.active_experts, mode="markers", name="mean over steps"))
+            fig.update_layout(xaxis_title="tokens in step", yaxis_title="distinct experts per MoE layer (mean)",
                               xaxis_type="log")
             sections.append(("Expert activation", fig))
     page.write(path, f"moesd simulate: {sc.name}", sections)

@@ -79,16 +79,19 @@ def sweep_report(path, sc, table: pd.DataFrame, sparsity: pd.DataFrame) -> None:
 
     for name, t in fixed.groupby("scenario", sort=False):
         grid = t.pivot_table(index="k", columns="batch_size", values=col)
-        fig = go.Figure(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=grid.index, zmid=1.0,
-                                   colorscale="RdYlGn", text=np.round(grid.values, 2), texttemplate="%{text}",
-                                   colorbar=dict(title="speedup")))
+        fig = go.Figure(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=grid.index,
+                                   **page.diverging_scale(grid.values, 1.0), text=np.round(grid.values, 2),
+                                   texttemplate="%{text}", colorbar=dict(title="speedup (x)")))
         fig.update_layout(xaxis_title="batch size", yaxis_title="k (num_speculative_tokens)")
         sections.append((f"SD go/no-go map: {name} (green: SD pays)", fig))
 
     cols = [c for c in ("family", "scenario", "batch_size", "k", "adaptive", "speedup_sim", "speedup_closed",
                         "eta_sim", "eta_closed", "acceptance_length", "active_experts", "expert_bytes_per_token",
                         "step_ms", "draft_ms", "attention_ms", "gemm_ms", "moe_ms", "comm_ms") if c in table]
-    sections.append(("Table", table[cols].round(3).to_html(index=False)))
+    units = {"batch_size": "sequences", "speedup_sim": "x", "speedup_closed": "x", "acceptance_length": "tokens",
+             "active_experts": "experts", "expert_bytes_per_token": "bytes", "step_ms": "ms", "draft_ms": "ms",
+             "attention_ms": "ms", "gemm_ms": "ms", "moe_ms": "ms", "comm_ms": "ms"}
+    sections.append(("Table (k = -1: adaptive k)", page.frame_table(table[cols], units)))
     page.write(path, f"moesd sweep: {sc.name}", sections)
 
 

@@ -24,9 +24,12 @@ def report(path, t: pd.DataFrame, s: dict) -> None:
         sp.add_hline(y=1, line_dash="dash")
         sp.add_vline(x=1, line_dash="dash")
         sections.append(("SD speedup: measured vs simulated (same quadrant = sign right)", sp))
-    summary = pd.DataFrame(s).T
-    sections.append(("Error summary", summary.to_html(float_format=lambda x: f"{x:.3f}")))
+    summary = pd.DataFrame(s).T.rename_axis("group")
+    sections.append(("Error summary (errors as fractions: 0.05 = 5%)", page.frame_table(summary, index=True)))
     cols = ["case", "family", "measured_throughput_tok_s", "sim_throughput_tok_s", "throughput_err",
             "measured_latency_s", "sim_latency_s", "latency_err", "measured_speedup", "sim_speedup", "source"]
-    sections.append(("Cases", t[cols].to_html(index=False, float_format=lambda x: f"{x:.3f}")))
+    sections.append(("Cases", page.frame_table(t[cols], {"measured_throughput_tok_s": "tok/s",
+                                                         "sim_throughput_tok_s": "tok/s", "measured_latency_s": "s",
+                                                         "sim_latency_s": "s", "measured_speedup": "x",
+                                                         "sim_speedup": "x"})))
     page.write(path, "moesd validate", sections)

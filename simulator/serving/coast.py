@@ -143,7 +143,8 @@ def coast(rep, plan: Plan):
     m = len(starts)
     for j, (a, (cost, batch, kv_used)) in enumerate(zip(starts, priced)):
         # only the last step can end after an arrival, which then waits
-        rep.steps.append(rep._row(a, cost, batch, B, 0, B, 0, 0, kv_used, len(sched.waiting) if j == m - 1 else 0, 0))
+        rep.steps.append(rep.idx, rep._row(a, cost, batch, B, 0, B, 0, 0, kv_used,
+                                           len(sched.waiting) if j == m - 1 else 0, 0))
     R.itl_log.append(ids, ends[0] - R.last_token_s[ids])
     if m > 1:    # later steps: every request's gap is the step's length (one append, same order)
         R.itl_log.append(np.tile(ids, m - 1), np.repeat(np.subtract(ends[1:], starts[1:]), B))

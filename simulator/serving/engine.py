@@ -24,12 +24,7 @@ from ..cost.forward import ForwardModel
 from .memory import blocks_for
 from .replica import Replica
 from .requests import Requests
-
-STEP_FIELDS = ("replica", "start_s", "duration_s", "num_decode", "num_prefill", "num_tokens", "query_len",
-               "draft_s", "attention_s", "gemm_s", "moe_s", "comm_s", "overhead_s", "active_experts",
-               "expert_weight_bytes", "emitted_tokens", "drafted_tokens", "accepted_tokens", "kv_blocks_used",
-               "num_waiting", "preemptions")
-
+from .steplog import StepLog
 
 @dataclass
 class EngineConfig:
@@ -53,7 +48,7 @@ class EngineConfig:
 @dataclass
 class Outcome:
     requests: Requests
-    steps: list
+    steps: StepLog
     num_replicas: int
     end_s: float
     extra: dict = field(default_factory=dict)
@@ -61,10 +56,11 @@ class Outcome:
 
 def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: ForwardModel | None, acceptance,
         routing, seed: int, router: str = "round_robin", max_concurrency: int | None = None,
-        progress=None) -> Outcome:
+        progress=None, spill_dir=None) -> Outcome:
+    """Run the workload; with ``spill_dir`` the step log goes to disk chunk by chunk (flat memory)."""
     env = simpy.Environment()
     streams = np.random.SeedSequence(seed).spawn(replicas)
-    steps: list = []
+    steps = StepLog(replicas, spill_dir)
     R = Requests(specs)
     sem = simpy.Resource(env, capacity=max_concurrency) if max_concurrency else None
     done_events: dict = {}
@@ -94,6 +90,11 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
 
     def send(i, spec):
         R.send_s[i] = env.now
+        if not cfg.enable_chunked_prefill and spec.input_len > cfg.max_num_batched_tokens:
+            R.fail(i, f"prompt of {spec.input_len} tokens exceeds max_num_batched_tokens {cfg.max_num_batched_tokens} "
+                      "with chunked prefill off", env.now)
+            finished(i)
+            return
         if spec.input_len + spec.output_len > cfg.max_model_len:
             R.fail(i, f"input+output exceeds max_model_len {cfg.max_model_len}", env.now)
             finished(i)
@@ -140,6 +141,7 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
         pos_d, pos_a = sum(p[0] for p in pos), sum(p[1] for p in pos)
         per_pos = [float(a / d) if d else None for a, d in zip(pos_a, pos_d)]
     R.close()
+    steps.close()
     extra = {"per_position": per_pos}
     if stopped:
         extra["stopped_early"] = True

@@ -28,7 +28,7 @@ class Replica:
     coast = True
 
     def __init__(self, env, idx, cfg, R: Requests, target: ForwardModel, draft: ForwardModel | None,
-                 acceptance, routing, rng, steps: list, on_finish, stop, next_arrival=None):
+                 acceptance, routing, rng, steps, on_finish, stop, next_arrival=None):
         self.env, self.idx, self.cfg, self.R = env, idx, cfg, R
         self.target, self.routing, self.rng = target, routing, rng
         self.sched = Scheduler(cfg, R)
@@ -75,10 +75,12 @@ class Replica:
         nd = len(plan.dec)
         ctx_sum = float(total(plan.dec_ctx)) if nd else 0.0
         prefill = tuple(zip(plan.pre_n.tolist(), plan.pre_ctx.tolist())) if len(plan.pre) else ()
-        batch = Batch(nd, int(np.maximum.reduce(plan.dec_n)) if nd else 1, ctx_sum / nd if nd else 0.0, prefill)
+        dec_tokens = int(total(plan.dec_n)) if nd else 0
+        batch = Batch(nd, int(np.maximum.reduce(plan.dec_n)) if nd else 1, ctx_sum / nd if nd else 0.0, prefill,
+                      dec_tokens)
         counts = None
         if self.target.m.moe:
-            counts = self.route_counts(int(total(plan.dec_n)) + int(total(plan.pre_n)), plan)
+            counts = self.route_counts(dec_tokens + int(total(plan.pre_n)), plan)
         cost = self.target.forward(batch, counts)
         spec = plan.dec_n > 1
         n_spec = int(np.count_nonzero(spec))
@@ -111,7 +113,13 @@ class Replica:
                 else:
                     i, sched.run = int(sched.run[-1]), sched.run[:-1]
                 sched.release(i)
-                self._fail(i, "kv cache too small for this request")
+                left = int(R.prefill_target[i] - R.computed[i])
+                if not cfg.enable_chunked_prefill and left > cfg.max_num_batched_tokens:
+                    reason = (f"prefill of {left} tokens exceeds max_num_batched_tokens "
+                              f"{cfg.max_num_batched_tokens} with chunked prefill off")
+                else:
+                    reason = "kv cache too small for this request"
+                self._fail(i, reason)
                 continue
             if self.coast and coastable(self, plan):
                 yield from coast(self, plan)
@@ -120,8 +128,9 @@ class Replica:
             start = env.now
             yield env.timeout(cost.total_s)
             emitted, drafted, accepted = self._advance(plan, env.now)
-            self.steps.append(self._row(start, cost, batch, len(plan.dec), len(plan.pre), emitted, drafted, accepted,
-                                        cfg.num_blocks - sched.free_blocks, len(sched.waiting), plan.preempted))
+            self.steps.append(self.idx, self._row(start, cost, batch, len(plan.dec), len(plan.pre), emitted, drafted,
+                                                  accepted, cfg.num_blocks - sched.free_blocks, len(sched.waiting),
+                                                  plan.preempted))
 
     def _row(self, start, cost, batch, num_decode, num_prefill, emitted, drafted, accepted, kv_used, waiting,
              preempted) -> tuple:

@@ -36,11 +36,80 @@ class _Columns:
         return [c[:self.size] for c in self.cols]
 
 
+class LogHistogram:
+    """A streaming distribution of durations (s), order-independent and of fixed size: counts in
+    log-spaced bins (BINS_PER_DECADE a decade, so a percentile is within 0.06% of the exact one)
+    and the exact sum in integer nanoseconds (so the mean does not depend on logging order)."""
+
+    BINS_PER_DECADE = 2000
+    LO_S, DECADES = 1e-7, 11
+
+    def __init__(self):
+        self.counts = np.zeros(self.BINS_PER_DECADE * self.DECADES + 2, dtype=np.int64)
+        self.n = 0
+        self.sum_ns = 0
+
+    def add(self, values_s: np.ndarray) -> None:
+        v = np.asarray(values_s, dtype=float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return
+        x = np.log10(np.maximum(v, self.LO_S * 0.5) / self.LO_S) * self.BINS_PER_DECADE
+        idx = np.clip(np.floor(x).astype(np.int64) + 1, 0, len(self.counts) - 1)   # bin 0: below LO_S
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        self.n += len(v)
+        self.sum_ns += int(np.round(v * 1e9).astype(np.int64).sum())
+
+    def _centers(self) -> np.ndarray:
+        i = np.arange(len(self.counts))
+        return np.where(i == 0, 0.0, self.LO_S * 10 ** ((i - 0.5) / self.BINS_PER_DECADE))
+
+    def percentile(self, p: float) -> float:
+        """numpy's linear-interpolation percentile, over bin centres."""
+        rank = p / 100 * (self.n - 1)
+        cum = np.cumsum(self.counts)
+        c = self._centers()
+        lo = c[int(np.searchsorted(cum, np.floor(rank), side="right"))]
+        hi = c[int(np.searchsorted(cum, np.ceil(rank), side="right"))]
+        return float(lo + (hi - lo) * (rank - np.floor(rank)))
+
+    def mean(self) -> float:
+        return self.sum_ns / self.n / 1e9
+
+    def std(self) -> float:
+        c, w = self._centers(), self.counts / self.n
+        m = float((c * w).sum())
+        return float(np.sqrt(max(float((c * c * w).sum()) - m * m, 0.0)))
+
+
+class _GapLog:
+    """Inter-token gaps, reduced every ``BUFFER`` entries: per-request chunk counts and one
+    LogHistogram, so memory stays flat however many tokens a run emits."""
+
+    BUFFER = 1 << 18
+
+    def __init__(self, n: int):
+        self.buf = _Columns((np.int64, float))
+        self.chunks = np.zeros(n, dtype=np.int64)
+        self.hist = LogHistogram()
+
+    def append(self, ids: np.ndarray, gaps: np.ndarray) -> None:
+        self.buf.append(ids, gaps)
+        if self.buf.size >= self.BUFFER:
+            self.reduce()
+
+    def reduce(self) -> None:
+        ids, gaps = self.buf.arrays()
+        self.chunks += np.bincount(ids, minlength=len(self.chunks))
+        self.hist.add(gaps)
+        self.buf.size = 0
+
+
 class Requests:
     """Per-request state as columns. ``computed``: tokens whose KV is held; ``prefill_target``:
     tokens to prefill before decoding (the prompt, or prompt + output after a preemption).
-    Per-step logs (inter-token gaps; drafted and accepted tokens) are reduced to per-request
-    totals by :meth:`close` when the run ends."""
+    Inter-token gaps go to a bounded log (per-request counts + a histogram); drafted and accepted
+    tokens are added up per request as steps apply."""
 
     def __init__(self, specs):
         n = len(specs)
@@ -50,34 +119,35 @@ class Requests:
         self.prefill_target = self.input_len.copy()
         z = lambda: np.zeros(n, dtype=np.int64)  # noqa: E731
         self.computed, self.generated, self.blocks, self.preemptions = z(), z(), z(), z()
-        self.drafted, self.accepted, self.num_drafts, self.chunks = z(), z(), z(), z()
+        self.drafted, self.accepted, self.num_drafts = z(), z(), z()
         self.replica = np.full(n, -1, dtype=np.int64)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
         self.send_s, self.first_token_s, self.last_token_s, self.finish_s = nan(), nan(), nan(), nan()
         self.finished = np.zeros(n, dtype=bool)
         self.failed = np.zeros(n, dtype=bool)
         self.fail_reason = [""] * n
-        self.itl_log = _Columns((np.int64, float))            # request, gap since its last token (s)
-        self.spec_log = _Columns((np.int64, np.int64, np.int64))   # request, drafted, accepted per step
-        self._itl_ids, self._itl_gaps = np.zeros(0, dtype=np.int64), np.zeros(0)
+        self.itl_log = _GapLog(n)
 
     def __len__(self) -> int:
         return len(self.id)
 
+    @property
+    def chunks(self) -> np.ndarray:
+        return self.itl_log.chunks
+
     def fail(self, i: int, reason: str, now: float) -> None:
         self.failed[i], self.finished[i], self.fail_reason[i], self.finish_s[i] = True, True, reason, now
 
+    def add_spec(self, ids: np.ndarray, drafted: np.ndarray, accepted: np.ndarray) -> None:
+        """One step's drafted and accepted tokens per decoding request (ids distinct)."""
+        self.num_drafts[ids] += drafted > 0
+        self.drafted[ids] += drafted
+        self.accepted[ids] += accepted
+
     def close(self) -> None:
-        """Reduce the per-step logs to per-request totals."""
-        n = len(self)
-        self._itl_ids, self._itl_gaps = self.itl_log.arrays()
-        self.chunks = np.bincount(self._itl_ids, minlength=n)
-        ids, k, a = self.spec_log.arrays()
-        self.num_drafts = np.bincount(ids, weights=k > 0, minlength=n).astype(np.int64)
-        self.drafted = np.bincount(ids, weights=k, minlength=n).astype(np.int64)
-        self.accepted = np.bincount(ids, weights=a, minlength=n).astype(np.int64)
+        """Fold in the gaps still buffered."""
+        self.itl_log.reduce()
 
-    def itls(self) -> np.ndarray:
-        """Inter-token (chunk) gaps of the requests that did not fail, in seconds."""
-        return self._itl_gaps[~self.failed[self._itl_ids]]
-
+    def itl_stats(self) -> LogHistogram:
+        """Inter-token (chunk) gaps of every request that emitted more than one chunk, in seconds."""
+        return self.itl_log.hist

@@ -123,17 +123,20 @@ def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None
     return one / ver
 
 
-def simulate(setup: Setup, progress=None) -> tuple:
+def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
+    """(summary, requests table, step log). The step log (:class:`~.steplog.StepLog`) gives its
+    table with ``.frame()`` and its running statistics as ``.stats``; with ``spill_dir`` it is kept
+    on disk, so memory stays flat however long the run."""
     sc = setup.scenario
     seeds = np.random.SeedSequence(sc.seed).spawn(2)
     specs = workload.build(sc.workload, np.random.default_rng(np.random.SeedSequence([sc.workload.seed])))
     out = engine.run(specs, setup.cfg, sc.hardware.data_parallel_size, setup.target_fm, setup.draft_fm,
                      setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]), sc.engine.router,
-                     sc.workload.max_concurrency, progress)
+                     sc.workload.max_concurrency, progress, spill_dir)
     req = metrics.requests_frame(out)
-    steps = metrics.steps_frame(out)
-    dec = steps[steps.num_decode > 0]
-    mean_b = int(round(dec.num_decode.mean())) if len(dec) else 0
+    steps = out.steps
+    st = steps.stats
+    mean_b = int(round(st.sums["num_decode"] / st.n_decode_steps)) if st.n_decode_steps else 0
     extra = dict(out.extra)
     extra["target_efficiency"] = target_efficiency(setup, mean_b, float(req.input_len.mean() + req.output_len.mean() / 2))
     extra["gpu"] = setup.hw.name
@@ -142,5 +145,5 @@ def simulate(setup: Setup, progress=None) -> tuple:
                             else f"uncalibrated, transferred from {setup.cost.source.name}")
     extra["num_gpus"] = sc.hardware.tensor_parallel_size * sc.hardware.data_parallel_size
     extra["kv_cache_blocks_per_replica"] = setup.cfg.num_blocks
-    summary = metrics.summary(out, req, steps, sc, extra)
+    summary = metrics.summary(out, req, sc, extra)
     return summary, req, steps

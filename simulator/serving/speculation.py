@@ -70,5 +70,5 @@ class Speculation:
         ks, dec = plan.dec_k, plan.dec
         acc = np.minimum(self.acc.sample(k_now, len(dec), rng), ks)
         self.k_by_a += np.bincount(ks * (self.cfg.k + 1) + acc, minlength=len(self.k_by_a))
-        R.spec_log.append(dec, ks, acc)
+        R.add_spec(dec, ks, acc)
         return acc + 1, int(total(ks)), int(total(acc))

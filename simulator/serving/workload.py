@@ -60,27 +60,66 @@ TRACE_FORMATS = {
 }
 
 
+MAX_TRACE_BYTES = 1 << 30
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A trace file as a table; unreadable or malformed files are one-line errors naming it."""
+    src = str(path)
+    if not path.is_file():
+        raise ConfigError("trace file not found" if not path.exists() else "not a regular file", source=src,
+                          field="workload.trace_file")
+    if path.stat().st_size > MAX_TRACE_BYTES:
+        raise ConfigError(f"larger than {MAX_TRACE_BYTES >> 20} MiB", source=src, field="workload.trace_file")
+    try:
+        if path.suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=True)
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError("empty trace file", source=src, field="workload.trace_file") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"unreadable trace ({str(exc).splitlines()[0][:120]})", source=src,
+                          field="workload.trace_file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read ({exc.strerror})", source=src, field="workload.trace_file") from None
+
+
 def read_trace(path: str | Path, fmt: str, num_prompts: int | None, time_scale: float = 1.0) -> list[RequestSpec]:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError("trace file not found", source=str(path), field="workload.trace_file")
+    src = str(path)
     tcol, unit, icol, ocol = TRACE_FORMATS[fmt]
-    df = pd.read_json(path, lines=True) if path.suffix in (".jsonl", ".json") else pd.read_csv(path)
+    df = _read_table(path)
     missing = [c for c in (tcol, icol, ocol) if c not in df.columns]
     if missing:
-        raise ConfigError(f"missing columns {missing} for trace_format {fmt}", source=str(path))
+        raise ConfigError(f"missing columns {missing} for trace_format {fmt}", source=src)
     if fmt == "burstgpt" and "Response tokens" in df:
-        df = df[df["Response tokens"] > 0]
+        df = df[pd.to_numeric(df["Response tokens"], errors="coerce") > 0]
+    if df.empty:
+        raise ConfigError("no requests in the trace", source=src)
     t = df[tcol]
     if unit is None:    # Azure: ISO timestamps
-        t = pd.to_datetime(t)
+        t = pd.to_datetime(t, errors="coerce", utc=True)
+        bad = t.isna()
         secs = (t - t.min()).dt.total_seconds().values
     else:
-        secs = (t.values.astype(float) - float(t.min())) * unit
+        t = pd.to_numeric(t, errors="coerce").astype(float)
+        bad = ~np.isfinite(t.values)
+        secs = (t.values - np.nanmin(t.values) if not bad.all() else t.values) * unit
+    if bad.any():
+        row = int(np.flatnonzero(np.asarray(bad))[0])
+        raise ConfigError(f"row {row + 1}: {tcol} {df[tcol].iloc[row]!r} is not a valid time", source=src, field=tcol)
+    for col in (icol, ocol):
+        v = pd.to_numeric(df[col], errors="coerce").values
+        wrong = ~np.isfinite(v) | (v < 0) | (v > (1 << 20)) | (v != np.floor(v))
+        if wrong.any():
+            row = int(np.flatnonzero(wrong)[0])
+            raise ConfigError(f"row {row + 1}: {col} {df[col].iloc[row]!r} is not a token count in [0, {1 << 20}]",
+                              source=src, field=col)
     order = np.argsort(secs, kind="stable")
     df, secs = df.iloc[order], secs[order] * time_scale
     if num_prompts:
         df, secs = df.iloc[:num_prompts], secs[:num_prompts]
+    # a zero-length prompt or output (real traces have them) still costs one token
     return [RequestSpec(i, float(s), max(1, int(a)), max(1, int(b)))
             for i, (s, a, b) in enumerate(zip(secs, df[icol], df[ocol]))]
 
