@@ -318,3 +318,12 @@ def test_random_set_overrides(root, key, raw):
     if rc == 0:
         import shutil
         shutil.rmtree(out)
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`moesd ... | head`: the reader goes away; no traceback, the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+    p = subprocess.run(["sh", "-c", f"{sys.executable} -m simulator kernel moe --gpu h100_sxm --json | true"],
+                       capture_output=True, text=True, cwd=REPO_ROOT)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

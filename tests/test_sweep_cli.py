@@ -46,3 +46,75 @@ def test_runner_cache_resumes_instead_of_recomputing(tmp_path):
     assert [r["square"] for r in again] == [0, 1, 4, 9, 81] and again[:4] == first
     assert log.read_text() == "x" * 5                      # the 4 cached jobs ran once
     assert all(json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json"))
+
+
+def test_sweep_runs_on_an_eagle_tree_and_says_adaptive_k_is_skipped(tmp_path):
+    """An EAGLE tree (more verified tokens than k + 1) has no adaptive-k pass; the sweep says so."""
+    s = tmp_path / "tree.yaml"
+    s.write_text("name: tree\nmodel: Qwen3-30B-A3B\nhardware: {gpu: h100_sxm}\n"
+                 "speculative_config: {method: eagle3, model: EAGLE3-Qwen3-30B-A3B, num_speculative_tokens: 3,\n"
+                 "  speculative_eagle_topk: 4, speculative_num_draft_tokens: 8, acceptance: {mean_acceptance_length: 3.0}}\n"
+                 "workload: {random_input_len: 128, random_output_len: 16}\n")
+    out = tmp_path / "out"
+    assert cli(["sweep", str(s), "--batch-sizes", "1,2", "--num-speculative-tokens", "3", "--dense-scenario", "",
+                "--topk-sweep", "2", "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    t = pd.read_csv(out / "sweep.csv")
+    assert not t.adaptive.any() and t.speedup_sim.notna().any()
+    assert "adaptive k skipped" in (out / "report.html").read_text()
+
+
+def test_damaged_or_edited_cache_entries_are_recomputed(tmp_path, capsys):
+    log = tmp_path / "calls"
+    jobs = [{"n": n, "log": str(log)} for n in range(3)]
+    runner.run_many(count_calls, jobs, workers=1, cache_dir=tmp_path / "cache", progress=False)
+    files = sorted((tmp_path / "cache").glob("*.json"))
+    files[0].write_text("{not json")                                        # damaged
+    entry = json.loads(files[1].read_text())
+    entry["result"]["square"] = 500                                         # hand-edited: checksum no longer fits
+    files[1].write_text(json.dumps(entry))
+    capsys.readouterr()
+    again = runner.run_many(count_calls, jobs, workers=1, cache_dir=tmp_path / "cache", progress=False)
+    assert [r["square"] for r in again] == [0, 1, 4]
+    assert log.read_text() == "x" * 5                                      # the two bad entries ran again
+    err = capsys.readouterr().err
+    assert str(files[0]) in err and str(files[1]) in err and "computing it again" in err
+
+
+def sleepy(job: dict) -> dict:
+    import os
+    import time
+    with open(job["pids"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(30)
+    return {}
+
+
+def test_pool_workers_die_with_their_parent(tmp_path):
+    """kill -9 of a planner/sweep process must not orphan its pool workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    pids = tmp_path / "pids"
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_sweep_cli import sleepy; "
+            "from simulator.analysis import runner; "
+            f"runner.run_many(sleepy, [{{'pids': {str(pids)!r}, 'i': i}} for i in range(2)], workers=2, progress=False)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
+    deadline = time.time() + 60
+    while time.time() < deadline and (not pids.exists() or len(pids.read_text().split()) < 2):
+        time.sleep(0.2)
+    workers = [int(p) for p in pids.read_text().split()]
+    assert len(workers) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    time.sleep(2)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:           # a zombie awaiting its reaper is gone too
+            return f.read().split()[2] != "Z"
+    assert not any(alive(p) for p in workers)

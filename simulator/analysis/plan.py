@@ -69,8 +69,23 @@ def _prune_reason(spec, target, cfg) -> str:
     return ""
 
 
+# The run-length rule: a sustainability verdict must not move with the sample size. Each evaluation
+# runs at least STEADY_FILLS x (every replica's batch slots) requests, so batches fill and turn over
+# before the run ends, and a replica whose waiting queue passes half its batch slots is saturated
+# (below capacity the slots absorb arrival bursts; above it the queue only grows).
+STEADY_FILLS = 4
+
+
+def run_length(spec: PlanSpec, cfg: dict) -> int:
+    return max(int(spec.workload.get("num_prompts", 200)), STEADY_FILLS * cfg["dp"] * cfg["max_num_seqs"])
+
+
+def saturated_queue(cfg: dict) -> int:
+    return max(8, cfg["max_num_seqs"] // 2)
+
+
 def scenario_for(spec: PlanSpec, cfg: dict, rate: float):
-    wl = {**spec.workload, "request_rate": rate, "seed": spec.seed}
+    wl = {**spec.workload, "request_rate": rate, "seed": spec.seed, "num_prompts": run_length(spec, cfg)}
     data = {"name": f"{spec.name}", "model": spec.model,
             "hardware": {"gpu": cfg["gpu"], "tensor_parallel_size": cfg["tp"], "data_parallel_size": cfg["dp"],
                          "enable_expert_parallel": cfg["ep"]},
@@ -98,9 +113,8 @@ def config_label(cfg: dict) -> str:
 def evaluate(spec_data: dict, cfg: dict, rate: float) -> dict:
     spec = PlanSpec.model_validate(spec_data)
     setup = build(scenario_for(spec, cfg, rate), "plan")
-    n = setup.scenario.workload.num_prompts
-    # A run whose queue passes the sustain limit below cannot meet the SLOs: stop it there.
-    setup.cfg.stop_waiting = int(max(2, 0.05 * n))
+    # A run whose queue passes the saturation limit cannot be sustained: stop it there.
+    setup.cfg.stop_waiting = saturated_queue(cfg)
     summary, req, steps = simulate(setup)
     done = req[req.completed]
     stopped = bool(summary.get("stopped_early"))

@@ -90,6 +90,12 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
     table["adaptive"] = False
     st = theory.step_times(setup, ctx)
     table["best_k_closed"] = table.batch_size.map(lambda b: st.best_k(b, setup.acceptance, k_max))
+    note = ""
+    if adaptive and setup.cfg.verify_tokens != k_max + 1:
+        # adaptive k chooses a chain length per step; an EAGLE tree verifies a fixed token tree
+        adaptive = False
+        note = (f"{sc.name}: adaptive k skipped (EAGLE tree of {setup.cfg.verify_tokens} tokens: "
+                               "adaptive k works with chain drafts only)")
     if engine:
         jobs = [{"scenario": str(scenario), "overrides": list(overrides), "batch": b, "k": k, "adaptive": False,
                  "waves": waves_for(b)} for b in batches for k in [0] + ks]
@@ -112,7 +118,10 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
     table.insert(1, "scenario", sc.name)
     table.insert(2, "target", setup.target.name)
     table.insert(3, "gpu", setup.hw.name)
-    return table.sort_values(["batch_size", "adaptive", "k"], kind="stable").reset_index(drop=True)
+    table = table.sort_values(["batch_size", "adaptive", "k"], kind="stable").reset_index(drop=True)
+    if note:
+        table.attrs["note"] = note
+    return table
 
 
 def sparsity(scenario: str, overrides: list[str], batches, k: int, topks) -> pd.DataFrame:

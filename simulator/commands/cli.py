@@ -101,7 +101,9 @@ def main(argv=None) -> int:
     _add_profile(sub)
     args = parser.parse_args(argv)
     try:
-        return _COMMANDS[args.cmd](args) or 0
+        rc = _COMMANDS[args.cmd](args) or 0
+        sys.stdout.flush()            # inside the try: a closed pipe is reported here, not at exit
+        return rc
     except ConfigError as exc:
         print(f"moesd: error: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ def run(args) -> int:
                       f"workload.random_input_len={sc.workload.random_input_len}",
                       f"workload.random_output_len={sc.workload.random_output_len}"]
         tables.append(sweep(args.dense_scenario, dense_over, batches, ks, family="dense", adaptive=False, **common))
+    notes = [t.attrs["note"] for t in tables if t.attrs.get("note")]
     table = pd.concat(tables, ignore_index=True)
     k_sp = 3 if 3 in ks else ks[0]
     sp = sparsity(args.scenario, args.set, batches, k_sp, topks)
@@ -65,8 +66,10 @@ def run(args) -> int:
         sp.to_csv(tmp / "sparsity.csv", index=False, float_format="%.6g")
         if not args.no_report:
             from ..reports.sweep import sweep_report
-            sweep_report(tmp / "report.html", sc, table, sp)
+            sweep_report(tmp / "report.html", sc, table, sp, notes)
     print_summary(table)
+    for n in notes:
+        print(f"  note: {n}")
     print(f"  results: {out}")
     return 0
 

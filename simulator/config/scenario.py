@@ -283,9 +283,11 @@ def check_compatible(target, draft, sc: Scenario, source: str) -> None:
             raise ConfigError(f"{arch.name} has {kv} KV heads: tensor_parallel_size {tp} must divide them or be a "
                               "multiple of them", source=source, field="hardware.tensor_parallel_size")
     if draft is not None:
-        # a draft model shares the target's tokenizer; an EAGLE3 head may draft over a reduced
-        # vocabulary mapped onto the target's (its d2t table), never a larger one
-        if (draft.vocab_size != target.vocab_size) if draft.kind == "model" else draft.vocab_size > target.vocab_size:
+        # a draft model shares the target's tokenizer (embedding rows may be padded differently:
+        # Qwen2-0.5B has 151,936, Qwen2-7B 152,064, same 151,646 tokens); an EAGLE3 head may draft
+        # over a reduced vocabulary mapped onto the target's (its d2t table), never a larger one
+        if (abs(draft.vocab_size - target.vocab_size) > 0.01 * target.vocab_size if draft.kind == "model"
+                else draft.vocab_size > target.vocab_size):
             raise ConfigError(f"draft {draft.name} has vocabulary {draft.vocab_size}, target {target.name} has "
                               f"{target.vocab_size}: SD needs the same tokenizer", source=source,
                               field="speculative_config.model")

@@ -23,10 +23,15 @@ ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", "
         ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", "")]
 
 
-def _cdf(fig, values, name):
+def _cdf(fig, values, name, points: int = 1000):
+    """The empirical CDF, at most ``points`` points (a long run has hundreds of thousands of requests)."""
     v = np.sort(values[~np.isnan(values)])
     if len(v):
-        fig.add_trace(go.Scatter(x=v, y=np.arange(1, len(v) + 1) / len(v), name=name, mode="lines"))
+        q = np.arange(1, len(v) + 1) / len(v)
+        if len(v) > points:
+            idx = np.unique(np.linspace(0, len(v) - 1, points).round().astype(int))
+            v, q = v[idx], q[idx]
+        fig.add_trace(go.Scatter(x=v, y=q, name=name, mode="lines"))
 
 
 def simulation_report(path, sc, summary: dict, req: pd.DataFrame, steps) -> None:

@@ -18,11 +18,12 @@ def _log_x(fig, title="batch size (sequences)"):
     return fig
 
 
-def sweep_report(path, sc, table: pd.DataFrame, sparsity: pd.DataFrame) -> None:
+def sweep_report(path, sc, table: pd.DataFrame, sparsity: pd.DataFrame, notes=()) -> None:
     fixed = table[~table.adaptive & (table.k > 0)]
     has_sim = "speedup_sim" in table and table.speedup_sim.notna().any()
     sections = [("Scenario", f"<p>{html.escape(sc.description or sc.name)}. Offline fixed-batch runs; engine "
-                             "figures over full-batch decode steps; closed form = theory.py at the same context.</p>")]
+                             "figures over full-batch decode steps; closed form = serving/theory.py at the same "
+                             "context.</p>" + "".join(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in notes))]
 
     fig = go.Figure()
     for (fam, name), t in fixed.groupby(["family", "scenario"], sort=False):
