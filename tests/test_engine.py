@@ -180,3 +180,15 @@ def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeyp
     assert json.dumps(fast[0], sort_keys=True, default=str) == json.dumps(ref[0], sort_keys=True, default=str)
     assert fast[1].equals(ref[1]) and fast[2].equals(ref[2])
     assert fast[0]["completed"] == 60
+
+
+def test_a_prompt_over_the_token_budget_fails_for_that_reason():
+    """Chunked prefill off and a prompt longer than max_num_batched_tokens: that is the reason given
+    (not 'kv cache too small'), and requests that fit still run."""
+    summary, req, _ = run(small(["engine.enable_chunked_prefill=false", "engine.max_num_batched_tokens=600",
+                                 "workload.random_input_len=512", "workload.random_range_ratio=0.5"]))
+    failed = req[~req.completed]
+    assert len(failed) and (failed.input_len > 600).all()
+    assert failed.fail_reason.str.startswith("prompt of").all()
+    assert failed.fail_reason.str.contains("max_num_batched_tokens 600 with chunked prefill off").all()
+    assert (req[req.completed].input_len <= 600).all() and summary["completed"] > 0

@@ -111,6 +111,8 @@ def _scenario(root: Path, data, name="s.yaml") -> Path:
     (["name=''"], "name"), (["name=../../x"], "name"), (["name=/abs"], "name"),
     (["hardware.gpu=../../somewhere/evil"], "hardware.gpu"),
     (["model=/dev/null/x.yaml"], "model"),
+    (["model=/dev/zero"], "model"),
+    ([f"model={REPO_ROOT / 'workloads' / 'models'}/"], "model"),
     (["workload.max_concurrency=0"], "workload.max_concurrency"),
     (["nope=1"], "nope"),
     (["workload=3"], "workload"),
@@ -254,6 +256,12 @@ def test_bad_trace_files(root, content, needle):
     assert check(["simulate", str(s), "--out", str(root / "o"), "--quiet"], root, root / "o", needle) == 2
 
 
+def _tidy_gemm(latencies) -> str:
+    rows = "".join(f"gemm,h100_sxm,H100,torch,2.5,cublas,bfloat16,{lat},test,{64 * (i + 1)},4096,4096\n"
+                   for i, lat in enumerate(latencies))
+    return "op,gpu,device,framework,framework_version,kernel_source,dtype,latency_ms,source,m,n,k\n" + rows
+
+
 @pytest.mark.parametrize("make,needle", [
     (lambda d: (d / "h100_sxm").mkdir(), "traces"),
     (lambda d: ((d / "h100_sxm").mkdir(), (d / "h100_sxm" / "gemm.csv").write_text("")), "empty"),
@@ -261,6 +269,11 @@ def test_bad_trace_files(root, content, needle):
      "not a readable table"),
     (lambda d: ((d / "h100_sxm").mkdir(), (d / "h100_sxm" / "gemm.csv").write_text("op,gpu\ngemm,h100_sxm\n")),
      "missing columns"),
+    (lambda d: ((d / "h100_sxm").mkdir(), (d / "h100_sxm" / "gemm.csv").write_text(_tidy_gemm(["nan"]))), "row 1"),
+    (lambda d: ((d / "h100_sxm").mkdir(), (d / "h100_sxm" / "gemm.csv").write_text(_tidy_gemm(["0.5", "-1"]))),
+     "row 2"),
+    (lambda d: ((d / "h100_sxm").mkdir(), (d / "h100_sxm" / "gemm.csv").write_text(_tidy_gemm(["0.5"]))),
+     "at least 10"),                                                   # one row: no fit, not "0.0%"
 ])
 def test_bad_kernel_traces(root, make, needle):
     d = root / "traces"

@@ -24,7 +24,7 @@ def test_missing_columns_is_one_line_error(tmp_path):
         traces.read_tidy(tmp_path / "gemm.csv")
 
 
-@pytest.mark.parametrize("gpu", ["h100_sxm", "l40s", "b200_sxm"])
+@pytest.mark.parametrize("gpu", ["h100_sxm", "l40s", "b200_sxm", "h200_sxm"])
 def test_committed_calibration_predicts_mixtral_and_qwen3_moe(gpu):
     """Committed specs against the measured MoE rows of two real models (bf16, <= 8192 tokens)."""
     d = shared_or_skip()
@@ -61,3 +61,24 @@ def test_table_path_reproduces_a_measured_gemm():
     c = CostModel("h100_sxm", l2_warm=True).gemm(64, 4096, 4096)
     assert c.path == "table"
     assert c.latency_s * 1e3 == pytest.approx(row.latency_ms, rel=0.02)
+
+
+def test_per_framework_layout_picks_the_newest_version_and_follows_reuse(tmp_path):
+    """AIConfigurator's <gpu>/<op>/<framework>/<version>/ layout: the newest version holding the
+    table (0.24.0 > 0.9.0, numerically), a version's reuse.yaml pointing at another's table."""
+    src = shared_or_skip() / "kernels" / "aiconfigurator" / "h100_sxm" / "gemm" / "gemm_perf.parquet"
+    if not src.exists():
+        pytest.skip("no flat H100 gemm table in ../shared")
+    root = tmp_path / "x100" / "gemm" / "vllm"
+    for v in ("0.9.0", "0.24.0", "0.25.0"):
+        (root / v).mkdir(parents=True)
+    (root / "0.9.0" / "gemm_perf.parquet").write_bytes(src.read_bytes())
+    (root / "0.24.0" / "gemm_perf.parquet").write_bytes(src.read_bytes())
+    (root / "0.25.0" / "reuse.yaml").write_text("reuse:\n- {table: gemm_perf, from_version: 0.9.0}\n")
+    assert traces.framework_table(tmp_path / "x100", "gemm") == root / "0.9.0" / "gemm_perf.parquet"   # 0.25 reuses
+    (root / "0.25.0" / "reuse.yaml").unlink()
+    assert traces.framework_table(tmp_path / "x100", "gemm") == root / "0.24.0" / "gemm_perf.parquet"
+    assert traces.framework_table(tmp_path / "x100", "gemm", "vllm", "0.9.0") == root / "0.9.0" / "gemm_perf.parquet"
+    assert traces.framework_table(tmp_path / "x100", "gemm", "sglang") is None
+    df = traces.load(tmp_path, "x100", "gemm")
+    assert len(df) > 1000 and df.source.iloc[0] == "aiconfigurator/x100/gemm/vllm/0.24.0/gemm_perf.parquet"

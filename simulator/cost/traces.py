@@ -97,12 +97,19 @@ def _check_latency(df: pd.DataFrame, col: str, path: Path) -> None:
 
 
 def read_aiconfigurator(gpu_dir: Path, op: str, gpu: str | None = None) -> pd.DataFrame:
-    """Read one op of an AIConfigurator ``<gpu>/`` folder into the tidy schema."""
+    """Read one op of an AIConfigurator ``<gpu>/`` folder (first-release flat layout) into the tidy schema."""
     gpu_dir = Path(gpu_dir)
-    rel, dtype_col = _AIC_FILES[op]
+    rel = _AIC_FILES[op][0]
     path = gpu_dir / rel
     if not path.exists():
         raise ConfigError(f"missing trace file {rel}", source=str(gpu_dir))
+    return read_aiconfigurator_table(path, op, gpu, gpu_dir)
+
+
+def read_aiconfigurator_table(path: Path, op: str, gpu: str | None, gpu_dir: Path) -> pd.DataFrame:
+    """One AIConfigurator table file (either layout) into the tidy schema."""
+    dtype_col = _AIC_FILES[op][1]
+    rel = path.relative_to(gpu_dir)
     df = _read(path)
     for col, default in _OPTIONAL_DEFAULTS.items():
         if col in SHAPE_COLUMNS[op] and col not in df.columns:
@@ -133,12 +140,45 @@ def read_tidy(path: Path) -> pd.DataFrame:
     return df
 
 
-def load(traces_dir: Path, gpu: str, op: str) -> pd.DataFrame:
+def _version_key(v: str) -> tuple:
+    """Order versions like 0.9.0 < 0.14.0 < 1.2.0rc5 < 1.3.0 (numbers numerically, tags after)."""
+    import re
+    return tuple((int(x), "") if x.isdigit() else (-1, x) for x in re.findall(r"\d+|[a-z]+", v.lower()))
+
+
+def framework_table(gpu_dir: Path, op: str, framework: str = "vllm", version: str | None = None) -> Path | None:
+    """AIConfigurator's per-framework layout (``<gpu>/<op folder>/<framework>/<version>/<table>``):
+    the table of ``version``, else of the newest version that has it, following a version's
+    ``reuse.yaml`` when it borrows another's tables. None when the layout has no such table."""
+    rel = Path(_AIC_FILES[op][0])
+    root = gpu_dir / rel.parts[0] / framework
+    if not root.is_dir():
+        return None
+    versions = sorted((d.name for d in root.iterdir() if d.is_dir()), key=_version_key, reverse=True)
+    if version is not None:
+        versions = [v for v in versions if v == version]
+    table = rel.stem
+    for v in versions:
+        path = root / v / rel.name
+        if path.exists():
+            return path
+        reuse = root / v / "reuse.yaml"
+        if reuse.exists():
+            import yaml
+            for r in (yaml.safe_load(reuse.read_text()) or {}).get("reuse", []):
+                if r.get("table") == table and (root / str(r.get("from_version")) / rel.name).exists():
+                    return root / str(r["from_version"]) / rel.name
+    return None
+
+
+def load(traces_dir: Path, gpu: str, op: str, framework: str = "vllm") -> pd.DataFrame:
     """All rows of ``op`` for ``gpu`` under ``traces_dir``, whichever layout holds them.
 
     Looks for AIConfigurator's layout (``<dir>/<gpu>/gemm/gemm_perf.parquet``, or
-    ``<dir>/kernels/aiconfigurator/<gpu>/...``) and the project's own
-    (``<dir>/<gpu>/<op>.csv|parquet`` or ``<dir>/kernels/<gpu>/<op>.csv|parquet``).
+    ``<dir>/kernels/aiconfigurator/<gpu>/...``; where only the per-framework layout
+    ``<gpu>/gemm/<framework>/<version>/gemm_perf.parquet`` exists, the newest version of
+    ``framework``) and the project's own (``<dir>/<gpu>/<op>.csv|parquet`` or
+    ``<dir>/kernels/<gpu>/<op>.csv|parquet``).
     """
     traces_dir = Path(traces_dir)
     if not traces_dir.is_dir():
@@ -148,6 +188,8 @@ def load(traces_dir: Path, gpu: str, op: str) -> pd.DataFrame:
                  traces_dir / "kernels" / gpu):
         if (base / _AIC_FILES[op][0]).exists():
             frames.append(read_aiconfigurator(base, op, gpu))
+        elif (table := framework_table(base, op, framework)) is not None:
+            frames.append(read_aiconfigurator_table(table, op, gpu, base))
         for ext in (".parquet", ".csv"):
             if (base / f"{op}{ext}").exists():
                 frames.append(read_tidy(base / f"{op}{ext}"))
