@@ -79,3 +79,45 @@ def test_random_dataset_matches_vllm_semantics():
     gaps = np.diff([s.arrival_s for s in specs])
     assert gaps.mean() == pytest.approx(1 / 8, rel=0.05)               # Poisson at the rate (burstiness 1)
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.08)
+
+
+def _closed(sets=()):
+    sc = load_scenario("quickstart", ["speculative_config=null", "workload.request_rate=inf", "workload.num_prompts=120",
+                                      "workload.concurrency=8", "workload.random_output_len=32", *sets])
+    return simulate(build(sc))
+
+
+def test_closed_loop_users_are_sequential_and_never_exceed_the_concurrency():
+    summary, req, _ = _closed()
+    assert summary["completed"] == 120 and set(req.user) == set(range(8))
+    for _, g in req.sort_values("start_s").groupby("user"):
+        # a user's next request leaves the moment its previous one finishes, never before
+        assert (g.start_s.values[1:] == g.finish_time_s.values[:-1]).all()
+    ev = sorted([(s, 1) for s in req.start_s] + [(f, -1) for f in req.finish_time_s])
+    in_flight = np.cumsum([d for _, d in ev])
+    assert in_flight.max() == 8 and in_flight.min() >= 0
+
+
+def test_steady_measurement_leaves_out_the_synchronised_start():
+    s_all, req, _ = _closed()
+    s_steady, req2, _ = _closed(["workload.measurement=steady"])
+    assert req.equals(req2.drop(columns="measured").assign(measured=req.measured))   # the same run
+    m = req2[req2.measured]
+    first = req2.sort_values("start_s").groupby("user").head(1)
+    assert not m.index.isin(first.index).any()
+    assert (m.start_s < req2.groupby("user").finish_time_s.max().min()).all()
+    assert s_steady["measured_requests"] == len(m) < 120 and s_steady["num_prompts"] == 120
+    # all 8 users prefilling at t=0 inflates TTFT; the steady window does not see it
+    assert s_steady["mean_ttft_ms"] < s_all["mean_ttft_ms"]
+
+
+@pytest.mark.parametrize("sets,field", [
+    (["workload.request_rate=5"], "workload"),
+    (["workload.max_concurrency=4"], "workload"),
+    (["workload.concurrency=null", "workload.measurement=steady"], "workload"),
+    (["workload.warmup_requests=120"], "workload"),
+])
+def test_closed_loop_keys_are_checked(sets, field):
+    with pytest.raises(ConfigError, match=field):
+        load_scenario("quickstart", ["workload.request_rate=inf", "workload.num_prompts=120", "workload.concurrency=8",
+                                     *sets])

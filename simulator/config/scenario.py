@@ -127,7 +127,15 @@ class Workload(_Strict):
     num_prompts: int = Field(default=1000, ge=1, le=MAX_PROMPTS)
     request_rate: Union[float, Literal["inf"]] = "inf"
     burstiness: float = Field(default=1.0, gt=0, le=1e3)
-    max_concurrency: Optional[int] = Field(default=None, ge=1)
+    max_concurrency: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+    concurrency: Optional[int] = Field(default=None, ge=1, le=1_000_000, description=(
+        "closed loop (aiperf/genai-perf --concurrency): this many users, each sending its next request "
+        "when its previous one finishes"))
+    warmup_requests: int = Field(default=0, ge=0, description=(
+        "the first requests sent are warm-up, left out of every metric (aiperf --warmup-request-count)"))
+    measurement: Literal["all", "steady"] = Field(default="all", description=(
+        "steady (closed loop): also leave out each user's first request (all users start together) and "
+        "those sent once the first user has run out of requests (concurrency then falls)"))
     seed: int = Field(default=0, ge=0, lt=2**63)
     trace_file: Optional[str] = None
     trace_format: Optional[Literal["azure", "burstgpt", "mooncake", "vidur"]] = None
@@ -146,6 +154,14 @@ class Workload(_Strict):
     def _trace(self):
         if self.dataset_name == "trace" and not self.trace_file:
             raise ValueError("dataset_name trace needs trace_file")
+        if self.concurrency is not None and (self.max_concurrency is not None or self.request_rate != "inf"):
+            raise ValueError("concurrency (closed loop) sends each request when the previous one finishes: "
+                             "leave request_rate at inf and max_concurrency unset")
+        if self.measurement == "steady" and self.concurrency is None:
+            raise ValueError("measurement: steady needs a closed loop (concurrency)")
+        if self.warmup_requests >= self.num_prompts:
+            raise ValueError(f"warmup_requests {self.warmup_requests} leaves none of num_prompts {self.num_prompts} "
+                             "to measure")
         if isinstance(self.request_rate, (int, float)):
             if not self.request_rate > 0:
                 raise ValueError("request_rate must be > 0 or 'inf'")

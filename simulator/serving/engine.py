@@ -56,8 +56,13 @@ class Outcome:
 
 def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: ForwardModel | None, acceptance,
         routing, seed: int, router: str = "round_robin", max_concurrency: int | None = None,
-        progress=None, spill_dir=None) -> Outcome:
-    """Run the workload; with ``spill_dir`` the step log goes to disk chunk by chunk (flat memory)."""
+        progress=None, spill_dir=None, users: int | None = None) -> Outcome:
+    """Run the workload; with ``spill_dir`` the step log goes to disk chunk by chunk (flat memory).
+
+    Clients: open loop (each request sent at its arrival time); ``max_concurrency`` caps requests in
+    flight as ``vllm bench serve --max-concurrency`` does (a request waits for a free slot); ``users``
+    is a closed loop as ``aiperf``/``genai-perf --concurrency`` run it: that many users, each sending
+    its next request (in request order) the moment its previous one finishes."""
     env = simpy.Environment()
     streams = np.random.SeedSequence(seed).spawn(replicas)
     steps = StepLog(replicas, spill_dir)
@@ -83,7 +88,7 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
     next_arrival = lambda: specs[nxt[0]].arrival_s if nxt[0] < len(specs) else math.inf  # noqa: E731
     # With a concurrency cap a finish (here or elsewhere) sends the next request: then arrivals
     # are not known ahead and no replica runs ahead (see simulator.serving.coast).
-    known = None if max_concurrency else next_arrival
+    known = None if (max_concurrency or users) else next_arrival
     reps = [Replica(env, j, cfg, R, target, draft, acceptance, routing, np.random.default_rng(streams[j]), steps,
                     finished, stop, known) for j in range(replicas)]
     rr = [0]
@@ -128,7 +133,21 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
             else:
                 env.process(client(i, spec))
 
-    env.process(arrivals())
+    def user(u):
+        while nxt[0] < len(specs):
+            i = nxt[0]
+            nxt[0] = i + 1
+            R.user[i] = u
+            ev = done_events[i] = env.event()
+            send(i, specs[i])
+            if not ev.triggered:
+                yield ev
+
+    if users:
+        for u in range(users):
+            env.process(user(u))
+    else:
+        env.process(arrivals())
     if specs:
         env.run(until=env.any_of([all_done, stop]))
     stopped = not all_done.triggered

@@ -1,6 +1,8 @@
 """Results in ``vllm bench serve`` terms (summary.json), plus the per-request table.
 
-TTFT, TPOT and E2EL percentiles are exact (one value per request). ITL is over every inter-token
+TTFT, TPOT and E2EL percentiles are exact (one value per request), over the measured requests
+(:func:`measured`: all, or all but a warm-up and, for a steady closed loop, its synchronised start
+and its wind-down); throughput is over their span. ITL is over every inter-token
 gap, which a long run has hundreds of millions of: it comes from a fixed-size log histogram
 (:class:`~.requests.LogHistogram`; percentiles within 0.06%, the mean exact to the nanosecond), and
 includes the gaps of requests that a stopped run marked failed. Step figures come from the step
@@ -25,12 +27,30 @@ def requests_frame(outcome) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(ok & (R.output_len > 1), (e2el - ttft) / (R.output_len - 1), np.nan)
     return pd.DataFrame({
-        "request_id": R.id, "replica": R.replica, "arrival_s": R.arrival_s, "start_s": R.send_s,
+        "request_id": R.id, "replica": R.replica, "user": R.user, "arrival_s": R.arrival_s, "start_s": R.send_s,
         "input_len": R.input_len, "output_len": R.output_len, "generated": R.generated, "completed": ok,
         "fail_reason": R.fail_reason, "ttft_s": ttft, "tpot_s": tpot, "e2el_s": e2el,
         "first_token_time_s": R.first_token_s, "finish_time_s": R.finish_s,
         "num_chunks": R.chunks, "preemptions": R.preemptions, "num_drafts": R.num_drafts,
         "draft_tokens": R.drafted, "accepted_tokens": R.accepted})
+
+
+def measured(req: pd.DataFrame, wl) -> np.ndarray:
+    """Which requests the metrics cover: all but the first ``warmup_requests`` sent, and in a steady
+    closed loop also each user's first request and those sent after the first user ran out."""
+    keep = np.ones(len(req), dtype=bool)
+    if not len(req):
+        return keep
+    order = np.lexsort((req.request_id.values, req.start_s.values))
+    keep[order[:wl.warmup_requests]] = False
+    if getattr(wl, "measurement", "all") == "steady":
+        users = req.user.values
+        first = req.assign(o=np.argsort(order)).groupby("user").o.idxmin().values
+        keep[first] = False
+        done_at = req.groupby("user").finish_time_s.max()       # when each user sent nothing more
+        keep &= req.start_s.values < float(done_at.min())
+        keep &= users >= 0
+    return keep
 
 
 def _agg(values_ms: np.ndarray, name: str) -> dict:
@@ -58,6 +78,9 @@ def _agg_hist(h, name: str) -> dict:
 
 def summary(outcome, req: pd.DataFrame, scenario, extra: dict) -> dict:
     wl = scenario.workload
+    total_requests = len(req)
+    if "measured" in req and not req.measured.all():     # a warm-up or steady-state window
+        req = req[req.measured]
     done = req[req.completed]
     start = float(req.start_s.min()) if len(req) else 0.0
     duration = float(req.finish_time_s.max() - start) if len(req) else 0.0
@@ -77,8 +100,12 @@ def summary(outcome, req: pd.DataFrame, scenario, extra: dict) -> dict:
         "request_rate": wl.request_rate if wl.request_rate == "inf" else float(wl.request_rate),
         "burstiness": wl.burstiness,
         "max_concurrency": wl.max_concurrency,
-        "num_prompts": int(len(req)),
+        "num_prompts": int(total_requests),
     }
+    if wl.concurrency is not None or wl.warmup_requests:
+        # ITL and the step figures below cover the whole run; the rest only the measured requests
+        s["concurrency"] = wl.concurrency
+        s["measured_requests"] = int(len(req))
     s.update(_agg(done.ttft_s.values * 1e3, "ttft"))
     s.update(_agg(done.tpot_s.values * 1e3, "tpot"))
     s.update(_agg_hist(outcome.requests.itl_stats(), "itl"))

@@ -121,6 +121,7 @@ class Requests:
         self.computed, self.generated, self.blocks, self.preemptions = z(), z(), z(), z()
         self.drafted, self.accepted, self.num_drafts = z(), z(), z()
         self.replica = np.full(n, -1, dtype=np.int64)
+        self.user = np.full(n, -1, dtype=np.int64)             # closed-loop user that sent it (-1: open loop)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
         self.send_s, self.first_token_s, self.last_token_s, self.finish_s = nan(), nan(), nan(), nan()
         self.finished = np.zeros(n, dtype=bool)

@@ -132,8 +132,9 @@ def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
     specs = workload.build(sc.workload, np.random.default_rng(np.random.SeedSequence([sc.workload.seed])))
     out = engine.run(specs, setup.cfg, sc.hardware.data_parallel_size, setup.target_fm, setup.draft_fm,
                      setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]), sc.engine.router,
-                     sc.workload.max_concurrency, progress, spill_dir)
+                     sc.workload.max_concurrency, progress, spill_dir, sc.workload.concurrency)
     req = metrics.requests_frame(out)
+    req["measured"] = metrics.measured(req, sc.workload)
     steps = out.steps
     st = steps.stats
     mean_b = int(round(st.sums["num_decode"] / st.n_decode_steps)) if st.n_decode_steps else 0
