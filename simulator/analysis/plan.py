@@ -76,7 +76,7 @@ def _prune_reason(spec, target, cfg) -> str:
 # run; above capacity it only grows. (The queue's running maximum would not do: a longer run sees
 # rarer bursts.) A queue far past that limit stops the run early, for speed.
 STEADY_FILLS = 2
-STOP_FACTOR = 4
+STOP_FACTOR = 2
 
 
 def run_length(spec: PlanSpec, cfg: dict) -> int:
