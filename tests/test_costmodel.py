@@ -139,3 +139,13 @@ def test_scalar_and_vector_twins_agree():
     vec = cm._factors("gemm", (4096, 4096), (), sizes)
     assert vec.tolist() == [cm._factor("gemm", (4096, 4096), (), s)[0] for s in sizes]
     assert len(set(vec.tolist())) > 1               # residuals are in play (not all 1.0)
+
+
+@pytest.mark.parametrize("gpu,src", [("b300_sxm", "b200_sxm"), ("gb300", "gb200"), ("h100_pcie", "h100_sxm")])
+def test_new_transferred_specs_say_where_their_efficiencies_come_from(gpu, src):
+    """Datasheet-only GPUs price with a calibrated neighbour's efficiencies and say so; their own
+    bandwidth still counts (H100 PCIe's 2.0 TB/s against the SXM's 3.35 makes a memory-bound GEMM slower)."""
+    c = CostModel(gpu).gemm(16, 8192, 8192)
+    assert c.as_dict()["calibration"] == f"uncalibrated, transferred from {src}"
+    if gpu == "h100_pcie":
+        assert c.latency_s > CostModel("h100_sxm").gemm(16, 8192, 8192).latency_s * 1.3

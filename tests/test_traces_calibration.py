@@ -24,7 +24,7 @@ def test_missing_columns_is_one_line_error(tmp_path):
         traces.read_tidy(tmp_path / "gemm.csv")
 
 
-@pytest.mark.parametrize("gpu", ["h100_sxm", "l40s", "b200_sxm", "h200_sxm"])
+@pytest.mark.parametrize("gpu", ["h100_sxm", "l40s", "b200_sxm", "h200_sxm", "gb200"])
 def test_committed_calibration_predicts_mixtral_and_qwen3_moe(gpu):
     """Committed specs against the measured MoE rows of two real models (bf16, <= 8192 tokens)."""
     d = shared_or_skip()
