@@ -36,7 +36,7 @@ def _cdf(fig, values, name, points: int = 1000):
 
 def simulation_report(path, sc, summary: dict, req: pd.DataFrame, steps) -> None:
     """``steps``: the run's step log (its running statistics; the rows themselves may be on disk)."""
-    done = req[req.completed]
+    done = req[req.completed & req.measured] if "measured" in req else req[req.completed]
     rows = [(label, unit, summary.get(k)) for k, label, unit in ROWS if k in summary]
     table = page.table(["figure", "value", "unit"],
                        [(label, page.fmt(v, unit), "" if unit == "bytes" else unit) for label, unit, v in rows])
