@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import yaml
 
 from ..common.atomic import write_text
 from ..common.errors import ConfigError
-from ..common.paths import GPU_SPECS_DIR, REPORTS_DIR, check_safe_name, shared_traces_dir
+from ..common.paths import GPU_SPECS_DIR, REPO_ROOT, REPORTS_DIR, check_safe_name, shared_traces_dir
 from ..config import gpu as gpu_mod
 from ..cost import calibration
 from ..reports import page
@@ -27,6 +28,8 @@ def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = Tr
         return calib
     res_path = GPU_SPECS_DIR / "calibration" / f"{gpu_name}_residuals.parquet"
     calib["residuals_file"] = f"calibration/{res_path.name}"
+    # where the traces were, as the repository sees it (no machine-specific absolute path in a committed spec)
+    calib["traces"] = os.path.relpath(Path(traces_dir).absolute(), REPO_ROOT)
     spec_file = gpu_mod.spec_path(gpu_name)
     data = yaml.safe_load(spec_file.read_text())
     data["calibration"] = _plain(calib)
