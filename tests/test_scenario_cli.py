@@ -94,3 +94,27 @@ def test_loader_fuzz_only_config_errors(data):
         build(sc, "fuzz.yaml")
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+def test_model_and_gpu_files_by_path_resolve_from_the_scenario_folder(tmp_path):
+    """A path is taken relative to the scenario file, whatever the current folder; a name only
+    from the catalog; the summary names the files used."""
+    import json
+    import shutil
+    from simulator.common.paths import GPU_SPECS_DIR, MODELS_DIR
+    (tmp_path / "m").mkdir()
+    shutil.copy(MODELS_DIR / "Qwen2-7B.yaml", tmp_path / "m" / "my-model.yaml")
+    shutil.copy(GPU_SPECS_DIR / "h100_sxm.yaml", tmp_path / "my_gpu.yaml")
+    s = tmp_path / "s.yaml"
+    s.write_text("name: bypath\nmodel: m/my-model.yaml\nhardware: {gpu: ./my_gpu.yaml}\n"
+                 "workload: {num_prompts: 5, random_input_len: 32, random_output_len: 4}\n")
+    out = tmp_path / "out"
+    p = cli("simulate", str(s), "--out", str(out), "--quiet", "--no-report", cwd="/")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_file"] == str(tmp_path / "m" / "my-model.yaml")
+    assert summary["gpu_spec_file"] == str(tmp_path / "my_gpu.yaml")
+    # a bare name never reaches outside the catalog
+    s.write_text("name: bypath\nmodel: my-model\nworkload: {num_prompts: 5}\n")
+    p = cli("simulate", str(s), "--out", str(out), "--quiet", cwd=str(tmp_path / "m"))
+    assert p.returncode == 2 and "unknown model 'my-model'" in p.stderr
