@@ -26,6 +26,8 @@ scenarios = st.fixed_dictionaries({
     "isl": st.integers(8, 500), "osl": st.integers(1, 60), "ratio": st.sampled_from([0.0, 0.5]),
     "routing": st.sampled_from(["uniform", "power_law", "locality"]),
     "seed": st.integers(0, 2**16),
+    # closed loop: (users, turns per conversation, prefix caching)
+    "closed": st.sampled_from([None, (4, 1, False), (4, 3, False), (3, 4, True)]),
 })
 
 
@@ -39,6 +41,10 @@ def _scenario(p):
             "routing": {"distribution": p["routing"], **({"locality": 0.5} if p["routing"] == "locality" else {})},
             "workload": {"num_prompts": 24, "random_input_len": p["isl"], "random_output_len": p["osl"],
                          "random_range_ratio": p["ratio"], "request_rate": p["rate"], "seed": p["seed"]}}
+    if p["closed"]:
+        users, turns, caching = p["closed"]
+        data["workload"].update(request_rate="inf", concurrency=users, conversation_turns=turns)
+        data["engine"]["enable_prefix_caching"] = caching
     if p["sd"]:
         method, k = p["sd"]
         data["speculative_config"] = {"method": method, "num_speculative_tokens": k,
@@ -89,3 +95,8 @@ def test_invariants_hold_for_random_valid_scenarios(p):
     ok = done.first_token_time_s.notna()
     assert (done.first_token_time_s[ok] >= done.start_s[ok]).all()
     assert (done.finish_time_s >= done.first_token_time_s).all()
+    # a prefix-cache hit is whole blocks of the conversation's history, and never the whole prompt
+    assert (req.cached_tokens <= req.prefix_tokens).all() and (req.cached_tokens % cfg.block_size == 0).all()
+    assert (req.cached_tokens < req.input_len).all()
+    if p["closed"]:
+        assert req.user.between(0, p["closed"][0] - 1).all()

@@ -121,3 +121,45 @@ def test_closed_loop_keys_are_checked(sets, field):
     with pytest.raises(ConfigError, match=field):
         load_scenario("quickstart", ["workload.request_rate=inf", "workload.num_prompts=120", "workload.concurrency=8",
                                      *sets])
+
+
+def _multi_turn(sets=(), blocks=None):
+    sc = load_scenario("quickstart", ["speculative_config=null", "model=Qwen2-7B", "hardware.tensor_parallel_size=1",
+                                      "workload.request_rate=inf", "workload.num_prompts=120", "workload.concurrency=6",
+                                      "workload.conversation_turns=4", "workload.random_output_len=24", *sets])
+    setup = build(sc)
+    if blocks:
+        setup.cfg.num_blocks = blocks
+    return simulate(setup)
+
+
+def test_multi_turn_conversations_resend_the_history_in_order():
+    summary, req, _ = _multi_turn()
+    assert summary["completed"] == 120 and set(req.conversation) == set(range(30))
+    for _, g in req.groupby("conversation"):
+        g = g.sort_values("request_id")
+        assert g.user.nunique() == 1                                   # one user runs the conversation
+        assert (g.start_s.values[1:] == g.finish_time_s.values[:-1]).all()   # turn n+1 leaves when n is done
+        # each turn re-sends every earlier prompt and answer in front of its new prompt
+        hist = (g.input_len + g.output_len).values
+        assert (g.prefix_tokens.values == np.r_[0, hist[:-1]]).all()
+        assert (g.input_len.values[1:] > g.prefix_tokens.values[1:]).all()
+    assert (req.cached_tokens == 0).all()                              # prefix caching off
+
+
+def test_prefix_caching_reuses_the_history_and_evicts_under_pressure():
+    off, req_off, _ = _multi_turn()
+    on, req_on, log = _multi_turn(["engine.enable_prefix_caching=true"])
+    assert on["completed"] == off["completed"] == 120
+    assert (req_on.cached_tokens <= req_on.prefix_tokens).all() and (req_on.cached_tokens % 16 == 0).all()
+    assert (req_on[req_on.prefix_tokens == 0].cached_tokens == 0).all()  # first turns have nothing cached
+    assert on["prefix_cache_hit_rate"] > 0.4
+    assert on["mean_ttft_ms"] < off["mean_ttft_ms"]                  # the history is not prefilled again
+    # a small KV cache evicts histories: fewer hits, blocks still conserved, every request still served
+    tight, req_tight, log_t = _multi_turn(["engine.enable_prefix_caching=true"], blocks=400)
+    assert tight["completed"] == 120 and 0 < tight["prefix_cache_hit_rate"] < on["prefix_cache_hit_rate"] / 2
+    assert (log_t.frame().kv_blocks_used <= 400).all()
+    # caching must never cost a request: a cache far too small for any history serves what caching off serves
+    tiny, req_tiny, _ = _multi_turn(["engine.enable_prefix_caching=true"], blocks=160)
+    base, req_base, _ = _multi_turn([], blocks=160)
+    assert tiny["completed"] == base["completed"] and set(req_tiny.fail_reason) == set(req_base.fail_reason)

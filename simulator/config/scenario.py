@@ -99,6 +99,9 @@ class Engine(_Strict):
     block_size: int = Field(default=16, ge=1)
     max_model_len: Optional[int] = Field(default=None, ge=1)
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8"] = "auto"
+    enable_prefix_caching: bool = Field(default=False, description=(
+        "reuse the KV of a conversation's history while its blocks are not evicted (vLLM's flag; V1 turns it "
+        "on by default, kept off here so single-turn runs are unchanged)"))
     enforce_eager: bool = False
     step_overhead_ms: float = Field(default=1.5, ge=0, description="CPU scheduling/sampling per engine step")
     per_seq_overhead_ms: float = Field(default=0.0, ge=0, description="CPU cost per scheduled sequence per step")
@@ -133,6 +136,9 @@ class Workload(_Strict):
         "when its previous one finishes"))
     warmup_requests: int = Field(default=0, ge=0, description=(
         "the first requests sent are warm-up, left out of every metric (aiperf --warmup-request-count)"))
+    conversation_turns: int = Field(default=1, ge=1, le=1000, description=(
+        "multi-turn: consecutive requests form conversations of this many turns; each turn re-sends the "
+        "history and is sent when the previous turn has finished (needs concurrency)"))
     measurement: Literal["all", "steady"] = Field(default="all", description=(
         "steady (closed loop): also leave out each user's first request (all users start together) and "
         "those sent once the first user has run out of requests (concurrency then falls)"))
@@ -157,6 +163,9 @@ class Workload(_Strict):
         if self.concurrency is not None and (self.max_concurrency is not None or self.request_rate != "inf"):
             raise ValueError("concurrency (closed loop) sends each request when the previous one finishes: "
                              "leave request_rate at inf and max_concurrency unset")
+        if self.conversation_turns > 1 and self.concurrency is None:
+            raise ValueError("conversation_turns > 1 needs a closed loop (concurrency): a turn is sent when the "
+                             "previous one has finished")
         if self.measurement == "steady" and self.concurrency is None:
             raise ValueError("measurement: steady needs a closed loop (concurrency)")
         if self.warmup_requests >= self.num_prompts:

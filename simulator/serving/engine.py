@@ -43,6 +43,7 @@ class EngineConfig:
     draft_tokens_per_pass: int = 1     # EAGLE tree top-k: tokens drafted per pass per sequence
     k_policy: object = None            # adaptive k: (batch, mean ctx, reached, accepted per position) -> k
     stop_waiting: int | None = None    # end the run once a replica queues more requests than this
+    prefix_caching: bool = False       # keep a finished turn's full KV blocks for its conversation's next turn
 
 
 @dataclass
@@ -92,6 +93,7 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
     reps = [Replica(env, j, cfg, R, target, draft, acceptance, routing, np.random.default_rng(streams[j]), steps,
                     finished, stop, known) for j in range(replicas)]
     rr = [0]
+    conv_replica: dict = {}
 
     def send(i, spec):
         R.send_s[i] = env.now
@@ -108,11 +110,16 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
             R.fail(i, "request needs more KV blocks than a replica has", env.now)
             finished(i)
             return
-        if router == "least_outstanding":
+        conv = int(R.conversation[i])
+        if conv >= 0 and conv in conv_replica:        # a conversation stays on its replica (its KV is there)
+            rep = conv_replica[conv]
+        elif router == "least_outstanding":
             rep = min(reps, key=lambda x: (x.outstanding, x.idx))
         else:
             rep = reps[rr[0] % replicas]
             rr[0] += 1
+        if conv >= 0:
+            conv_replica[conv] = rep
         rep.submit(i)
 
     def client(i, spec):
@@ -134,14 +141,19 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
                 env.process(client(i, spec))
 
     def user(u):
+        # a user takes whole conversations: turn n+1 leaves when turn n has finished
         while nxt[0] < len(specs):
-            i = nxt[0]
-            nxt[0] = i + 1
-            R.user[i] = u
-            ev = done_events[i] = env.event()
-            send(i, specs[i])
-            if not ev.triggered:
-                yield ev
+            first = last = nxt[0]
+            conv = specs[first].conversation
+            while conv >= 0 and last + 1 < len(specs) and specs[last + 1].conversation == conv:
+                last += 1
+            nxt[0] = last + 1                          # the whole conversation is this user's
+            for i in range(first, last + 1):
+                R.user[i] = u
+                ev = done_events[i] = env.event()
+                send(i, specs[i])
+                if not ev.triggered:
+                    yield ev
 
     if users:
         for u in range(users):

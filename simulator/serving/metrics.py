@@ -32,6 +32,7 @@ def requests_frame(outcome) -> pd.DataFrame:
         "fail_reason": R.fail_reason, "ttft_s": ttft, "tpot_s": tpot, "e2el_s": e2el,
         "first_token_time_s": R.first_token_s, "finish_time_s": R.finish_s,
         "num_chunks": R.chunks, "preemptions": R.preemptions, "num_drafts": R.num_drafts,
+        "conversation": R.conversation, "prefix_tokens": R.prefix_len, "cached_tokens": R.cached_tokens,
         "draft_tokens": R.drafted, "accepted_tokens": R.accepted})
 
 
@@ -134,6 +135,8 @@ def summary(outcome, req: pd.DataFrame, scenario, extra: dict) -> dict:
     out_tokens = max(int(done.generated.sum()), 1)
     s["expert_bytes_per_output_token"] = st.sums["expert_weight_bytes"] / out_tokens
     s["num_preemptions"] = int(req.preemptions.sum())
+    if scenario.engine.enable_prefix_caching:      # vLLM's prefix cache hit rate: cached / prompt tokens
+        s["prefix_cache_hit_rate"] = float(req.cached_tokens.sum()) / max(float(req.input_len.sum()), 1.0)
     total = sum(st.sums[p] for p in PARTS) or 1.0
     s["step_time_fraction"] = {p.replace("_s", ""): st.sums[p] / total for p in PARTS}
     s.update(extra)

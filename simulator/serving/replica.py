@@ -175,6 +175,8 @@ class Replica:
             R.finished[done] = True
             R.finish_s[done] = now
             sched.free_blocks += int(total(R.blocks[done]))
+            if cfg.prefix_caching:
+                sched.cache_finished(done.tolist())
             R.blocks[done] = 0
             sched.run = sched.run[~R.finished[sched.run]]
             self.outstanding -= len(done)

@@ -116,10 +116,11 @@ class Requests:
         col = lambda a: np.array([getattr(s, a) for s in specs], dtype=float if a == "arrival_s" else np.int64)  # noqa: E731
         self.id, self.arrival_s = col("request_id"), col("arrival_s")
         self.input_len, self.output_len = col("input_len"), col("output_len")
+        self.conversation, self.prefix_len = col("conversation"), col("prefix_len")
         self.prefill_target = self.input_len.copy()
         z = lambda: np.zeros(n, dtype=np.int64)  # noqa: E731
         self.computed, self.generated, self.blocks, self.preemptions = z(), z(), z(), z()
-        self.drafted, self.accepted, self.num_drafts = z(), z(), z()
+        self.drafted, self.accepted, self.num_drafts, self.cached_tokens = z(), z(), z(), z()
         self.replica = np.full(n, -1, dtype=np.int64)
         self.user = np.full(n, -1, dtype=np.int64)             # closed-loop user that sent it (-1: open loop)
         nan = lambda: np.full(n, np.nan)  # noqa: E731

@@ -9,7 +9,7 @@ request by recompute when KV blocks run out; then waiting requests are admitted 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,9 +48,57 @@ class Scheduler:
         self.waiting: deque = deque()
         self.run = EMPTY
         self.free_blocks = cfg.num_blocks
+        # prefix cache: conversation -> (tokens, blocks) of a finished turn's full KV blocks, oldest
+        # first. Those blocks count as free (vLLM keeps them in its free queue, evictable); when
+        # allocations eat into them the least recently finished conversations are evicted.
+        self.cache: OrderedDict = OrderedDict()
+        self.cached_blocks = 0
 
     def submit(self, i: int) -> None:
         self.waiting.append(i)
+
+    def _hit(self, i: int):
+        """At admission: take the cached history of request i's conversation (whole blocks, never the
+        whole prompt: its last token is recomputed). Returns what to put back if admission fails."""
+        R = self.R
+        conv = int(R.conversation[i])
+        entry = self.cache.pop(conv, None)
+        if entry is None:
+            return None
+        tokens, blocks = entry
+        self.cached_blocks -= blocks
+        bs = self.cfg.block_size
+        hit = min(tokens, int(R.prefix_len[i]), int(R.input_len[i]) - 1) // bs * bs
+        R.computed[i] = R.cached_tokens[i] = hit
+        R.blocks[i] = hit // bs
+        self.free_blocks -= hit // bs
+        return conv, entry
+
+    def _unhit(self, i: int, taken) -> None:
+        conv, (tokens, blocks) = taken
+        R = self.R
+        self.free_blocks += int(R.blocks[i])
+        R.computed[i] = R.cached_tokens[i] = R.blocks[i] = 0
+        self.cache[conv] = (tokens, blocks)
+        self.cached_blocks += blocks
+
+    def cache_finished(self, ids) -> None:
+        """Keep the full KV blocks of finished turns whose conversation goes on (prefix caching)."""
+        R, bs = self.R, self.cfg.block_size
+        for i in ids:
+            conv = int(R.conversation[i])
+            if conv < 0 or i + 1 >= len(R) or int(R.conversation[i + 1]) != conv:    # no next turn
+                continue
+            blocks = int(R.computed[i]) // bs
+            if blocks:
+                self.cache[conv] = (blocks * bs, blocks)
+                self.cached_blocks += blocks
+        self.evict()
+
+    def evict(self) -> None:
+        while self.cached_blocks > self.free_blocks:
+            _, (_, blocks) = self.cache.popitem(last=False)
+            self.cached_blocks -= blocks
 
     def release(self, i: int) -> None:
         """Give back the KV blocks of request i (finished, failed or dropped)."""
@@ -160,9 +208,12 @@ class Scheduler:
             slots = cfg.max_num_seqs - len(self.run)
             while self.waiting and len(adm) < slots and budget > 0 and not preempted:
                 r = self.waiting[0]
+                taken = self._hit(r) if self.cache and not R.computed[r] else None
                 left = int(R.prefill_target[r] - R.computed[r])
                 nn = min(left, budget) if cfg.enable_chunked_prefill else left
                 if nn > budget or not self._grow(r, int(R.computed[r]) + nn):
+                    if taken is not None:
+                        self._unhit(r, taken)
                     break
                 self.waiting.popleft()
                 budget -= nn
@@ -177,4 +228,6 @@ class Scheduler:
             self.run = np.concatenate([self.run, a[:, 0]])
             plan.pre, plan.pre_n = np.concatenate([plan.pre, a[:, 0]]), np.concatenate([plan.pre_n, a[:, 1]])
             plan.pre_ctx = R.computed[plan.pre]
+        if self.cached_blocks:
+            self.evict()
         return plan

@@ -83,7 +83,7 @@ def build(sc, source: str = "scenario") -> Setup:
     kv_el = 1.0 if eng.kv_cache_dtype == "fp8" else 2.0
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, hwc.tensor_parallel_size,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source)
-    cfg = engine.EngineConfig(
+    cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
         max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
         max_model_len=eng.max_model_len or target.max_position_embeddings, step_overhead_s=par.step_overhead_s,

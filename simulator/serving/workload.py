@@ -17,6 +17,8 @@ class RequestSpec:
     arrival_s: float          # when the client would send it (before any max_concurrency wait)
     input_len: int
     output_len: int
+    conversation: int = -1    # multi-turn: the conversation this turn belongs to (-1: single request)
+    prefix_len: int = 0       # multi-turn: tokens of history re-sent in front of this turn's new prompt
 
 
 def _lengths(rng, mean: int, ratio: float, dist: str, n: int) -> np.ndarray:
@@ -124,7 +126,24 @@ def read_trace(path: str | Path, fmt: str, num_prompts: int | None, time_scale: 
             for i, (s, a, b) in enumerate(zip(secs, df[icol], df[ocol]))]
 
 
+def conversations(specs: list[RequestSpec], turns: int) -> list[RequestSpec]:
+    """Consecutive requests as conversations of ``turns`` turns: each turn re-sends the history (every
+    earlier turn's prompt and answer) in front of its own new prompt, as chat clients do."""
+    out = []
+    for s in specs:
+        c, t = divmod(s.request_id, turns)
+        prefix = 0 if t == 0 else out[-1].input_len + out[-1].output_len
+        out.append(RequestSpec(s.request_id, s.arrival_s, prefix + s.input_len, s.output_len, c, prefix))
+    return out
+
+
 def build(wl, rng: np.random.Generator) -> list[RequestSpec]:
+    if getattr(wl, "conversation_turns", 1) > 1:
+        return conversations(_build(wl, rng), wl.conversation_turns)
+    return _build(wl, rng)
+
+
+def _build(wl, rng: np.random.Generator) -> list[RequestSpec]:
     if wl.dataset_name == "trace":
         return read_trace(wl.trace_file, wl.trace_format or "vidur", wl.num_prompts, wl.trace_time_scale)
     if wl.dataset_name == "fixed":
