@@ -8,29 +8,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..common.datafiles import read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
-from ..common.paths import SAFE_NAME_RULE, is_safe_name
 from .scenario import apply_overrides
+from .schema import SafeName, Strict
 
 
 PositiveInt = Annotated[int, Field(ge=1, le=1_000_000)]
 SpecTokens = Annotated[int, Field(ge=0, le=16)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-
-class Draft(_Strict):
+class Draft(Strict):
     method: str = "draft_model"
     model: Optional[Union[str, dict]] = None
     acceptance: dict = Field(default_factory=lambda: {"rate": 0.8})
 
 
-class PlanSLO(_Strict):
+class PlanSLO(Strict):
     ttft_ms: Optional[float] = Field(default=None, gt=0)
     tpot_ms: Optional[float] = Field(default=None, gt=0)
     e2el_ms: Optional[float] = Field(default=None, gt=0)
@@ -44,7 +41,7 @@ class PlanSLO(_Strict):
         return self
 
 
-class Search(_Strict):
+class Search(Strict):
     gpus: list[str] = Field(default_factory=lambda: ["h100_sxm"], min_length=1, max_length=32)
     total_gpus: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1, max_length=32)
     tensor_parallel_size: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=16)
@@ -54,7 +51,7 @@ class Search(_Strict):
     adaptive_k: list[bool] = Field(default_factory=lambda: [False], min_length=1)
 
 
-class Bisection(_Strict):
+class Bisection(Strict):
     rate_min: float = Field(default=0.05, gt=0)
     rate_max: float = Field(default=500.0, gt=0, le=1e6)
     rel_tol: float = Field(default=0.15, gt=0, lt=1)
@@ -67,8 +64,8 @@ class Bisection(_Strict):
         return self
 
 
-class PlanSpec(_Strict):
-    name: str = "plan"
+class PlanSpec(Strict):
+    name: SafeName = "plan"
     model: Union[str, dict]
     drafts: list[Draft] = Field(default_factory=list)
     workload: dict = Field(default_factory=lambda: {"random_input_len": 512, "random_output_len": 256,
@@ -83,13 +80,6 @@ class PlanSpec(_Strict):
                                                                      description="$ per GPU-hour overrides")
     bisection: Bisection = Field(default_factory=Bisection)
     seed: int = Field(default=0, ge=0, lt=2**63)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if not is_safe_name(v):
-            raise ValueError(f"{v!r} is not a safe folder name: {SAFE_NAME_RULE}")
-        return v
 
 
 def load_plan(path, overrides: list[str] = ()) -> PlanSpec:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import gpu as gpu_mod
 from . import model as model_mod
+from .schema import SafeName, Strict
 from ..common.datafiles import load_text, read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
-from ..common.paths import SAFE_NAME_RULE, SCENARIOS_DIR, display_path, is_safe_name
+from ..common.paths import SCENARIOS_DIR, display_path, is_safe_name
 
 # Size limits: past these a run would not finish on one machine (or not fit its memory).
 MAX_PROMPTS = 10_000_000
@@ -23,12 +24,8 @@ MAX_TOKENS = 1 << 20                 # prompt or output length, tokens
 MAX_SPAN_S = 1e7                     # expected arrival span num_prompts / request_rate (~4 months)
 
 
-class _Strict(BaseModel):
-    # strict: no silent coercion (`num_prompts: true` is not 1); finite: no NaN or infinity
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-
-class Acceptance(_Strict):
+class Acceptance(Strict):
     """One of: ``rate`` (i.i.d. per token), ``per_position`` rates, ``mean_acceptance_length``
     (SGLang's accept length incl. the bonus token), or ``histogram`` (P(accepted drafts = j))."""
 
@@ -51,7 +48,7 @@ class Acceptance(_Strict):
         return self
 
 
-class Speculative(_Strict):
+class Speculative(Strict):
     """vLLM ``speculative_config`` names; SGLang's tree knobs are accepted as aliases."""
 
     method: Literal["draft_model", "eagle", "eagle3", "mtp", "ngram"] = "draft_model"
@@ -83,7 +80,7 @@ class Speculative(_Strict):
         return self.k + 1
 
 
-class Hardware(_Strict):
+class Hardware(Strict):
     gpu: str = "h100_sxm"
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     pipeline_parallel_size: Literal[1] = 1
@@ -91,7 +88,7 @@ class Hardware(_Strict):
     enable_expert_parallel: bool = False
 
 
-class Engine(_Strict):
+class Engine(Strict):
     max_num_seqs: int = Field(default=128, ge=1)
     max_num_batched_tokens: int = Field(default=8192, ge=1)
     enable_chunked_prefill: bool = True
@@ -111,14 +108,14 @@ class Engine(_Strict):
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 
-class Routing(_Strict):
+class Routing(Strict):
     distribution: Literal["uniform", "power_law", "locality"] = "uniform"
     exponent: float = Field(default=1.0, ge=0)
     locality: float = Field(default=0.0, ge=0, le=1)
     mode: Literal["sample", "expected"] = "sample"
 
 
-class Workload(_Strict):
+class Workload(Strict):
     """``vllm bench serve`` names, plus length distributions and trace files."""
 
     dataset_name: Literal["random", "trace", "fixed"] = "random"
@@ -180,14 +177,14 @@ class Workload(_Strict):
         return self
 
 
-class SLO(_Strict):
+class SLO(Strict):
     ttft_ms: Optional[float] = Field(default=None, gt=0)
     tpot_ms: Optional[float] = Field(default=None, gt=0)
     e2el_ms: Optional[float] = Field(default=None, gt=0)
 
 
-class Scenario(_Strict):
-    name: str = Field(default="scenario", description="the results folder's name under reports/")
+class Scenario(Strict):
+    name: SafeName = Field(default="scenario", description="the results folder's name under reports/")
     description: str = ""
     model: Union[str, dict]
     speculative_config: Optional[Speculative] = None
@@ -197,13 +194,6 @@ class Scenario(_Strict):
     workload: Workload = Field(default_factory=Workload)
     slo: Optional[SLO] = None
     seed: int = Field(default=0, ge=0, lt=2**63)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if not is_safe_name(v):
-            raise ValueError(f"{v!r} is not a safe folder name: {SAFE_NAME_RULE}")
-        return v
 
 
 def _set(data: dict, dotted: str, raw: str, source: str) -> None:
