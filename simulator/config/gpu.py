@@ -55,10 +55,6 @@ class Hardware(BaseModel):
         return self.bf16_flops_per_s
 
 
-def available() -> list[str]:
-    return sorted(p.stem for p in GPU_SPECS_DIR.glob("*.yaml"))
-
-
 def spec_path(name: str) -> Path:
     return GPU_SPECS_DIR / f"{name}.yaml"
 
@@ -66,7 +62,10 @@ def spec_path(name: str) -> Path:
 def load(name: str, source: str | None = None, field: str = "gpu", base_dir: Path | None = None) -> Hardware:
     """A GPU spec by catalog name (``gpu_specs/<name>.yaml``) or by path (see paths.data_file);
     unknown names list the allowed ones."""
-    path = data_file(name, GPU_SPECS_DIR, "gpu", source, field, base_dir)
+    return load_file(spec_file(name, source, field, base_dir))
+
+
+def load_file(path: Path) -> Hardware:
     try:
         return Hardware.model_validate(read_yaml(path))
     except ValidationError as exc:

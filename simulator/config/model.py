@@ -91,10 +91,6 @@ class ModelArch(BaseModel):
         return sum(self.parameter_count().values()) * bytes_per_param
 
 
-def available() -> list[str]:
-    return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
-
-
 def parse(data, source: str) -> ModelArch:
     try:
         return ModelArch.model_validate(data)
@@ -104,7 +100,10 @@ def parse(data, source: str) -> ModelArch:
 
 def load(name_or_path: str, source: str | None = None, field: str = "model", base_dir: Path | None = None) -> ModelArch:
     """An architecture by catalog name (``workloads/models/<name>.yaml``) or by path."""
-    path = model_file(name_or_path, source, field, base_dir)
+    return load_file(model_file(name_or_path, source, field, base_dir))
+
+
+def load_file(path: Path) -> ModelArch:
     return parse(read_yaml(path), str(path))
 
 

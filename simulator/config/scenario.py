@@ -265,23 +265,15 @@ def _base_dir(source: str) -> Path | None:
 
 
 def resolve_model(spec, source: str, field: str) -> model_mod.ModelArch:
+    return _arch(spec, source, field, _base_dir(source))[0]
+
+
+def _arch(spec, source: str, field: str, base: Path | None) -> tuple:
+    """(architecture, the file it came from as results show it, or 'inline')."""
     if isinstance(spec, dict):
-        return model_mod.parse(spec, f"{source}: {field}")
-    return model_mod.load(spec, source=source, field=field, base_dir=_base_dir(source))
-
-
-def data_files(sc: Scenario, source: str) -> dict:
-    """The model and GPU files a scenario uses (for its summary): by name from the catalog, or the
-    path it gave; 'inline' for an architecture written into the scenario."""
-    base = _base_dir(source)
-    out = {"model_file": "inline" if isinstance(sc.model, dict) else
-           display_path(model_mod.model_file(sc.model, source, "model", base)),
-           "gpu_spec_file": display_path(gpu_mod.spec_file(sc.hardware.gpu, source, "hardware.gpu", base))}
-    spec = sc.speculative_config
-    if spec and spec.model is not None and spec.method != "ngram":
-        out["draft_model_file"] = "inline" if isinstance(spec.model, dict) else display_path(
-            model_mod.model_file(spec.model, source, "speculative_config.model", base))
-    return out
+        return model_mod.parse(spec, f"{source}: {field}"), "inline"
+    path = model_mod.model_file(spec, source, field, base)
+    return model_mod.load_file(path), display_path(path)
 
 
 def check_compatible(target, draft, sc: Scenario, source: str) -> None:
@@ -312,11 +304,17 @@ def check_compatible(target, draft, sc: Scenario, source: str) -> None:
 
 
 def resolve(sc: Scenario, source: str):
-    """(target arch, draft arch or None, gpu Hardware): names looked up, errors one-line."""
-    target = resolve_model(sc.model, source, "model")
-    draft = None
+    """(target arch, draft arch or None, gpu Hardware, the files used): names looked up, errors
+    one-line; the files (``model_file``, ``gpu_spec_file``, ``draft_model_file``) go in the summary."""
+    base = _base_dir(source)
+    target, target_file = _arch(sc.model, source, "model", base)
+    draft = draft_file = None
     if sc.speculative_config and sc.speculative_config.model is not None and sc.speculative_config.method != "ngram":
-        draft = resolve_model(sc.speculative_config.model, source, "speculative_config.model")
-    hw = gpu_mod.load(sc.hardware.gpu, source=source, field="hardware.gpu", base_dir=_base_dir(source))
+        draft, draft_file = _arch(sc.speculative_config.model, source, "speculative_config.model", base)
+    gpu_path = gpu_mod.spec_file(sc.hardware.gpu, source, "hardware.gpu", base)
+    hw = gpu_mod.load_file(gpu_path)
+    files = {"model_file": target_file, "gpu_spec_file": display_path(gpu_path)}
+    if draft_file is not None:
+        files["draft_model_file"] = draft_file
     check_compatible(target, draft, sc, source)
-    return target, draft, hw
+    return target, draft, hw, files

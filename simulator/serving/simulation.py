@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.errors import ConfigError
-from ..config.scenario import data_files, resolve
+from ..config.scenario import resolve
 from ..cost.costmodel import CostModel
 from ..cost.forward import Batch, ForwardModel, Parallel
 from ..cost.routing import Routing
@@ -58,7 +58,7 @@ def _shared(key, make):
 
 
 def build(sc, source: str = "scenario") -> Setup:
-    target, draft, hw = resolve(sc, source)
+    target, draft, hw, files = resolve(sc, source)
     cost = _shared(("cost", hw.model_dump_json()), lambda: CostModel(hw))
     eng, hwc = sc.engine, sc.hardware
     par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
@@ -110,7 +110,7 @@ def build(sc, source: str = "scenario") -> Setup:
                                 cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing,
-                 data_files(sc, source))
+                 files)
 
 
 def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None:
