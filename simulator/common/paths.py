@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPU_SPECS_DIR = REPO_ROOT / "gpu_specs"
 MODELS_DIR = REPO_ROOT / "workloads" / "models"
@@ -37,7 +39,6 @@ SAFE_NAME_RULE = "use 1-128 letters, digits, '.', '_' or '-', not starting with 
 
 
 def check_safe_name(name, field: str, source: str | None = None) -> str:
-    from .errors import ConfigError
     if not is_safe_name(name):
         raise ConfigError(f"{name!r} is not a safe name: {SAFE_NAME_RULE}", source=source, field=field)
     return name
@@ -51,7 +52,6 @@ def is_path_ref(ref: str) -> bool:
 def data_file(ref: str, catalog: Path, kind: str, source: str | None, field: str, base_dir: Path | None = None) -> Path:
     """The file a model/GPU reference means: by name only inside the catalog folder, by path only
     when given as a path (relative paths from ``base_dir``, the referring file's folder)."""
-    from .errors import ConfigError
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"expected a {kind} name or a path to a {kind} YAML file", source=source, field=field)
     if is_path_ref(ref):

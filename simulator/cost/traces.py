@@ -6,10 +6,12 @@ directly (``<dir>/<op>.csv`` or ``.parquet``), so ``moesd calibrate`` reads eith
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ..common.errors import ConfigError
 
@@ -142,7 +144,6 @@ def read_tidy(path: Path) -> pd.DataFrame:
 
 def _version_key(v: str) -> tuple:
     """Order versions like 0.9.0 < 0.14.0 < 1.2.0rc5 < 1.3.0 (numbers numerically, tags after)."""
-    import re
     return tuple((int(x), "") if x.isdigit() else (-1, x) for x in re.findall(r"\d+|[a-z]+", v.lower()))
 
 
@@ -164,7 +165,6 @@ def framework_table(gpu_dir: Path, op: str, framework: str = "vllm", version: st
             return path
         reuse = root / v / "reuse.yaml"
         if reuse.exists():
-            import yaml
             for r in (yaml.safe_load(reuse.read_text()) or {}).get("reuse", []):
                 if r.get("table") == table and (root / str(r.get("from_version")) / rel.name).exists():
                     return root / str(r["from_version"]) / rel.name

@@ -44,19 +44,17 @@ def measured(req: pd.DataFrame, wl) -> np.ndarray:
         return keep
     order = np.lexsort((req.request_id.values, req.start_s.values))
     keep[order[:wl.warmup_requests]] = False
-    if getattr(wl, "measurement", "all") == "steady":
-        users = req.user.values
+    if wl.measurement == "steady":          # a closed loop: every request has its user
         first = req.assign(o=np.argsort(order)).groupby("user").o.idxmin().values
         keep[first] = False
         done_at = req.groupby("user").finish_time_s.max()       # when each user sent nothing more
         keep &= req.start_s.values < float(done_at.min())
-        keep &= users >= 0
     return keep
 
 
 def _agg(values_ms: np.ndarray, name: str) -> dict:
-    # Sorted, so the mean and std do not depend on the order values were logged in (the engine's
-    # coasting and step-by-step paths log the same gaps in different orders).
+    # Sorted, so the mean and std do not depend on the order of the values (per-request figures;
+    # inter-token gaps go through _agg_hist).
     v = np.sort(values_ms[~np.isnan(values_ms)]) if len(values_ms) else values_ms
     if len(v) == 0:
         out = {f"mean_{name}_ms": None, f"median_{name}_ms": None, f"std_{name}_ms": None}

@@ -138,7 +138,7 @@ def conversations(specs: list[RequestSpec], turns: int) -> list[RequestSpec]:
 
 
 def build(wl, rng: np.random.Generator) -> list[RequestSpec]:
-    if getattr(wl, "conversation_turns", 1) > 1:
+    if wl.conversation_turns > 1:
         return conversations(_build(wl, rng), wl.conversation_turns)
     return _build(wl, rng)
 
