@@ -82,3 +82,5 @@ def test_per_framework_layout_picks_the_newest_version_and_follows_reuse(tmp_pat
     assert traces.framework_table(tmp_path / "x100", "gemm", "sglang") is None
     df = traces.load(tmp_path, "x100", "gemm")
     assert len(df) > 1000 and df.source.iloc[0] == "aiconfigurator/x100/gemm/vllm/0.24.0/gemm_perf.parquet"
+    # every version, newest first: a fit looks back for a precision the newest did not time
+    assert [f.source.iloc[0].split("/")[-2] for f in traces.load_versions(tmp_path, "x100", "gemm")] == ["0.24.0", "0.9.0"]

@@ -13,7 +13,9 @@ from ..common.atomic import write_text
 from ..common.errors import ConfigError
 from ..common.paths import GPU_SPECS_DIR, REPO_ROOT, REPORTS_DIR, check_safe_name, shared_traces_dir
 from ..config import gpu as gpu_mod
+from ..config import precision
 from ..cost import calibration
+from ..cost.residuals import precision_residuals_name
 from ..reports import page
 from ..reports.calibration import write_report
 
@@ -34,16 +36,53 @@ def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = Tr
     data = yaml.safe_load(spec_file.read_text())
     data["calibration"] = _plain(calib)
     gpu_mod.Hardware.model_validate(data)  # validate before anything is replaced
-    res_path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    residuals.to_parquet(buf, index=False)
-    tmp = res_path.with_suffix(".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(res_path)
+    _write_parquet(res_path, residuals)
     write_text(spec_file, yaml.safe_dump(data, sort_keys=False, width=120))
     if report_path:
         write_report(report_path, gpu_name, rows)
     return calib
+
+
+def run_precisions(traces_dir, gpu_name: str, framework: str, log=print, write: bool = True) -> dict:
+    """Fit GEMM and MoE per weight precision on ``framework``'s tables and store them in the spec:
+    the base framework's (the one the bf16 calibration came from) under ``precisions``, another's
+    (all precisions, bf16 included) under ``frameworks.<name>``. Returns {precision: {op: fit}}."""
+    hw = gpu_mod.load(gpu_name)
+    if hw.calibration is None:
+        raise ConfigError(f"{gpu_name} has no bf16 calibration yet; run moesd calibrate --gpu {gpu_name} first",
+                          field="--framework")
+    base = (hw.calibration.framework.split() or ["vllm"])[0]
+    precs = [p for p in precision.PRECISIONS.values() if framework != base or p.name != "bf16"]
+    params, fits, residuals = calibration.calibrate_precisions(traces_dir, hw, precs, framework,
+                                                               lambda w: log(f"  fitted {w}"))
+    if not params:
+        raise ConfigError(f"no {framework} GEMM or MoE tables for {gpu_name}", source=str(traces_dir),
+                          field="--framework")
+    if write:
+        spec_file = gpu_mod.spec_path(gpu_name)
+        data = yaml.safe_load(spec_file.read_text())
+        cal = data["calibration"]
+        if framework == base:
+            cal["precisions"] = _plain(params)
+            cal["precision_fit"] = _plain(fits)
+        else:
+            version = calibration.table_version(traces_dir, hw.name, framework)
+            cal.setdefault("frameworks", {})[framework] = _plain({"version": version, "precisions": params,
+                                                                  "fit": fits})
+        gpu_mod.Hardware.model_validate(data)
+        _write_parquet(GPU_SPECS_DIR / "calibration" / precision_residuals_name(gpu_name, framework), residuals)
+        write_text(spec_file, yaml.safe_dump(data, sort_keys=False, width=120))
+    return fits
+
+
+def _write_parquet(path: Path, frame) -> None:
+    """A residual table, replaced in one rename (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
 
 
 def _plain(obj):
@@ -65,6 +104,15 @@ def main(args) -> int:
         raise ConfigError("no such trace folder", source=str(traces_dir), field="--traces")
     report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
     check_report_path(report)
+    if args.framework:
+        print(f"calibrating {args.gpu} {args.framework} GEMM/MoE per precision from {traces_dir}")
+        fits = run_precisions(traces_dir, args.gpu, args.framework, write=not args.dry_run)
+        for prec, ops in fits.items():
+            for op, r in ops.items():
+                print(f"  {prec:<10} {op:<6} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
+                      f"p90 {r['p90_abs_err']*100:5.1f}%")
+        print("dry run: nothing written" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml")
+        return 0
     print(f"calibrating {args.gpu} from {traces_dir}")
     calib = run(traces_dir, args.gpu, report, write=not args.dry_run)
     for op, f in calib["fit"].items():

@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", required=True)
     p.add_argument("--report", default=None, help="HTML report path (default reports/calibration_<gpu>.html)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, leave gpu_specs/ unchanged")
+    p.add_argument("--framework", choices=["vllm", "sglang", "trtllm"], default=None,
+                   help="(re)fit only GEMM and MoE per weight precision on this framework's kernel tables")
 
     p = sub.add_parser("sweep", help="SD speedup and target efficiency over batch size x k")
     p.add_argument("scenario")

@@ -7,6 +7,7 @@ class ConfigError(ValueError):
     """Bad input, reported as ``<source>: <field>: <message>`` on one line."""
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.message = message
         self.source = source
         self.field = field
         parts = [p for p in (source, field) if p]

@@ -20,6 +20,11 @@ from ..common.paths import GPU_SPECS_DIR, data_file
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
     params: dict[str, dict]
+    precisions: dict[str, dict[str, dict]] = Field(default_factory=dict, description=(
+        "precision -> op -> parameters fitted on that precision's rows (gemm, moe); bf16 is ``params``"))
+    precision_fit: dict[str, dict] = Field(default_factory=dict, description="in-sample fit of each precision's ops")
+    frameworks: dict[str, dict] = Field(default_factory=dict, description=(
+        "framework -> {version, precisions: precision -> op -> parameters} fitted on that framework's tables"))
     fit: dict[str, dict] = Field(default_factory=dict)
     traces: str = ""
     framework: str = ""
@@ -38,7 +43,8 @@ class Hardware(BaseModel):
     architecture: str
     num_sms: int = Field(gt=0)
     bf16_flops_per_s: float = Field(gt=0)
-    fp8_flops_per_s: Optional[float] = Field(default=None, gt=0)
+    fp8_flops_per_s: Optional[float] = Field(default=None, gt=0, description="dense FP8 tensor-core peak (Hopper, Ada, Blackwell)")
+    fp4_flops_per_s: Optional[float] = Field(default=None, gt=0, description="dense FP4 tensor-core peak (Blackwell)")
     hbm_bytes_per_s: float = Field(gt=0)
     memory_bytes: float = Field(gt=0)
     l2_bytes: float = Field(gt=0)
@@ -49,10 +55,13 @@ class Hardware(BaseModel):
     transfer_from: Optional[str] = None
     calibration: Optional[Calibration] = None
 
-    def peak_flops_per_s(self, bytes_per_el: float = 2.0) -> float:
-        if bytes_per_el <= 1.0 and self.fp8_flops_per_s:
-            return self.fp8_flops_per_s
-        return self.bf16_flops_per_s
+    def peak_flops_per_s(self, tensor_core: str = "bf16") -> float:
+        """Dense tensor-core peak for ``bf16``, ``fp8`` or ``fp4`` math; a GPU without that unit is an
+        error (precision.check_supported refuses such scenarios up front)."""
+        peak = {"bf16": self.bf16_flops_per_s, "fp8": self.fp8_flops_per_s, "fp4": self.fp4_flops_per_s}[tensor_core]
+        if peak is None:
+            raise ConfigError(f"{self.name} has no {tensor_core} tensor cores", source=str(spec_path(self.name)))
+        return peak
 
 
 def spec_path(name: str) -> Path:

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import precision
 from ..common.datafiles import read_yaml
 from ..common.errors import pydantic_error
 from ..common.paths import MODELS_DIR, data_file
@@ -25,6 +26,39 @@ class MoEConfig(BaseModel):
     def _topk(self):
         if self.num_experts_per_tok > self.num_experts:
             raise ValueError("num_experts_per_tok exceeds num_experts")
+        return self
+
+
+class MLAConfig(BaseModel):
+    """DeepSeek multi-head latent attention (config.json names): KV cached as one latent of
+    ``kv_lora_rank`` plus a shared rope key of ``qk_rope_head_dim`` per token and layer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kv_lora_rank: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+    q_lora_rank: Optional[int] = Field(default=None, gt=0)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+class Quantization(BaseModel):
+    """Checkpoint weight precision of the linear layers (``gemm``: attention, dense FFN, shared
+    experts) and of the routed experts (``moe``); embeddings, router and LM head stay 16-bit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gemm: str = "bf16"
+    moe: str = "bf16"
+
+    @model_validator(mode="after")
+    def _known(self):
+        for f in ("gemm", "moe"):
+            name = getattr(self, f)
+            if precision.ALIASES.get(name, name) not in precision.PRECISIONS:
+                raise ValueError(f"quantization.{f} {name!r} unknown; allowed: {', '.join(precision.PRECISIONS)}")
         return self
 
 
@@ -49,7 +83,24 @@ class ModelArch(BaseModel):
     kv_cache_dim_per_token: Optional[int] = Field(
         default=None, gt=0, description="override K+V elements per token per layer (MLA latent cache)")
     fc_in_multiplier: int = Field(default=0, ge=0, description="EAGLE heads: fc from m*hidden to hidden")
+    quantization: Quantization = Field(default_factory=Quantization, description="the checkpoint's native precision")
+    mla: Optional[MLAConfig] = None
+    sliding_window: Optional[int] = Field(default=None, gt=0, description="window of the sliding-window layers")
+    num_sliding_window_layers: int = Field(default=0, ge=0, description=(
+        "layers attending over the last sliding_window tokens only (gpt-oss: every other layer)"))
+    attention_sinks: bool = Field(default=False, description="learned per-head sink logits (gpt-oss); cost negligible")
+    num_nextn_predict_layers: int = Field(default=0, ge=0, description="MTP layers shipped with the checkpoint")
     notes: str = ""
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.num_sliding_window_layers > self.num_hidden_layers:
+            raise ValueError("num_sliding_window_layers exceeds num_hidden_layers")
+        if self.num_sliding_window_layers and not self.sliding_window:
+            raise ValueError("num_sliding_window_layers needs sliding_window")
+        if self.mla is not None and self.kv_cache_dim_per_token:
+            raise ValueError("give mla or kv_cache_dim_per_token, not both")
+        return self
 
     @property
     def head_dim_(self) -> int:
@@ -66,13 +117,30 @@ class ModelArch(BaseModel):
     def num_moe_layers(self) -> int:
         return 0 if self.moe is None else self.num_hidden_layers - self.moe.first_k_dense_replace
 
+    @property
+    def latent_kv(self) -> bool:
+        """The KV cache is one latent vector per token and layer, the same on every TP rank."""
+        return self.mla is not None or bool(self.kv_cache_dim_per_token)
+
     def kv_elems_per_token_per_layer(self) -> int:
+        if self.mla is not None:
+            return self.mla.latent_dim
         return self.kv_cache_dim_per_token or 2 * self.num_key_value_heads * self.head_dim_
+
+    def attention_params_per_layer(self) -> int:
+        h = self.hidden_size
+        if self.mla is None:
+            d = self.head_dim_
+            return h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
+        a, H = self.mla, self.num_attention_heads
+        qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+        q = h * a.q_lora_rank + a.q_lora_rank * H * qk if a.q_lora_rank else h * H * qk
+        return q + h * a.latent_dim + a.kv_lora_rank * H * (a.qk_nope_head_dim + a.v_head_dim) + H * a.v_head_dim * h
 
     def parameter_count(self) -> dict:
         """Weights by part: attention, dense FFN, experts, shared experts, embeddings."""
-        h, d = self.hidden_size, self.head_dim_
-        attn = h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
+        h = self.hidden_size
+        attn = self.attention_params_per_layer()
         mats = 3 if self.gated_ffn else 2
         dense_layers = self.num_hidden_layers - self.num_moe_layers
         out = {"attention": attn * self.num_hidden_layers,
@@ -87,8 +155,14 @@ class ModelArch(BaseModel):
             out["router"] = self.num_moe_layers * h * self.moe.num_experts
         return out
 
-    def weight_bytes(self, bytes_per_param: float = 2.0) -> float:
-        return sum(self.parameter_count().values()) * bytes_per_param
+    def weight_bytes(self, quant: Quantization | None = None) -> float:
+        """Weight bytes at a precision (default: the checkpoint's): routed experts at ``quant.moe``,
+        attention/dense/shared-expert/fc matrices at ``quant.gemm``, embeddings and router 16-bit."""
+        q = quant or self.quantization
+        lin, exp = precision.get(q.gemm).weight_bytes, precision.get(q.moe).weight_bytes
+        c = self.parameter_count()
+        return (exp * c["experts"] + lin * (c["attention"] + c["dense_ffn"] + c["shared_experts"] + c["fc"])
+                + 2.0 * (c["embeddings"] + c["router"]))
 
 
 def parse(data, source: str) -> ModelArch:

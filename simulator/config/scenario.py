@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import gpu as gpu_mod
 from . import model as model_mod
+from . import precision
 from .schema import SafeName, Strict
 from ..common.datafiles import load_text, read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
@@ -95,7 +96,12 @@ class Engine(Strict):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     block_size: int = Field(default=16, ge=1)
     max_model_len: Optional[int] = Field(default=None, ge=1)
-    kv_cache_dtype: Literal["auto", "bfloat16", "fp8"] = "auto"
+    framework: Literal["vllm", "sglang", "trtllm"] = Field(default="vllm", description=(
+        "whose kernels price the step: GEMM and MoE from that framework's calibrated tables"))
+    quantization: Optional[Union[str, dict]] = Field(default=None, description=(
+        "weight precision (vLLM/SGLang --quantization names: bf16, fp8, fp8_block, nvfp4, mxfp4, int4_wo); "
+        "default: the checkpoint's (the model file's quantization); {gemm: X, moe: Y} sets the two apart"))
+    kv_cache_dtype: Literal["auto", "bf16", "bfloat16", "fp8", "fp8_e4m3"] = "auto"
     enable_prefix_caching: bool = Field(default=False, description=(
         "reuse the KV of a conversation's history while its blocks are not evicted (vLLM's flag; V1 turns it "
         "on by default, kept off here so single-turn runs are unchanged)"))
@@ -301,6 +307,30 @@ def check_compatible(target, draft, sc: Scenario, source: str) -> None:
         if draft.kind == "model" and draft.weight_bytes() >= target.weight_bytes():
             raise ConfigError(f"draft {draft.name} is not smaller than target {target.name}", source=source,
                               field="speculative_config.model")
+
+
+def quantization(sc: Scenario, target: model_mod.ModelArch, hw, source: str) -> model_mod.Quantization:
+    """The weight precisions the run prices and sizes: the scenario's ``engine.quantization`` over
+    the checkpoint's. A name sets both parts, except mxfp4, which vLLM applies to experts only.
+    Each must run on the GPU (one-line error otherwise, never a silent bf16)."""
+    q = sc.engine.quantization
+    native = target.quantization
+    field = "engine.quantization"
+    if q is None or q == "auto":
+        quant = native
+    elif isinstance(q, dict):
+        extra = set(q) - {"gemm", "moe"}
+        if extra:
+            raise ConfigError(f"unknown keys {sorted(extra)}; allowed: gemm, moe", source=source, field=field)
+        quant = model_mod.Quantization(gemm=precision.get(q.get("gemm", native.gemm), source, field).name,
+                                       moe=precision.get(q.get("moe", native.moe), source, field).name)
+    else:
+        p = precision.get(q, source, field)
+        quant = model_mod.Quantization(gemm=native.gemm if p.name == "mxfp4" else p.name,
+                                       moe=p.name if target.moe else native.moe)
+    for part in ("gemm", "moe"):
+        precision.check_supported(precision.get(getattr(quant, part)), hw, source, field)
+    return model_mod.Quantization(gemm=precision.get(quant.gemm).name, moe=precision.get(quant.moe).name)
 
 
 def resolve(sc: Scenario, source: str):

@@ -16,6 +16,8 @@ from scipy.optimize import least_squares
 
 from ..common.errors import ConfigError
 from . import kernels, routing, traces
+from ..config.precision import Precision
+from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
 
 # Non-gated expert shapes in the traces (two weight matrices, not three): see shared/README.
@@ -23,12 +25,13 @@ NON_GATED_SHAPES = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
 MAX_FIT_TOKENS = 16384
 
 
-def select_rows(op: str, df: pd.DataFrame) -> pd.DataFrame:
-    """The rows a bf16 serving model is fitted on."""
+def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16) -> pd.DataFrame:
+    """The rows a serving model of this weight precision is fitted on (GEMM and MoE per precision;
+    attention and all-reduce on bf16 rows)."""
     if op == "gemm":
-        df = df[(df.dtype == "bfloat16") & (df.m <= MAX_FIT_TOKENS)]
+        df = df[(df.dtype == prec.table_dtype) & (df.m <= MAX_FIT_TOKENS)]
     elif op == "moe":
-        df = df[(df.dtype == "bfloat16") & (df.num_tokens <= MAX_FIT_TOKENS)]
+        df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)]
         if "kernel_source" in df and df.kernel_source.nunique() > 1:
             # One roofline per kernel: where the collector timed several MoE kernels (B200: FlashInfer's
             # TRT-LLM experts for most shapes, its CUTLASS experts for two), fit the dominant one.
@@ -37,6 +40,10 @@ def select_rows(op: str, df: pd.DataFrame) -> pd.DataFrame:
         df = df[(df.kv_cache_dtype == "bfloat16") & (df.window_size == 0) & (df.dtype == "bfloat16")]
     elif op == "allreduce":
         df = df[df.dtype == "bfloat16"]
+    elif op == "mla_generation":      # bf16 MLA weights; both KV dtypes (their bytes are modelled)
+        df = df[(df.dtype == "bfloat16") & (df.step <= 65536)]
+        if df.kernel_source.nunique() > 1:     # vLLM 0.14 timed FlashMLA and FlashAttention-MLA: fit the main one
+            df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
     return df.reset_index(drop=True)
 
 
@@ -110,21 +117,25 @@ def _attr_cache(df: pd.DataFrame, name: str):
     return hit.values if ok else None
 
 
-def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True) -> np.ndarray:
+def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True, prec: Precision = BF16) -> np.ndarray:
     """Roofline latency (s) of each trace row, under the collector's conditions."""
     if op == "gemm":
-        return kernels.gemm(hw, params, df.m.values, df.n.values, df.k.values, l2_warm=l2_warm,
+        return kernels.gemm(hw, params, df.m.values, df.n.values, df.k.values, prec, l2_warm=l2_warm,
                             l2_weight_copies=gemm_weight_copies(df))["latency_s"]
     if op == "moe":
         f = moe_features(df)
         return kernels.moe(hw, params, f[:, 0], f[:, 1], f[:, 2], df.num_tokens.values, df.topk.values,
                            df.hidden_size.values, df.inter_size.values / df.moe_tp_size.values,
-                           gated=moe_gated(df), ep_size=df.moe_ep_size.values, l2_warm=l2_warm,
+                           gated=moe_gated(df), ep_size=df.moe_ep_size.values, prec=prec, l2_warm=l2_warm,
                            l2_experts=f[:, 3])["latency_s"]
     if op == "attention_generation":
         return kernels.attention_generation(hw, params, df.batch_size.values, df.step.values, df.num_heads.values,
                                             df.num_key_value_heads.values, df.head_dim.values,
                                             l2_warm=l2_warm)["latency_s"]
+    if op == "mla_generation":
+        kv = np.where(df.kv_cache_dtype.astype(str).values == "fp8", 1.0, 2.0)
+        return kernels.mla_generation(hw, params, df.batch_size.values, df.step.values, df.num_heads.values,
+                                      kv_bytes_per_el=kv, l2_warm=l2_warm)["latency_s"]
     if op == "attention_context":
         return kernels.attention_context(hw, params, df.batch_size.values, df.isl.values, df.num_heads.values,
                                          df.num_key_value_heads.values, df.head_dim.values)["latency_s"]
@@ -133,8 +144,8 @@ def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = Tr
     raise ValueError(op)
 
 
-def fit(op: str, hw, df: pd.DataFrame, groups=None) -> dict:
-    """Fitted parameters of ``op`` (dict), or per group for all-reduce (one fit per GPU count)."""
+def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
+    """Fitted parameters of ``op`` (dict) on rows of one precision."""
     spec = kernels.PARAMS[op]
     names = list(spec)
     x0 = np.log([spec[n][0] for n in names])
@@ -142,20 +153,20 @@ def fit(op: str, hw, df: pd.DataFrame, groups=None) -> dict:
     hi = np.log([spec[n][2] for n in names])
     y = df.latency_ms.values / 1e3
     if op == "moe":
-        predict_rows(op, hw, dict(zip(names, np.exp(x0))), df)  # warm the feature cache once
+        predict_rows(op, hw, dict(zip(names, np.exp(x0))), df, prec=prec)  # warm the feature cache once
 
     def resid(x):
-        pred = predict_rows(op, hw, dict(zip(names, np.exp(x))), df)
+        pred = predict_rows(op, hw, dict(zip(names, np.exp(x))), df, prec=prec)
         return np.log(pred / y)
 
     res = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=400)
     return {n: float(v) for n, v in zip(names, np.exp(res.x))}
 
 
-def fit_op(op: str, hw, df: pd.DataFrame) -> dict:
+def fit_op(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
     """All-reduce fits one curve per (GPU count, backend); the others one curve per GPU."""
     if op != "allreduce":
-        return fit(op, hw, df)
+        return fit(op, hw, df, prec)
     return {f"{n}:{b}": fit(op, hw, g) for (n, b), g in df.groupby(["num_gpus", "backend"])}
 
 
@@ -165,9 +176,9 @@ def op_params(op: str, params: dict, num_gpus=None, backend=None) -> dict:
     return params[f"{int(num_gpus)}:{backend}"]
 
 
-def predict_op(op: str, hw, params: dict, df: pd.DataFrame) -> np.ndarray:
+def predict_op(op: str, hw, params: dict, df: pd.DataFrame, prec: Precision = BF16) -> np.ndarray:
     if op != "allreduce":
-        return predict_rows(op, hw, params, df)
+        return predict_rows(op, hw, params, df, prec=prec)
     out = np.empty(len(df))
     for (n, b), idx in df.groupby(["num_gpus", "backend"]).groups.items():
         sub = df.loc[idx]
@@ -257,6 +268,68 @@ def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "a
     return calib, pd.concat(res_frames, ignore_index=True), pd.concat(reports, ignore_index=True)
 
 
+PRECISION_OPS = ("gemm", "moe")
+MAX_PRECISION_ROWS = 6000   # rows per (op, precision) fit: enough to pin a dozen parameters, fast on 2 cores
+
+
+def sample_rows(df: pd.DataFrame, n: int = MAX_PRECISION_ROWS, seed: int = 0) -> pd.DataFrame:
+    """At most ``n`` rows, drawn reproducibly (fits of many precision tables stay quick)."""
+    if len(df) <= n:
+        return df
+    return df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))].reset_index(drop=True)
+
+
+def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", progress=None) -> tuple:
+    """Fit GEMM and MoE of each weight precision on its own rows of ``framework``'s tables:
+    ({precision: {op: params}}, {precision: {op: in-sample fit summary}}, residual frame with a
+    ``precision`` column). A precision or op the tables do not measure is simply absent (the cost
+    model then refuses it, naming what exists)."""
+    params, fits, frames = {}, {}, []
+    for prec in precisions:
+        for op in PRECISION_OPS:
+            # the newest collected version that times this precision
+            tables = (select_rows(op, t, prec) for t in traces.load_versions(traces_dir, hw.name, op, framework))
+            df = next((t for t in tables if len(t) >= MIN_ROWS), None)
+            if df is None:
+                continue
+            df = sample_rows(df)
+            p = fit(op, hw, df, prec)
+            pred = predict_rows(op, hw, p, df, prec=prec)
+            params.setdefault(prec.name, {})[op] = p
+            fits.setdefault(prec.name, {})[op] = {**summarize(errors(pred, df)),
+                                                  "version": str(df.framework_version.iloc[0])}
+            frames.append(ResidualTable.build(op, residual_rows(op, df, pred)).to_frame().assign(precision=prec.name))
+            if progress:
+                progress(f"{prec.name} {op}")
+    # MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
+    tables = (select_rows("mla_generation", t) for t in traces.load_versions(traces_dir, hw.name, "mla_generation",
+                                                                             framework))
+    df = next((t for t in tables if len(t) >= MIN_ROWS), None)
+    if df is not None:
+        df = sample_rows(df)
+        p = fit("mla_generation", hw, df)
+        pred = predict_rows("mla_generation", hw, p, df)
+        params.setdefault("bf16", {})["mla_generation"] = p
+        fits.setdefault("bf16", {})["mla_generation"] = {**summarize(errors(pred, df)),
+                                                         "version": str(df.framework_version.iloc[0])}
+        frames.append(ResidualTable.build("mla_generation", residual_rows("mla_generation", df, pred)).to_frame()
+                      .assign(precision="bf16"))
+        if progress:
+            progress("mla_generation")
+    return params, fits, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+def table_version(traces_dir, gpu: str, framework: str) -> str:
+    """Version of ``framework``'s MoE (else GEMM) table that ``traces.load`` reads for ``gpu``."""
+    for op in ("moe", "gemm"):
+        try:
+            df = traces.load(traces_dir, gpu, op, framework)
+        except traces.NoTraces:
+            continue
+        return str(df.framework_version.iloc[0])
+    return ""
+
+
 def _previous_params(hw, op: str):
     from ..config.gpu import load
     for cal in (hw.calibration, load(hw.transfer_from).calibration if hw.transfer_from else None):
@@ -270,12 +343,14 @@ def shape_groups(op: str, df: pd.DataFrame) -> pd.Series:
     shape_cols = {"gemm": ["n", "k"], "moe": ["hidden_size", "inter_size", "num_experts", "topk"],
                   "attention_generation": ["num_heads", "num_key_value_heads", "head_dim"],
                   "attention_context": ["num_heads", "num_key_value_heads", "head_dim"],
-                  "allreduce": ["message_size"]}[op]   # fitted per (GPU count, backend): leave a size out
+                  "allreduce": ["message_size"], "mla_generation": ["num_heads"]}[op]   # fitted per (GPU count, backend): leave a size out
     return df[shape_cols].astype(str).agg("/".join, axis=1)
 
 
-def cross_validate(op: str, hw, df: pd.DataFrame, max_folds: int | None = None, seed: int = 0) -> np.ndarray:
+def cross_validate(op: str, hw, df: pd.DataFrame, max_folds: int | None = None, seed: int = 0,
+                   prec: Precision = BF16, with_table: bool | None = None) -> np.ndarray:
     """Leave-one-shape-out errors: refit without a shape (roofline and residual table), predict it.
+    ``with_table=False`` scores the roofline alone.
 
     With many shapes (GEMM has hundreds of (n, k) pairs) the roofline is refitted on at most
     ``max_folds`` shape folds while the residual table still leaves out exactly one shape.
@@ -289,10 +364,13 @@ def cross_validate(op: str, hw, df: pd.DataFrame, max_folds: int | None = None, 
     for f in np.unique(folds):
         held = set(uniq[folds == f])
         train = df[~labels.isin(held)]
-        params = fit_op(op, hw, train)
-        pred_all = predict_op(op, hw, params, df)
+        params = fit_op(op, hw, train, prec)
+        pred_all = predict_op(op, hw, params, df, prec)
         for shape in held:
             test = labels.values == shape
+            if with_table is False:
+                errs.append(errors(pred_all[test], df[test]))
+                continue
             tr = ~test
             table = ResidualTable.build(op, residual_rows(op, df[tr], pred_all[tr]))
             final = corrected(op, table, df[test], pred_all[test])

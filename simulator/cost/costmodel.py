@@ -8,17 +8,16 @@ the GPU's parameters were transferred from another GPU.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from ..config import gpu as gpu_mod
 from . import kernels
 from ..common.errors import ConfigError
-from ..common.paths import GPU_SPECS_DIR
-from .residuals import ResidualTable
+from ..config.precision import Precision
+from .kernels import BF16
+from .residuals import precision_tables, residual_tables
 from .routing import busiest_rank
 
 OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce")
@@ -58,32 +57,57 @@ def _pos(name, value):
         raise ConfigError(f"must be a positive number, got {value}", field=name)
 
 
-@functools.lru_cache(maxsize=None)
-def _residual_tables(gpu_name: str) -> dict:
-    path = GPU_SPECS_DIR / "calibration" / f"{gpu_name}_residuals.parquet"
-    if not path.exists():
-        return {}
-    frame = pd.read_parquet(path)
-    return {op: ResidualTable.from_frame(op, frame) for op in frame["op"].unique()}
-
-
 class CostModel:
     """Kernel latencies on one GPU. ``l2_warm=True`` reproduces benchmark (trace) conditions."""
 
-    def __init__(self, hw: gpu_mod.Hardware | str, l2_warm: bool = False, use_tables: bool = True):
+    def __init__(self, hw: gpu_mod.Hardware | str, l2_warm: bool = False, use_tables: bool = True,
+                 framework: str | None = None):
         self.hw = gpu_mod.load(hw) if isinstance(hw, str) else hw
         self.source = gpu_mod.calibrated_source(self.hw)
-        self.params = self.source.calibration.params
+        cal = self.source.calibration
+        self.params = cal.params
+        base = (cal.framework.split() or ["vllm"])[0]
+        self.framework = framework or base
+        if self.framework != base and self.framework not in cal.frameworks:
+            raise ConfigError(f"gpu {self.source.name} has no {self.framework} kernel calibration (has: "
+                              f"{', '.join([base, *cal.frameworks])})", field="engine.framework")
+        # GEMM and MoE kernels are fitted per (framework, precision); attention and all-reduce per GPU
+        by_fw = {} if self.framework == base else cal.frameworks[self.framework].get("precisions", {})
+        self._by_precision = ({**cal.precisions, "bf16": {**self.params, **cal.precisions.get("bf16", {})}}
+                              if self.framework == base else by_fw)
         self.l2_warm = l2_warm
-        self.tables = _residual_tables(self.source.name) if use_tables else {}
+        self.tables = dict(residual_tables(self.source.name)) if use_tables else {}
+        self._base = base
+        # the other (framework, precision) kernels' residual tables, keyed (op, precision)
+        self.tables.update(precision_tables(self.source.name, self.framework) if use_tables else {})
         self._cache = {}
         self._lookups = {}
 
-    def _p(self, op):
+    @property
+    def tables_label(self) -> str:
+        """Whose kernel tables the GEMM/MoE parameters were fitted on, e.g. ``sglang 0.5.14``."""
+        cal = self.source.calibration
+        if self.framework in cal.frameworks:
+            return f"{self.framework} {cal.frameworks[self.framework].get('version', '')}".strip()
+        return cal.framework or self.framework
+
+    def _p(self, op, prec: Precision = BF16):
+        if op in ("gemm", "moe"):
+            got = self._by_precision.get(prec.name, {})
+            if op not in got:
+                have = sorted(k for k, v in self._by_precision.items() if op in v)
+                raise ConfigError(f"gpu {self.source.name} has no {prec.name} {op} calibration for {self.framework} "
+                                  f"(calibrated: {', '.join(have) or 'none'}); run moesd calibrate", field="quantization")
+            return got[op]
         if op not in self.params:
             raise ConfigError(f"gpu {self.source.name} has no calibration for {op}; run moesd calibrate",
                               field="gpu")
         return self.params[op]
+
+    def _table_op(self, op, prec: Precision = BF16):
+        """Which residual table corrects this kernel: ``op`` for the base framework's bf16 kernels,
+        ``(op, precision)`` for the per-precision / per-framework ones."""
+        return op if self.framework == self._base and prec.name == "bf16" else (op, prec.name)
 
     def _factor(self, op, shape, key, size) -> tuple[float, str]:
         """Measured/roofline factor and path for one query. Residuals vary slowly along the size
@@ -94,7 +118,7 @@ class CostModel:
         single kernel query reports, and its scalar ``exp`` is bit-for-bit what the committed
         figures were computed with; routing it through the vector memo could move their last bit.
         ``tests/test_costmodel.py::test_scalar_and_vector_twins_agree`` pins the two together."""
-        table = self.tables.get(op)
+        table = self.tables.get(op) if op else None
         if table is None:
             return 1.0, "roofline"
         g = round(float(np.log2(max(size, 1.0))) * 64)
@@ -108,7 +132,7 @@ class CostModel:
     def _factors(self, op, shape, key, sizes: np.ndarray) -> np.ndarray:
         """``_factor`` for many sizes of one shape at once (same grid, same values; the vector twin
         that tabulating uses, see :meth:`_factor` for why there are two)."""
-        table = self.tables.get(op)
+        table = self.tables.get(op) if op else None
         if table is None:
             return np.ones(len(sizes))
         g = np.round(np.log2(np.maximum(np.asarray(sizes, dtype=float), 1.0)) * 64).tolist()
@@ -120,8 +144,8 @@ class CostModel:
             memo.update(zip(missing, np.exp(corr).tolist()))
         return np.array([memo[x] for x in g])
 
-    def _finish(self, op, terms, shape, key, size, extra=None) -> KernelCost:
-        f, path = self._factor(op, shape, key, size)
+    def _finish(self, op, terms, shape, key, size, extra=None, table_op="same") -> KernelCost:
+        f, path = self._factor(op if table_op == "same" else table_op, shape, key, size)
         lat = float(terms["latency_s"]) * f
         return KernelCost(op, lat, float(terms["compute_s"]), float(terms["memory_s"]),
                           float(terms["overhead_s"]), float(terms["flops"]), float(terms["bytes"]), path,
@@ -135,19 +159,19 @@ class CostModel:
 
     # --- ops -------------------------------------------------------------------------------
 
-    def gemm(self, m: int, n: int, k: int, bytes_per_el: float = 2.0) -> KernelCost:
+    def gemm(self, m: int, n: int, k: int, prec: Precision = BF16) -> KernelCost:
         for name, v in (("m", m), ("n", n), ("k", k)):
             _pos(name, v)
 
         def run():
-            t = kernels.gemm(self.hw, self._p("gemm"), m, n, k, bytes_per_el, self.l2_warm)
-            return self._finish("gemm", t, (n, k), (), m)
-        return self._cached(("gemm", m, n, k, bytes_per_el), run)
+            t = kernels.gemm(self.hw, self._p("gemm", prec), m, n, k, prec, self.l2_warm)
+            return self._finish("gemm", t, (n, k), (), m, {"precision": prec.name}, self._table_op("gemm", prec))
+        return self._cached(("gemm", m, n, k, prec), run)
 
-    def gemm_latency_s(self, ms: np.ndarray, n: int, k: int, bytes_per_el: float = 2.0) -> np.ndarray:
+    def gemm_latency_s(self, ms: np.ndarray, n: int, k: int, prec: Precision = BF16) -> np.ndarray:
         """``gemm(m, n, k).latency_s`` for many token counts ``m`` at once (for tabulating)."""
-        t = kernels.gemm(self.hw, self._p("gemm"), ms, n, k, bytes_per_el, self.l2_warm)
-        return t["latency_s"] * self._factors("gemm", (n, k), (), ms)
+        t = kernels.gemm(self.hw, self._p("gemm", prec), ms, n, k, prec, self.l2_warm)
+        return t["latency_s"] * self._factors(self._table_op("gemm", prec), (n, k), (), ms)
 
     @staticmethod
     def _moe_loads(counts: np.ndarray, topk: int, ep: int) -> tuple:
@@ -184,7 +208,7 @@ class CostModel:
                             padded.tolist()), everywhere.tolist()))
 
     def moe_from_counts(self, counts: np.ndarray, hidden_size: int, inter_size: int, topk: int,
-                        tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> KernelCost:
+                        tp: int = 1, ep: int = 1, gated: bool = True, prec: Precision = BF16) -> KernelCost:
         """Fused MoE layer given the token count of every expert (length E, summing to T*K)."""
         for name, v in (("hidden_size", hidden_size), ("inter_size", inter_size), ("topk", topk), ("moe_tp_size", tp)):
             _pos(name, v)
@@ -192,29 +216,30 @@ class CostModel:
         T, active, slots, padded = self._moe_loads(counts, topk, ep)
 
         def run():   # the cost depends on the loads only through these features: cache on them
-            t = kernels.moe(self.hw, self._p("moe"), active, slots, padded, T, topk, hidden_size, inter_size / tp,
-                            gated, ep, bytes_per_el, self.l2_warm)
+            t = kernels.moe(self.hw, self._p("moe", prec), active, slots, padded, T, topk, hidden_size, inter_size / tp,
+                            gated, ep, prec, self.l2_warm)
             return self._finish("moe", t, (hidden_size, inter_size, E, topk), (tp, ep, "balanced"), max(T, 1),
                                 {"active_experts": active, "weight_bytes": float(t["weight_bytes"]),
-                                 "tokens_per_active_expert": slots / max(active, 1)})
+                                 "tokens_per_active_expert": slots / max(active, 1), "precision": prec.name},
+                                self._table_op("moe", prec))
         return self._cached(("moe", active, slots, padded, T, hidden_size, inter_size, E, topk, tp, ep, gated,
-                             bytes_per_el), run)
+                             prec), run)
 
     def moe_latency_s(self, counts: np.ndarray, hidden_size: int, inter_size: int, topk: int,
-                      tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> float:
+                      tp: int = 1, ep: int = 1, gated: bool = True, prec: Precision = BF16) -> float:
         """``moe_from_counts(...).latency_s``, fast for the engine's per-step calls.
 
         For given (T, active, slots) the padded slot count takes at most active + 1 values
         (multiples of 16), so a miss prices them all in one vectorised call, with its neighbours
         (``_price_moe_curves``)."""
         return self.moe_latency_from_loads(self._moe_loads(counts, topk, ep), hidden_size, inter_size, len(counts),
-                                           topk, tp, ep, gated, bytes_per_el)
+                                           topk, tp, ep, gated, prec)
 
     def moe_latency_from_loads(self, loads: tuple, hidden_size: int, inter_size: int, num_experts: int, topk: int,
-                               tp: int = 1, ep: int = 1, gated: bool = True, bytes_per_el: float = 2.0) -> float:
+                               tp: int = 1, ep: int = 1, gated: bool = True, prec: Precision = BF16) -> float:
         """``moe_latency_s`` given ``_moe_loads`` of the counts."""
         T, active, slots, padded = loads
-        shape = (hidden_size, inter_size, num_experts, topk, tp, ep, gated, bytes_per_el)
+        shape = (hidden_size, inter_size, num_experts, topk, tp, ep, gated, prec)
         hit = self._cache.get(("moe_curve", T, active, slots, shape))
         if hit is None:
             self._price_moe_curves(T, active, slots, shape)
@@ -227,7 +252,7 @@ class CostModel:
         will likely ask for: the other token counts of T's block of 16 without EP (slots = T * topk),
         slot counts within 3 with EP, and active counts within 1 (wider neighbourhoods cost more in
         the call than they save in later misses)."""
-        hidden_size, inter_size, num_experts, topk, tp, ep, gated, bytes_per_el = shape
+        hidden_size, inter_size, num_experts, topk, tp, ep, gated, prec = shape
         per_rank = num_experts // max(ep, 1)
         acts = np.arange(max(1, active - 1), min(per_rank, active + 1) + 1)
         if ep <= 1:
@@ -247,16 +272,17 @@ class CostModel:
         lo, hi = -(-s_ // 16), (s_ + 15 * a) // 16 + 1
         rep = hi - lo
         ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))
-        t = kernels.moe(self.hw, self._p("moe"), np.repeat(a, rep), np.repeat(s_, rep), ps, np.repeat(x, rep), topk,
-                        hidden_size, inter_size / tp, gated, ep, bytes_per_el, self.l2_warm)
-        lat = t["latency_s"] * np.repeat(self._factors("moe", shape[:4], (tp, ep, "balanced"), np.maximum(x, 1)), rep)
+        t = kernels.moe(self.hw, self._p("moe", prec), np.repeat(a, rep), np.repeat(s_, rep), ps, np.repeat(x, rep), topk,
+                        hidden_size, inter_size / tp, gated, ep, prec, self.l2_warm)
+        lat = t["latency_s"] * np.repeat(self._factors(self._table_op("moe", prec), shape[:4], (tp, ep, "balanced"),
+                                                       np.maximum(x, 1)), rep)
         vals, ends = lat.tolist(), np.cumsum(rep).tolist()
         for xi, ai, si, l_, r, e in zip(x.tolist(), a.tolist(), s_.tolist(), lo.tolist(), rep.tolist(), ends):
             self._cache[("moe_curve", xi, ai, si, shape)] = (l_, vals[e - r:e])
 
     def moe(self, num_tokens: int, hidden_size: int, inter_size: int, num_experts: int, topk: int,
             tp: int = 1, ep: int = 1, distribution: str = "uniform", gated: bool = True,
-            rng: np.random.Generator | None = None, samples: int = 16) -> KernelCost:
+            rng: np.random.Generator | None = None, samples: int = 16, prec: Precision = BF16) -> KernelCost:
         """MoE layer for T tokens under a routing distribution (mean over seeded samples).
 
         ``distribution``: uniform | power_law_<exponent> | balanced (round robin, as the traces).
@@ -276,9 +302,10 @@ class CostModel:
         else:
             raise ConfigError(f"unknown distribution {distribution!r}; allowed: uniform, balanced, power_law_<a>",
                               field="distribution")
-        costs = [self.moe_from_counts(c, hidden_size, inter_size, topk, tp, ep, gated) for c in draws]
+        costs = [self.moe_from_counts(c, hidden_size, inter_size, topk, tp, ep, gated, prec) for c in draws]
         mean = lambda a: float(np.mean([getattr(c, a) for c in costs]))  # noqa: E731
-        extra = {k: float(np.mean([c.extra[k] for c in costs])) for k in costs[0].extra}
+        extra = {k: (float(np.mean([c.extra[k] for c in costs])) if k != "precision" else prec.name)
+                 for k in costs[0].extra}
         return KernelCost("moe", mean("latency_s"), mean("compute_s"), mean("memory_s"), mean("overhead_s"),
                           mean("flops"), mean("bytes"), costs[0].path, self.hw.name, self.source.name, extra)
 
@@ -305,6 +332,20 @@ class CostModel:
                                          num_heads, num_kv_heads, head_dim, q_len, kv_bytes_per_el, self.l2_warm)
         return t["latency_s"] * self._factors("attention_generation", (num_heads, num_kv_heads, head_dim, batch_size),
                                               (), context_lens)
+
+    def mla_decode_latency_s(self, batch_size: int, context_lens: np.ndarray, num_heads: int, latent_dim: int,
+                             q_len: int = 1, kv_bytes_per_el: float = 2.0) -> np.ndarray:
+        """Absorbed MLA decode attention (``num_heads`` on this GPU) for many context lengths, fitted
+        on the framework's MLA tables: an MLA model is never priced with a GQA kernel's fit."""
+        got = self._by_precision.get("bf16", {})
+        if "mla_generation" not in got:
+            raise ConfigError(f"gpu {self.source.name} has no MLA decode calibration for {self.framework} (its MLA "
+                              f"kernel tables); run moesd calibrate --gpu {self.source.name} --framework "
+                              f"{self.framework}", field="model")
+        t = kernels.mla_generation(self.hw, got["mla_generation"], batch_size, context_lens, num_heads, latent_dim,
+                                   q_len, kv_bytes_per_el, self.l2_warm)
+        kv = "fp8" if kv_bytes_per_el <= 1.0 else "bfloat16"
+        return t["latency_s"] * self._factors(("mla_generation", "bf16"), (num_heads, batch_size), (kv,), context_lens)
 
     def attention_prefill(self, batch_size: int, seq_len: int, num_heads: int, num_kv_heads: int,
                           head_dim: int, prefix_len: int = 0) -> KernelCost:

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .costmodel import CostModel
-from ..config.model import ModelArch
+from ..config import precision
+from ..config.model import ModelArch, Quantization
 from .routing import expected_count_vector
 
 
@@ -98,14 +99,25 @@ _CTX_GRID = 4 * 24   # decode-attention context grid: 2^(i/4) up to 16M tokens
 class ForwardModel:
     """Forward-pass costs of one model on one GPU type with one parallel layout."""
 
-    def __init__(self, model: ModelArch, cost: CostModel, par: Parallel):
+    def __init__(self, model: ModelArch, cost: CostModel, par: Parallel, quant: Quantization | None = None,
+                 kv_bytes_per_el: float = 2.0):
         self.m, self.cm, self.par = model, cost, par
+        q = quant or model.quantization
+        self.gemm_prec, self.moe_prec = precision.get(q.gemm), precision.get(q.moe)
+        self.kv_bytes = kv_bytes_per_el
         tp = par.tensor_parallel_size
         self.tp = tp
         self.heads = max(1, model.num_attention_heads // tp)
         self.kv_heads = max(1, model.num_key_value_heads // tp)
-        if model.kv_cache_dim_per_token:   # MLA latent cache: not split by TP
+        self.attn_head_dim = model.head_dim_
+        if model.mla is not None:
+            # absorbed MLA decode: every local head attends over the one shared latent (+ rope key),
+            # read once: an MQA of head size latent_dim whose "K+V" is that single vector
+            self.attn_head_dim = model.mla.latent_dim
+            self.kv_heads = 0.5
+        elif model.kv_cache_dim_per_token:   # MLA latent cache: not split by TP
             self.kv_heads = model.kv_cache_dim_per_token / (2 * model.head_dim_)
+        self.full_layers = model.num_hidden_layers - model.num_sliding_window_layers
         self._dense_cache: dict = {}
         self._tok_gemm_s: list = []
         self._eager_s = 0.0 if par.cuda_graphs else model.num_hidden_layers * par.kernels_per_layer * par.eager_launch_s
@@ -126,14 +138,27 @@ class ForwardModel:
             return c
         logits = batch.decode_token_count + len(prefill)
         gemm_s, comm_s, overhead_s = self._token_part(N, logits)
-        attn = 0.0
-        if batch.num_decode:
-            attn += self._decode_attention(batch.num_decode, batch.decode_q, batch.decode_ctx_mean)
-        for chunk, prefix in prefill:
-            attn += self._prefill_attention(chunk, prefix)
         c.gemm_s, c.comm_s, c.overhead_s = gemm_s, comm_s, overhead_s
-        c.attention_s = self.m.num_hidden_layers * attn
+        c.attention_s = self._attention_all_layers(batch.num_decode, batch.decode_q, batch.decode_ctx_mean, prefill)
         return c
+
+    def _attention_all_layers(self, num_decode: int, q: int, ctx: float, prefill=()) -> float:
+        """Attention of every layer: full layers over the whole context, sliding-window layers over
+        at most the window (their KV beyond it is never read)."""
+        full, sw, win = self.full_layers, self.m.num_sliding_window_layers, self.m.sliding_window or 0
+        if not sw:
+            t = self._decode_attention(num_decode, q, ctx) if num_decode else 0.0
+            for chunk, prefix in prefill:
+                t += self._prefill_attention(chunk, prefix)
+            return full * t
+        t = 0.0
+        if num_decode:
+            t += full * self._decode_attention(num_decode, q, ctx)
+            t += sw * self._decode_attention(num_decode, q, min(ctx, win))
+        for chunk, prefix in prefill:
+            t += full * self._prefill_attention(chunk, prefix)
+            t += sw * self._prefill_attention(chunk, int(_ctx_bucket(min(prefix, win))) if prefix else 0)
+        return t
 
     def _decode_attention(self, b: int, q: int, ctx: float) -> float:
         """One layer's decode attention, linear in context between grid points 2^(i/4)."""
@@ -148,16 +173,26 @@ class ForwardModel:
         """Decode attention at context 2^(i/4), tabulated per (batch, q) over the whole grid."""
         row = self._dense_cache.get(("dec", b, q))
         if row is None:
-            row = self._dense_cache[("dec", b, q)] = self.cm.attention_decode_latency_s(
-                b, 2.0 ** (np.arange(_CTX_GRID) / 4), self.heads, self.kv_heads, self.m.head_dim_, q).tolist()
+            grid = 2.0 ** (np.arange(_CTX_GRID) / 4)
+            if self.m.mla is not None:
+                lat = self.cm.mla_decode_latency_s(b, grid, self.heads, self.m.mla.latent_dim, q, self.kv_bytes)
+            else:
+                lat = self.cm.attention_decode_latency_s(b, grid, self.heads, self.kv_heads, self.attn_head_dim, q,
+                                                         self.kv_bytes)
+            row = self._dense_cache[("dec", b, q)] = lat.tolist()
         return row[i]
 
     def _prefill_attention(self, chunk: int, prefix: int) -> float:
         key = ("pre", chunk, prefix)
         hit = self._dense_cache.get(key)
         if hit is None:
-            hit = self._dense_cache[key] = self.cm.attention_prefill(
-                1, chunk, self.heads, self.kv_heads, self.m.head_dim_, prefix).latency_s
+            if self.m.mla is not None:   # MLA prefill runs as MHA over decompressed K/V (qk 192, v 128 on V3)
+                a = self.m.mla
+                hit = self.cm.attention_prefill(1, chunk, self.heads, self.heads, a.qk_nope_head_dim + a.qk_rope_head_dim,
+                                                prefix).latency_s
+            else:
+                hit = self.cm.attention_prefill(1, chunk, self.heads, self.kv_heads, self.m.head_dim_, prefix).latency_s
+            self._dense_cache[key] = hit
         return hit
 
     def _token_part(self, N: int, logits: int) -> tuple:
@@ -172,9 +207,19 @@ class ForwardModel:
         N = np.arange(1, cap)
         m, cm, tp = self.m, self.cm, self.tp
         h, d = m.hidden_size, m.head_dim_
-        g = lambda n, k: cm.gemm_latency_s(N, n, k)  # noqa: E731
-        qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, h)
-        o = g(h, self.heads * d)
+        g = lambda n, k: cm.gemm_latency_s(N, n, k, self.gemm_prec)  # noqa: E731
+        g16 = lambda n, k: cm.gemm_latency_s(N, n, k)  # noqa: E731   (router, LM head, MLA's absorbed BMMs)
+        if m.mla is None:
+            qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, h)
+            o = g(h, self.heads * d)
+        else:
+            # absorbed MLA: q (through the q latent if any), kv_a to the shared latent, the per-head
+            # W_UK / W_UV products (batched GEMMs of the same flops and weight bytes), o_proj
+            a, H = m.mla, self.heads
+            qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+            qkv = (g(a.q_lora_rank, h) + g(H * qk, a.q_lora_rank) if a.q_lora_rank else g(H * qk, h))
+            qkv = qkv + g(a.latent_dim, h) + g16(H * a.kv_lora_rank, a.qk_nope_head_dim) + g16(H * a.v_head_dim, a.kv_lora_rank)
+            o = g(h, H * a.v_head_dim)
         layers = m.num_hidden_layers
         mats = 3 if m.gated_ffn else 2
         gemm_s = layers * (qkv + o)
@@ -182,7 +227,7 @@ class ForwardModel:
             ffn = g((mats - 1) * m.intermediate_size // tp, h) + g(h, m.intermediate_size // tp)
             gemm_s += (layers - m.num_moe_layers) * ffn
         if m.moe:
-            moe_dense = g(m.moe.num_experts, h)                # router
+            moe_dense = g16(m.moe.num_experts, h)                # router
             if m.moe.shared_expert_intermediate_size:
                 si = m.moe.shared_expert_intermediate_size // tp
                 moe_dense = moe_dense + g(2 * si, h) + g(h, si)
@@ -194,7 +239,7 @@ class ForwardModel:
         zero = np.zeros(1)
         self._tok_gemm_s = np.concatenate([zero, gemm_s]).tolist()
         self._tok_comm_s = np.concatenate([zero, comm_s]).tolist()
-        self._head_gemm_s = np.concatenate([zero, g(max(1, m.vocab_size // tp), h)]).tolist()
+        self._head_gemm_s = np.concatenate([zero, g16(max(1, m.vocab_size // tp), h)]).tolist()
 
     def moe_loads(self, counts: np.ndarray) -> tuple:
         """(``CostModel._moe_loads`` of one layer's per-expert tokens, experts active on any rank)."""
@@ -213,9 +258,11 @@ class ForwardModel:
         m, par = self.m, self.par
         L = m.num_moe_layers
         moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts,
-                                                   m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated)
+                                                   m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated,
+                                                   self.moe_prec)
         mats = 3 if m.moe.gated else 2
-        return moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * 2.0, active
+        return (moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * self.moe_prec.weight_bytes,
+                active)
 
     def forward(self, batch: Batch, counts: np.ndarray | None = None) -> StepCost:
         """Target forward: dense part + MoE part (``counts`` = one layer's per-expert tokens)."""
@@ -233,10 +280,9 @@ class ForwardModel:
         counts with these ``moe_loads`` (``loads=None`` for a dense model), the context-free part
         computed once."""
         gemm_s, comm_s, overhead_s = self._token_part(num_decode, num_decode)
-        layers = self.m.num_hidden_layers
 
         def price(ctx_mean: float, loads, active: int) -> StepCost:
-            c = StepCost(attention_s=layers * self._decode_attention(num_decode, 1, ctx_mean), gemm_s=gemm_s,
+            c = StepCost(attention_s=self._attention_all_layers(num_decode, 1, ctx_mean), gemm_s=gemm_s,
                          comm_s=comm_s, overhead_s=overhead_s, tokens=num_decode)
             if loads is not None:
                 c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)

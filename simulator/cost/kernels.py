@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config.precision import PRECISIONS
+
+BF16 = PRECISIONS["bf16"]
+
 # Fitted parameters per op: name -> (initial, lower, upper). Efficiencies are dimensionless and
 # transfer between GPUs; *_s terms are absolute overheads in seconds.
 PARAMS = {
     "gemm": {
-        "eff_compute": (0.7, 0.05, 1.0), "eff_memory": (0.8, 0.2, 1.2), "overhead_s": (2.5e-6, 1e-7, 5e-5),
+        "eff_compute": (0.7, 0.05, 1.0), "eff_memory": (0.8, 0.2, 1.2), "overhead_s": (2.5e-6, 1e-7, 5e-4),
         "l2_gain": (2.0, 1.0, 6.0), "q": (3.0, 1.5, 8.0), "wave_beta": (0.5, 1e-3, 1.0),
         "l2_fit_frac": (0.5, 0.1, 3.0), "k_loop_s": (5e-10, 1e-13, 1e-7), "min_m": (16.0, 1.0, 128.0),
     },
@@ -30,6 +34,11 @@ PARAMS = {
         "occupancy": (1.0, 0.05, 4.0), "eff_elementwise": (0.5, 0.01, 5.0), "ep_overhead_s": (5e-6, 1e-8, 1e-4),
     },
     "attention_generation": {
+        "eff_compute": (0.3, 0.01, 1.0), "eff_memory": (0.7, 0.1, 1.2), "overhead_s": (1e-5, 1e-7, 1e-4),
+        "per_seq_s": (2e-7, 1e-10, 1e-5), "l2_gain": (2.0, 1.0, 6.0), "l2_fit_frac": (0.5, 0.1, 3.0),
+        "q": (3.0, 1.5, 8.0),
+    },
+    "mla_generation": {
         "eff_compute": (0.3, 0.01, 1.0), "eff_memory": (0.7, 0.1, 1.2), "overhead_s": (1e-5, 1e-7, 1e-4),
         "per_seq_s": (2e-7, 1e-10, 1e-5), "l2_gain": (2.0, 1.0, 6.0), "l2_fit_frac": (0.5, 0.1, 3.0),
         "q": (3.0, 1.5, 8.0),
@@ -59,8 +68,9 @@ def _l2_bandwidth(hw, p, working_set_bytes, l2_warm):
     return base * (1.0 + (p["l2_gain"] - 1.0) * resident)
 
 
-def gemm(hw, p, m, n, k, bytes_per_el=2.0, l2_warm=False, l2_weight_copies=1):
-    """y[m, n] = x[m, k] @ w[k, n]; m is the token count. ``l2_weight_copies``: with ``l2_warm``,
+def gemm(hw, p, m, n, k, prec=BF16, l2_warm=False, l2_weight_copies=1):
+    """y[m, n] = x[m, k] @ w[k, n]; m is the token count; ``prec`` (:class:`~simulator.config.precision.Precision`)
+    sets weight and activation bytes and the tensor-core peak. ``l2_weight_copies``: with ``l2_warm``,
     how many distinct weight matrices a timed loop cycles through on the same input (their sum
     decides L2 residency; AIConfigurator's collector times six layers back to back)."""
     m, n, k = (np.asarray(v, dtype=float) for v in (m, n, k))
@@ -68,17 +78,20 @@ def gemm(hw, p, m, n, k, bytes_per_el=2.0, l2_warm=False, l2_weight_copies=1):
     tiles = np.ceil(m / 128.0) * np.ceil(n / 128.0)
     waves = np.ceil(tiles / hw.num_sms)
     wave_eff = (tiles / (waves * hw.num_sms)) ** p["wave_beta"]
-    compute = 2.0 * np.maximum(m, p["min_m"]) * n * k / (hw.peak_flops_per_s(bytes_per_el) * p["eff_compute"] * wave_eff)
-    bytes_ = bytes_per_el * (m * k + k * n) + 2.0 * m * n
-    l2_set = bytes_ + (np.asarray(l2_weight_copies, dtype=float) - 1.0) * bytes_per_el * k * n
+    compute = (2.0 * np.maximum(m, p["min_m"]) * n * k
+               / (hw.peak_flops_per_s(prec.tensor_core) * p["eff_compute"] * wave_eff))
+    bytes_ = prec.act_bytes * m * k + prec.weight_bytes * k * n + 2.0 * m * n
+    l2_set = bytes_ + (np.asarray(l2_weight_copies, dtype=float) - 1.0) * prec.weight_bytes * k * n
     memory = bytes_ / _l2_bandwidth(hw, p, l2_set, l2_warm)
     overhead = p["overhead_s"] + p["k_loop_s"] * k
-    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
-            "memory_s": memory, "overhead_s": overhead + 0 * m, "flops": flops, "bytes": bytes_}
+    # W8A8/W4A4: the bf16 input is read and written quantised by its own kernel before the GEMM
+    quant = (2.0 + prec.act_bytes) * m * k / (hw.hbm_bytes_per_s * p["eff_memory"]) if prec.quantizes_activations else 0.0 * m
+    return {"latency_s": overhead + quant + _blend(compute, memory, p["q"]), "compute_s": compute,
+            "memory_s": memory + quant, "overhead_s": overhead + 0 * m, "flops": flops, "bytes": bytes_}
 
 
 def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, inter_local,
-        gated=True, ep_size=1, bytes_per_el=2.0, l2_warm=False, l2_experts=None):
+        gated=True, ep_size=1, prec=BF16, l2_warm=False, l2_experts=None):
     """Fused MoE layer on the busiest rank (both expert GEMMs, activation, align/sort, reduce).
 
     ``active_experts``/``slots``/``padded_slots`` describe that rank's experts: how many got at
@@ -91,15 +104,15 @@ def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, in
     a, s, ps = (np.asarray(v, dtype=float) for v in (active_experts, slots, padded_slots))
     T, K, h, i = (np.asarray(v, dtype=float) for v in (num_tokens, topk, hidden, inter_local))
     mats = np.where(np.asarray(gated), 3.0, 2.0)
-    weight_bytes = a * mats * h * i * bytes_per_el
+    weight_bytes = a * mats * h * i * prec.weight_bytes
     act_bytes = 2.0 * s * h * 2.0
-    l2_set = weight_bytes if l2_experts is None else np.asarray(l2_experts, dtype=float) * mats * h * i * bytes_per_el
+    l2_set = weight_bytes if l2_experts is None else np.asarray(l2_experts, dtype=float) * mats * h * i * prec.weight_bytes
     bw = _l2_bandwidth(hw, p, l2_set, l2_warm)
     ctas = ps / 16.0 * np.ceil(mats / 3.0 * 2.0 * i / 128.0)
     fill = np.minimum(1.0, ctas / (hw.num_sms * p["occupancy"])) ** 0.5
     memory = (weight_bytes + act_bytes) / bw / np.maximum(fill, 1e-3)
     flops = 2.0 * s * mats * h * i
-    compute = 2.0 * ps * mats * h * i / (hw.peak_flops_per_s(bytes_per_el) * p["eff_compute"])
+    compute = 2.0 * ps * mats * h * i / (hw.peak_flops_per_s(prec.tensor_core) * p["eff_compute"])
     elementwise = T * K * (3.0 * i + 2.0 * h) * 2.0 / (hw.hbm_bytes_per_s * p["eff_elementwise"])
     overhead = (p["overhead_s"] + p["ep_overhead_s"] * (np.asarray(ep_size) > 1)
                 + p["expert_s"] * a + p["k_loop_s"] * h)
@@ -119,10 +132,21 @@ def attention_generation(hw, p, batch_size, context_len, num_heads, num_kv_heads
     bytes_ = kv_bytes + B * Q * H * D * 2.0 * 2.0
     flops = 4.0 * B * Q * L * H * D
     memory = bytes_ / _l2_bandwidth(hw, p, kv_bytes, l2_warm)
-    compute = flops / (hw.peak_flops_per_s(2.0) * p["eff_compute"])
+    compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
     overhead = p["overhead_s"] + p["per_seq_s"] * B
     return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
+
+
+MLA_LATENT = 576     # DeepSeek-V3/R1, Kimi-K2: kv_lora_rank 512 + rope 64 (the MLA tables' only shape)
+
+
+def mla_generation(hw, p, batch_size, context_len, num_heads, latent_dim=MLA_LATENT, q_len=1, kv_bytes_per_el=2.0,
+                   l2_warm=False):
+    """Absorbed MLA decode: every local head attends over one shared latent (+ rope key) per token,
+    read once. The attention_generation roofline with a single "K+V" vector of ``latent_dim``."""
+    return attention_generation(hw, p, batch_size, context_len, num_heads, 0.5, latent_dim, q_len, kv_bytes_per_el,
+                                l2_warm)
 
 
 def attention_context(hw, p, batch_size, seq_len, num_heads, num_kv_heads, head_dim,
@@ -132,7 +156,7 @@ def attention_context(hw, p, batch_size, seq_len, num_heads, num_kv_heads, head_
                          (batch_size, seq_len, num_heads, num_kv_heads, head_dim, prefix_len))
     s_pad = np.ceil(S / p["tile_tokens"]) * p["tile_tokens"]
     flops = 4.0 * B * H * D * S * (P + S / 2.0)
-    compute = 4.0 * B * H * D * s_pad * (P + s_pad / 2.0) / (hw.peak_flops_per_s(2.0) * p["eff_compute"])
+    compute = 4.0 * B * H * D * s_pad * (P + s_pad / 2.0) / (hw.peak_flops_per_s() * p["eff_compute"])
     bytes_ = B * (S * H * D * 2.0 * 2.0 + (P + S) * 2.0 * KV * D * kv_bytes_per_el)
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     overhead = p["overhead_s"] + 0.0 * B

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import functools
+
 import numpy as np
 import pandas as pd
+
+from ..common.paths import GPU_SPECS_DIR
 
 # op -> (shape columns for the distance, exact-match key columns, size axis)
 LAYOUT = {
@@ -21,6 +25,7 @@ LAYOUT = {
     "attention_generation": (["num_heads", "num_key_value_heads", "head_dim", "batch_size"], [], "step"),
     "attention_context": (["num_heads", "num_key_value_heads", "head_dim", "batch_size"], [], "isl"),
     "allreduce": (["num_gpus"], ["backend"], "message_size"),
+    "mla_generation": (["num_heads", "batch_size"], ["kv_cache_dtype"], "step"),
 }
 # Inverse-distance weights 1 / (d^2 + eps)^power over log2 shape distance d: close shapes dominate
 # (kernel-config effects are local in shape). Chosen by leave-one-shape-out error
@@ -125,3 +130,27 @@ class ResidualTable:
                 rows = np.where(den > 0, np.where(ok, g.table, 0.0) @ w / den, np.nan)
             hit = self._row_cache[(key, shape)] = (rows, bool(exact.any()))
         return hit
+
+
+@functools.lru_cache(maxsize=None)
+def residual_tables(gpu_name: str) -> dict:
+    """The base calibration's tables of one GPU (its bf16 kernels), by op."""
+    path = GPU_SPECS_DIR / "calibration" / f"{gpu_name}_residuals.parquet"
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path)
+    return {op: ResidualTable.from_frame(op, frame) for op in frame["op"].unique()}
+
+
+def precision_residuals_name(gpu_name: str, framework: str) -> str:
+    """File of one framework's per-precision GEMM/MoE residual tables (``precision`` column)."""
+    return f"{gpu_name}_{framework}_precision_residuals.parquet"
+
+
+@functools.lru_cache(maxsize=None)
+def precision_tables(gpu_name: str, framework: str) -> dict:
+    path = GPU_SPECS_DIR / "calibration" / precision_residuals_name(gpu_name, framework)
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path)
+    return {(op, prec): ResidualTable.from_frame(op, g) for (prec, op), g in frame.groupby(["precision", "op"])}

@@ -15,7 +15,7 @@ import yaml
 
 from ..common.errors import ConfigError
 
-OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce", "nccl")
+OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce", "nccl", "mla_generation")
 
 # Shape columns per op, named as in the source tables.
 SHAPE_COLUMNS = {
@@ -28,6 +28,8 @@ SHAPE_COLUMNS = {
                           "kv_cache_dtype", "step", "window_size"],
     "allreduce": ["num_gpus", "message_size", "backend"],
     "nccl": ["collective", "num_gpus", "message_size"],
+    # absorbed MLA decode; num_heads is the heads on one GPU (the collector splits 128 or 64 by tp_size)
+    "mla_generation": ["batch_size", "isl", "num_heads", "kv_cache_dtype", "step", "tp_size"],
 }
 COMMON_COLUMNS = ["op", "gpu", "device", "framework", "framework_version", "kernel_source", "dtype",
                   "latency_ms", "source"]
@@ -40,6 +42,7 @@ _AIC_FILES = {
     "attention_context": ("attention/context_attention_perf.parquet", "attn_dtype"),
     "allreduce": ("comm/custom_allreduce_perf.parquet", "allreduce_dtype"),
     "nccl": ("nccl/nccl_perf.parquet", "nccl_dtype"),
+    "mla_generation": ("mla/generation_mla_perf.parquet", "mla_dtype"),
 }
 
 
@@ -147,28 +150,45 @@ def _version_key(v: str) -> tuple:
     return tuple((int(x), "") if x.isdigit() else (-1, x) for x in re.findall(r"\d+|[a-z]+", v.lower()))
 
 
-def framework_table(gpu_dir: Path, op: str, framework: str = "vllm", version: str | None = None) -> Path | None:
+def framework_tables(gpu_dir: Path, op: str, framework: str = "vllm") -> list[Path]:
     """AIConfigurator's per-framework layout (``<gpu>/<op folder>/<framework>/<version>/<table>``):
-    the table of ``version``, else of the newest version that has it, following a version's
-    ``reuse.yaml`` when it borrows another's tables. None when the layout has no such table."""
+    the table of every version that has one, newest first, following a version's ``reuse.yaml``
+    when it borrows another's tables (each file once)."""
     rel = Path(_AIC_FILES[op][0])
     root = gpu_dir / rel.parts[0] / framework
     if not root.is_dir():
-        return None
+        return []
     versions = sorted((d.name for d in root.iterdir() if d.is_dir()), key=_version_key, reverse=True)
-    if version is not None:
-        versions = [v for v in versions if v == version]
-    table = rel.stem
+    out = []
     for v in versions:
         path = root / v / rel.name
-        if path.exists():
-            return path
-        reuse = root / v / "reuse.yaml"
-        if reuse.exists():
-            for r in (yaml.safe_load(reuse.read_text()) or {}).get("reuse", []):
-                if r.get("table") == table and (root / str(r.get("from_version")) / rel.name).exists():
-                    return root / str(r["from_version"]) / rel.name
-    return None
+        if not path.exists() and (root / v / "reuse.yaml").exists():
+            for r in (yaml.safe_load((root / v / "reuse.yaml").read_text()) or {}).get("reuse", []):
+                if r.get("table") == rel.stem and (root / str(r.get("from_version")) / rel.name).exists():
+                    path = root / str(r["from_version"]) / rel.name
+        if path.exists() and path not in out:
+            out.append(path)
+    return out
+
+
+def framework_table(gpu_dir: Path, op: str, framework: str = "vllm", version: str | None = None) -> Path | None:
+    """The table of ``version`` (or of the newest version) in ``framework_tables``, or None."""
+    tables = framework_tables(gpu_dir, op, framework)
+    if version is not None:
+        tables = [t for t in tables if t.parent.name == version]
+    return tables[0] if tables else None
+
+
+def load_versions(traces_dir: Path, gpu: str, op: str, framework: str = "vllm") -> list[pd.DataFrame]:
+    """Each collected version's table of ``op``, newest first (vLLM's flat first-release table leads):
+    a newer collection may time only some precisions, so a fit looks back for the ones it lacks."""
+    traces_dir = Path(traces_dir)
+    frames = []
+    for base in (traces_dir / gpu, traces_dir / "kernels" / "aiconfigurator" / gpu):
+        if framework == "vllm" and (base / _AIC_FILES[op][0]).exists():
+            frames.append(read_aiconfigurator(base, op, gpu))
+        frames += [read_aiconfigurator_table(t, op, gpu, base) for t in framework_tables(base, op, framework)]
+    return frames
 
 
 def load(traces_dir: Path, gpu: str, op: str, framework: str = "vllm") -> pd.DataFrame:
@@ -186,7 +206,7 @@ def load(traces_dir: Path, gpu: str, op: str, framework: str = "vllm") -> pd.Dat
     frames = []
     for base in (traces_dir / gpu, traces_dir / "kernels" / "aiconfigurator" / gpu,
                  traces_dir / "kernels" / gpu):
-        if (base / _AIC_FILES[op][0]).exists():
+        if framework == "vllm" and (base / _AIC_FILES[op][0]).exists():   # the flat first release is vLLM's
             frames.append(read_aiconfigurator(base, op, gpu))
         elif (table := framework_table(base, op, framework)) is not None:
             frames.append(read_aiconfigurator_table(table, op, gpu, base))

@@ -12,15 +12,18 @@ ACTIVATION_RESERVE_BYTES = 2.0 * 2 ** 30   # activations, CUDA graphs, NCCL buff
 def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
     """KV bytes per token on one GPU (heads split by TP; an MLA latent cache is replicated)."""
     per_layer = model.kv_elems_per_token_per_layer()
-    if not model.kv_cache_dim_per_token:
+    if not model.latent_kv:
         per_layer = per_layer * max(1, model.num_key_value_heads // tp) / model.num_key_value_heads
-    return per_layer * model.num_hidden_layers * kv_bytes_per_el
+    # sliding-window layers keep at most the window per sequence (vLLM's hybrid KV allocator): a few
+    # blocks per running sequence, left out of the per-token budget
+    return per_layer * (model.num_hidden_layers - model.num_sliding_window_layers) * kv_bytes_per_el
 
 
 def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,
-              kv_bytes_per_el: float = 2.0, source: str | None = None) -> int:
-    """KV blocks per replica; a ConfigError when the weights do not fit."""
-    weights = target.weight_bytes() / tp
+              kv_bytes_per_el: float = 2.0, source: str | None = None, quant=None) -> int:
+    """KV blocks per replica; a ConfigError when the weights do not fit. ``quant``: the target's
+    weight precision (default its checkpoint's); a draft model keeps its own."""
+    weights = target.weight_bytes(quant) / tp
     per_tok = kv_bytes_per_token(target, tp, kv_bytes_per_el)
     if draft is not None:
         weights += draft.weight_bytes() / tp
@@ -29,13 +32,17 @@ def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_s
     free = budget - weights
     if free <= 0:
         raise ConfigError(
-            f"model {target.name}{' + ' + draft.name if draft else ''} needs {weights / 2**30:.1f} GiB of weights per "
-            f"GPU but {hw.name} offers {budget / 2**30:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}; "
+            f"model {target.name}{' + ' + draft.name if draft else ''} needs {weights / 2**30:.1f} GiB of "
+            f"{_label(quant or target.quantization)} weights per GPU but {hw.name} offers {budget / 2**30:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}; "
             f"raise tensor_parallel_size", source=source, field="hardware.tensor_parallel_size")
     blocks = int(free // (per_tok * block_size))
     if blocks < 1:
         raise ConfigError("no room left for a single KV block", source=source, field="engine.gpu_memory_utilization")
     return blocks
+
+
+def _label(q) -> str:
+    return q.gemm if q.gemm == q.moe else f"{q.gemm}/{q.moe} (linear/experts)"
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

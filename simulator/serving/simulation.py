@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.errors import ConfigError
+from ..config import precision
+from ..config import scenario as scenario_mod
 from ..config.scenario import resolve
 from ..cost.costmodel import CostModel
 from ..cost.forward import Batch, ForwardModel, Parallel
@@ -59,8 +61,11 @@ def _shared(key, make):
 
 def build(sc, source: str = "scenario") -> Setup:
     target, draft, hw, files = resolve(sc, source)
-    cost = _shared(("cost", hw.model_dump_json()), lambda: CostModel(hw))
     eng, hwc = sc.engine, sc.hardware
+    quant = scenario_mod.quantization(sc, target, hw, source)
+    kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, precision.get(quant.gemm), source)
+    cost = _shared(("cost", hw.model_dump_json(), eng.framework), lambda: _cost_model(hw, eng.framework, source))
+    _check_calibrated(cost, target, quant, source)
     par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
                    cuda_graphs=not eng.enforce_eager, step_overhead_s=eng.step_overhead_ms / 1e3)
     if hwc.enable_expert_parallel and target.moe and target.moe.num_experts % hwc.tensor_parallel_size:
@@ -80,9 +85,8 @@ def build(sc, source: str = "scenario") -> Setup:
         else:
             draft_kind = "model" if spec.method == "draft_model" else "head"
             draft_arch = draft
-    kv_el = 1.0 if eng.kv_cache_dtype == "fp8" else 2.0
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, hwc.tensor_parallel_size,
-                              eng.gpu_memory_utilization, eng.block_size, kv_el, source)
+                              eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant)
     cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
         max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
@@ -94,11 +98,15 @@ def build(sc, source: str = "scenario") -> Setup:
     r = sc.routing
     routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
                                     locality=r.locality), r.mode)
-    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par)
-    target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par))
+    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, quant, kv_el)
+    target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
     dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)
-    draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar) if draft_arch is not None else None
-    draft_fm = _shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar)) if draft_arch is not None else None
+    # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
+    dquant = quant if spec and spec.method == "mtp" and draft is None else None
+    draft_key = (("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework, dquant, kv_el)
+                 if draft_arch is not None else None)
+    draft_fm = (_shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar, dquant, kv_el))
+                if draft_arch is not None else None)
     if spec and k and spec.adaptive:
         if spec.verify_tokens != k + 1:
             raise ConfigError("adaptive k works with chain drafts only; drop speculative_eagle_topk/"
@@ -109,8 +117,37 @@ def build(sc, source: str = "scenario") -> Setup:
         cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_overhead_s, cfg.per_seq_overhead_s,
                                 cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
+    files = {**(files or {}), "framework": eng.framework, "kernel_tables": cost.tables_label,
+             "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing,
                  files)
+
+
+def _cost_model(hw, framework: str, source: str) -> CostModel:
+    try:
+        return CostModel(hw, framework=framework)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, source=source, field="engine.framework") from None
+
+
+def missing_kernels(cost: CostModel, target, quant) -> str:
+    """'' when every kernel the run prices has its own fit on this GPU and framework (each weight
+    precision's GEMM/MoE, MLA decode for an MLA model), else what is missing, in one line."""
+    ops = [("gemm", quant.gemm)] + ([("moe", quant.moe)] if target.moe else [])
+    try:
+        for op, name in ops:
+            cost._p(op, precision.get(name))
+        if target.mla is not None:
+            cost.mla_decode_latency_s(1, np.ones(1), 1, target.mla.latent_dim)
+    except ConfigError as exc:
+        return exc.message
+    return ""
+
+
+def _check_calibrated(cost: CostModel, target, quant, source: str) -> None:
+    why = missing_kernels(cost, target, quant)
+    if why:
+        raise ConfigError(why, source=source, field="engine.quantization" if "mla" not in why.lower() else "model")
 
 
 def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None:

@@ -1,0 +1,82 @@
+"""Weight and KV-cache precisions: bytes per element, which tensor cores run them, which kernel
+tables measure them. One table, so a new precision is one entry.
+
+Names follow vLLM/SGLang ``--quantization`` (aliases map their other spellings); ``table_dtype``
+is the name AIConfigurator's kernel tables use in their ``*_dtype`` columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    weight_bytes: float        # per weight element, scales included
+    act_bytes: float           # per activation element read by the GEMM (quantised on the fly or not)
+    tensor_core: str           # which peak runs the math: bf16 | fp8 | fp4
+    table_dtype: str           # AIConfigurator dtype column value
+    needs: str = ""            # the Hardware peak field that must exist (hardware support)
+    about: str = ""
+
+    @property
+    def quantizes_activations(self) -> bool:
+        """W8A8/W4A4 GEMMs first quantise their bf16 input in a separate pass over it."""
+        return self.act_bytes < 2.0
+
+
+# Scale overheads: fp8 per-tensor ~0; fp8 block-wise one fp32 scale per 128x128 weight block and per
+# 1x128 activation group (DeepSeek-V3 recipe); NVFP4 one fp8 scale per 16 elements; MXFP4 one e8m0
+# scale per 32; int4 weight-only (AWQ/GPTQ) one bf16 scale per group of 128.
+PRECISIONS = {
+    "bf16": Precision("bf16", 2.0, 2.0, "bf16", "bfloat16", about="16-bit weights (the checkpoint default)"),
+    "fp8": Precision("fp8", 1.0, 1.0, "fp8", "fp8", "fp8_flops_per_s", "FP8 W8A8, per-tensor/channel scales"),
+    "fp8_block": Precision("fp8_block", 1.0 + 4.0 / 128 ** 2, 1.0 + 4.0 / 128, "fp8", "fp8_block", "fp8_flops_per_s",
+                           "FP8 W8A8 with 128x128 block scales (DeepSeek-V3 style)"),
+    "nvfp4": Precision("nvfp4", 0.5 + 1.0 / 16, 0.5 + 1.0 / 16, "fp4", "nvfp4", "fp4_flops_per_s",
+                       "NVFP4 W4A4 (ModelOpt), fp8 scale per 16 elements"),
+    "mxfp4": Precision("mxfp4", 0.5 + 1.0 / 32, 2.0, "bf16", "w4a16_mxfp4", "",
+                       "MXFP4 weights, 16-bit activations (gpt-oss experts)"),
+    "int4_wo": Precision("int4_wo", 0.5 + 2.0 / 128, 2.0, "bf16", "int4_wo", "",
+                         "int4 weight-only (AWQ/GPTQ/compressed-tensors W4A16), group 128"),
+}
+ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "none": "bf16", "fp8_blockwise": "fp8_block",
+           "fp8_block_scaled": "fp8_block", "modelopt_fp4": "nvfp4", "fp4": "nvfp4", "w4a16_mxfp4": "mxfp4",
+           "int4": "int4_wo", "awq": "int4_wo", "gptq": "int4_wo", "awq_marlin": "int4_wo", "gptq_marlin": "int4_wo"}
+KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}
+KV_ALIASES = {"bfloat16": "bf16", "auto": None, "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
+
+
+def get(name: str, source: str | None = None, field: str = "quantization") -> Precision:
+    """A precision by name or alias; an unknown one is a one-line error listing the allowed names."""
+    key = str(name).lower()
+    key = ALIASES.get(key, key)
+    if key not in PRECISIONS:
+        raise ConfigError(f"unknown precision {name!r}; allowed: {', '.join(PRECISIONS)} "
+                          f"(aliases: {', '.join(sorted(ALIASES))})", source=source, field=field)
+    return PRECISIONS[key]
+
+
+def kv_bytes(kv_cache_dtype: str, weights: "Precision", source: str | None = None,
+             field: str = "engine.kv_cache_dtype") -> tuple[str, float]:
+    """(KV dtype name, bytes per element). ``auto`` stores KV in the activation dtype: bf16, as
+    vLLM does for every checkpoint here (an FP8 checkpoint's KV stays bf16 unless asked)."""
+    key = str(kv_cache_dtype).lower()
+    key = KV_ALIASES.get(key, key)
+    if key is None:
+        key = "bf16"
+    if key not in KV_DTYPES:
+        raise ConfigError(f"unknown kv_cache_dtype {kv_cache_dtype!r}; allowed: auto, bf16, fp8", source=source,
+                          field=field)
+    return key, KV_DTYPES[key]
+
+
+def check_supported(prec: Precision, hw, source: str | None = None, field: str = "quantization") -> None:
+    """Refuse a precision the GPU has no tensor cores for (NVFP4 before Blackwell, FP8 before Hopper/Ada)."""
+    if prec.needs and not getattr(hw, prec.needs, None):
+        ok = [p.name for p in PRECISIONS.values() if not p.needs or getattr(hw, p.needs, None)]
+        raise ConfigError(f"{prec.name} needs {prec.tensor_core.upper()} tensor cores, which {hw.name} "
+                          f"({hw.architecture}) lacks; allowed on it: {', '.join(ok)}", source=source, field=field)
