@@ -77,6 +77,10 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("validate", help="compare simulated throughput/latency with hardware measurements")
     p.add_argument("--cases", default=None, help="case ids, families or scenarios (comma list; default all)")
+    p.add_argument("--silicon", default=None, metavar="FILE",
+                   help="measured serving runs in AIConfigurator's silicon-sample CSV schema instead of the cases")
+    p.add_argument("--sample", type=int, default=None, metavar="N", help="with --silicon: a reproducible sample of N rows")
+    p.add_argument("--json", action="store_true", help="print one JSON object (summary and per-row list)")
     _add_run_options(p)
 
     p = sub.add_parser("plan", help="cheapest deployment meeting SLOs, with and without SD")

@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis.silicon import validate_silicon
 from ..analysis.validate import validate
+from ..common.errors import ConfigError
 from ..common.atomic import check_output_dir, output_dir
 from ..common.paths import REPORTS_DIR
 from ..reports.validation import report
 
 
 def run(args) -> int:
+    if args.silicon:
+        return run_silicon(args)
     out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / "validate")
     t, s = validate(args.cases, args.workers, args.executor, args.address,
                     Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
@@ -42,3 +46,32 @@ def print_table(t: pd.DataFrame, s: dict) -> None:
         sign = f"{v['sd_sign_right']}/{v['sd_cases']}" if v["sd_cases"] else "-"
         print(f"{g:<44} {v['cases']:>5} {v['throughput_median_abs_err']:>10.1%} "
               f"{v['throughput_p90_abs_err']:>7.1%} {lat}  {sign}")
+
+
+def run_silicon(args) -> int:
+    """``--silicon FILE``: classify and simulate every row; silicon.csv + summary.json under --out."""
+    if args.sample is not None and args.sample < 1:
+        raise ConfigError(f"must be at least 1, got {args.sample}", field="--sample")
+    out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / "validate_silicon")
+    t, s = validate_silicon(Path(args.silicon), args.sample, args.workers, args.executor, args.address,
+                            Path(args.cache_dir) if args.cache_dir else None, progress=not (args.quiet or args.json))
+    with output_dir(out, "moesd validate --silicon") as tmp:
+        t.to_csv(tmp / "silicon.csv", index=False, float_format="%.6g")
+        (tmp / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    if args.json:
+        rows = json.loads(t.to_json(orient="records"))
+        print(json.dumps({**s, "per_row": rows}))
+        return 0
+    pct = lambda v: f"{v:6.1%}" if v is not None else f"{'-':>6}"  # noqa: E731
+    print(f"{'model':<26} {'backend':<7} {'gpu':<9} {'mode':<5} {'rows':>5}  {'TPOT med':>8} {'p90':>6}  "
+          f"{'TTFT med':>8} {'p90':>6}")
+    for g in s["groups"]:
+        print(f"{g['model'][:26]:<26} {g['backend']:<7} {g['gpu']:<9} {g['mode']:<5} {g['rows']:>5}  "
+              f"{pct(g['tpot']['median']):>8} {pct(g['tpot']['p90'])}  {pct(g['ttft']['median']):>8} {pct(g['ttft']['p90'])}")
+    print(f"\nrows {s['rows']}, expressible {s['expressible']} ({s['coverage']:.0%}); TPOT median "
+          f"{pct(s['tpot_median_abs_error']).strip()}, TTFT median {pct(s['ttft_median_abs_error']).strip()}")
+    print("blocked:")
+    for reason, n in s["blocked"].items():
+        print(f"  {n:>5}  {reason}")
+    print(f"  results: {out}")
+    return 0

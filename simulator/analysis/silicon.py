@@ -1,0 +1,199 @@
+"""``moesd validate --silicon FILE``: measured serving runs in AIConfigurator's silicon-sample schema,
+each classified as expressible (simulated as the benchmark ran it) or blocked by a named capability.
+
+A row is one closed-loop benchmark: ``batch_size`` concurrent users, fixed isl/osl, a backend and
+version, weight precisions (``gemm_quant_mode``/``moe_quant_mode``) and a parallel layout. Nothing
+is dropped silently: every row comes back, with its simulated TTFT/TPOT or the reason it cannot be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..common.errors import ConfigError
+from ..common.paths import GPU_SPECS_DIR, MODELS_DIR
+from ..config import precision
+from ..config.gpu import load as load_gpu
+from ..config.model import load as load_model
+from ..config.scenario import parse
+from ..cost.costmodel import CostModel
+from ..serving.simulation import build, missing_kernels, simulate
+from .runner import run_many
+
+REQUIRED = ["model_path", "backend", "backend_version", "system", "mode", "isl", "osl", "batch_size", "tp_size",
+            "attention_dp_size", "moe_tp_size", "moe_ep_size", "gemm_quant_mode", "moe_quant_mode",
+            "silicon_ttft_ms", "silicon_tpot_ms"]
+
+# Hugging Face repo -> catalog architecture. Same-backbone releases map to their base model (cited in
+# the catalog files); a model whose attention the simulator cannot price is blocked with the reason.
+MODELS = {
+    "deepseek-ai/DeepSeek-V3": "DeepSeek-V3", "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
+    "deepseek-ai/DeepSeek-V3-0324": "DeepSeek-V3", "deepseek-ai/DeepSeek-R1-0528": "DeepSeek-R1",
+    "moonshotai/Kimi-K2-Instruct": "Kimi-K2", "moonshotai/Kimi-K2.5": "Kimi-K2", "moonshotai/Kimi-K2-Thinking": "Kimi-K2",
+    "MiniMaxAI/MiniMax-M2": "MiniMax-M2", "MiniMaxAI/MiniMax-M2.5": "MiniMax-M2",
+    "meta-llama/Llama-3.1-70B": "Llama-3.1-70B", "meta-llama/Llama-3.1-8B": "Llama-3.1-8B",
+    "openai/gpt-oss-120b": "gpt-oss-120b", "openai/gpt-oss-20b": "gpt-oss-20b",
+    "Qwen/Qwen3-235B-A22B": "Qwen3-235B-A22B", "Qwen/Qwen3-30B-A3B": "Qwen3-30B-A3B",
+    "Qwen/Qwen3-32B": "Qwen3-32B", "nvidia/Qwen3-32B-NVFP4": "Qwen3-32B", "Qwen/Qwen3-8B": "Qwen3-8B",
+    "zai-org/GLM-4.5-Air": "GLM-4.5-Air", "meta-llama/Llama-3.1-8B-Instruct": "Llama-3.1-8B",
+    "meta-llama/Llama-3.1-70B-Instruct": "Llama-3.1-70B", "Qwen/Qwen3-235B-A22B-FP8": "Qwen3-235B-A22B",
+    "nvidia/DeepSeek-R1-NVFP4": "DeepSeek-R1", "nvidia/DeepSeek-V3.1-NVFP4": "DeepSeek-V3",
+}
+UNSUPPORTED_MODELS = {
+    "Qwen/Qwen3.5-397B-A17B": "hybrid linear attention (Gated DeltaNet layers)",
+    "zhipuai/GLM-5": "DeepSeek sparse attention (DSA)",
+}
+GPUS_PER_NODE = 8
+
+
+def load_rows(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=str(path), field="--silicon") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not a readable CSV ({str(exc)[:80]})", source=str(path), field="--silicon") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ConfigError(f"missing columns {missing} (silicon-sample schema)", source=str(path), field="--silicon")
+    if df.empty:
+        raise ConfigError("no rows", source=str(path), field="--silicon")
+    if "id" not in df.columns:
+        df["id"] = [f"row{i + 1}" for i in range(len(df))]
+    return df.reset_index(drop=True)
+
+
+def _int(v, default=1) -> int:
+    return default if v is None or (isinstance(v, float) and not np.isfinite(v)) else int(v)
+
+
+def quant_modes(r: dict) -> tuple[str, str] | None:
+    """(gemm, moe) precision names of a row; None when the row states none (then the checkpoint's
+    precision is used, and the table says so)."""
+    g, m = r.get("gemm_quant_mode"), r.get("moe_quant_mode")
+    if isinstance(g, str) and isinstance(m, str):
+        return g, m
+    p = r.get("precision")
+    if isinstance(p, str) and p == "bf16":
+        return "bf16", "bf16"
+    return None
+
+
+def classify(r: dict) -> str:
+    """'' when the simulator can express the row, else the capability that blocks it."""
+    if str(r["mode"]) != "agg":
+        return "disaggregated prefill/decode"
+    if _int(r.get("pp_size")) > 1:
+        return "pipeline parallel"
+    if _int(r["attention_dp_size"]) > 1:
+        return "attention data parallel"
+    tp, mtp, mep = _int(r["tp_size"]), _int(r["moe_tp_size"]), _int(r["moe_ep_size"])
+    if tp > GPUS_PER_NODE:
+        return "multi-node worker (more than 8 GPUs)"
+    if mtp > 1 and mep > 1:
+        return "mixed MoE TP x EP"
+    if mtp * mep not in (1, tp):
+        return "MoE parallel group differs from the attention TP group"
+    model = str(r["model_path"])
+    if model in UNSUPPORTED_MODELS:
+        return UNSUPPORTED_MODELS[model]
+    if model not in MODELS or not (MODELS_DIR / f"{MODELS[model]}.yaml").is_file():
+        return f"no catalog architecture for {model}"
+    system = str(r["system"])
+    if not (GPU_SPECS_DIR / f"{system}.yaml").is_file():
+        return f"no GPU spec for {system}"
+    hw = load_gpu(system)
+    try:
+        cost = CostModel(hw, framework=str(r["backend"]))
+    except ConfigError:
+        return f"no {r['backend']} kernel calibration on {system}"
+    arch = load_model(MODELS[model])
+    q = quant_modes(r) or (arch.quantization.gemm, arch.quantization.moe)
+    for op, name in zip(("gemm", "moe"), q):
+        try:
+            prec = precision.get(name)
+            precision.check_supported(prec, hw)
+            cost._p(op, prec)
+        except ConfigError:
+            return f"{name} {op} kernels on {system} with {r['backend']}"
+    if arch.mla is not None and missing_kernels(cost, arch, arch.quantization):
+        return f"MLA decode kernels on {system} with {r['backend']}"
+    return ""
+
+
+def scenario(r: dict) -> dict:
+    """The scenario that reproduces one row: its closed loop, lengths, backend, precisions, layout."""
+    conc = _int(r["batch_size"])
+    tp, mep = _int(r["tp_size"]), _int(r["moe_ep_size"])
+    return {
+        "name": "silicon_row", "model": MODELS[str(r["model_path"])],
+        "hardware": {"gpu": str(r["system"]), "tensor_parallel_size": tp, "enable_expert_parallel": mep > 1},
+        "engine": {"framework": str(r["backend"]),
+                   "quantization": dict(zip(("gemm", "moe"), quant_modes(r))) if quant_modes(r) else None,
+                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, _int(r["isl"]))},
+        "workload": {"dataset_name": "fixed", "random_input_len": _int(r["isl"]), "random_output_len": _int(r["osl"]),
+                     "concurrency": conc, "num_prompts": int(min(max(3 * conc, 8), 3 * conc + 64)),
+                     "measurement": "steady"},
+    }
+
+
+def simulate_row(job: dict) -> dict:
+    """Median TTFT/TPOT of one row's steady state (module level: runs in pool workers)."""
+    try:
+        setup = build(parse(job["scenario"], f"silicon row {job['id']}"))
+    except ConfigError as exc:
+        return {"blocked": exc.message}
+    summary, _, _ = simulate(setup)
+    return {"sim_ttft_ms": summary.get("median_ttft_ms"), "sim_tpot_ms": summary.get("median_tpot_ms")}
+
+
+def validate_silicon(path: Path, sample: int | None = None, workers=None, executor="local", address=None,
+                     cache_dir=None, progress=True, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """(per-row table, summary) for every row (or a reproducible sample of ``sample`` rows)."""
+    df = load_rows(path)
+    if sample and sample < len(df):
+        df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), sample, replace=False))].reset_index(drop=True)
+    rows = df.to_dict("records")
+    blocked = [classify(r) for r in rows]
+    jobs = [{"id": str(r["id"]), "scenario": scenario(r)} for r, b in zip(rows, blocked) if not b]
+    results = iter(run_many(simulate_row, jobs, workers, executor, address, cache_dir, "silicon rows", progress))
+    out = []
+    for r, b in zip(rows, blocked):
+        res = {} if b else next(results)
+        b = b or res.get("blocked", "")
+        rec = {"id": r["id"], "model": r["model_path"], "backend": r["backend"], "backend_version": r["backend_version"],
+               "gpu": r["system"], "mode": r["mode"],
+               "precision": "/".join(quant_modes(r)) if quant_modes(r) else "checkpoint (row states none)",
+               "isl": r["isl"], "osl": r["osl"], "concurrency": r["batch_size"], "tp": r["tp_size"],
+               "moe_ep": r["moe_ep_size"], "expressible": not b, "blocked_by": b,
+               "measured_ttft_ms": r["silicon_ttft_ms"], "measured_tpot_ms": r["silicon_tpot_ms"],
+               "sim_ttft_ms": res.get("sim_ttft_ms"), "sim_tpot_ms": res.get("sim_tpot_ms")}
+        for m in ("ttft", "tpot"):
+            meas, sim = rec[f"measured_{m}_ms"], rec[f"sim_{m}_ms"]
+            ok = sim is not None and meas == meas and meas > 0
+            rec[f"{m}_err"] = sim / meas - 1.0 if ok else None
+        out.append(rec)
+    t = pd.DataFrame(out)
+    return t, summarize(t)
+
+
+def _errs(s: pd.Series) -> dict:
+    e = s.dropna().astype(float).abs()
+    return {"median": float(e.median()) if len(e) else None, "p90": float(np.percentile(e, 90)) if len(e) else None}
+
+
+def summarize(t: pd.DataFrame) -> dict:
+    ok = t[t.expressible]
+    groups = []
+    for key, g in ok.groupby(["model", "backend", "gpu", "mode"], sort=True):
+        groups.append({"model": key[0], "backend": key[1], "gpu": key[2], "mode": key[3], "rows": int(len(g)),
+                       "tpot": _errs(g.tpot_err), "ttft": _errs(g.ttft_err)})
+    blocked = t[~t.expressible].blocked_by.value_counts()
+    return {"rows": int(len(t)), "expressible": int(len(ok)), "coverage": float(len(ok) / len(t)),
+            "tpot_median_abs_error": _errs(ok.tpot_err)["median"], "tpot_p90_abs_error": _errs(ok.tpot_err)["p90"],
+            "ttft_median_abs_error": _errs(ok.ttft_err)["median"], "ttft_p90_abs_error": _errs(ok.ttft_err)["p90"],
+            "blocked": {str(k): int(v) for k, v in blocked.items()}, "groups": groups}

@@ -1,0 +1,205 @@
+"""Weight/KV precisions, MLA and sliding-window architectures, per-framework kernels."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from simulator.common.errors import ConfigError
+from simulator.config import gpu, model, precision
+from simulator.config.scenario import parse
+from simulator.cost.costmodel import CostModel
+from simulator.cost.forward import Batch, ForwardModel, Parallel
+from simulator.serving import memory
+from simulator.serving.simulation import build
+
+from .conftest import shared_or_skip
+
+
+def scen(**kw):
+    base = {"model": "Llama-3.1-8B", "hardware": {"gpu": "h100_sxm"},
+            "workload": {"num_prompts": 4, "random_input_len": 64, "random_output_len": 8}}
+    for k, v in kw.items():
+        base.setdefault(k, {}).update(v) if isinstance(v, dict) else base.__setitem__(k, v)
+    return parse(base, "test")
+
+
+def test_weight_bytes_closed_form_per_precision():
+    m = model.load("Llama-3.1-8B")
+    c = m.parameter_count()
+    lin = c["attention"] + c["dense_ffn"]
+    fp8 = m.weight_bytes(model.Quantization(gemm="fp8", moe="fp8"))
+    assert fp8 == pytest.approx(lin * 1.0 + 2.0 * c["embeddings"])
+    assert m.weight_bytes() == pytest.approx(2.0 * sum(c.values()))
+    # routed experts take the moe precision, the rest the gemm precision
+    oss = model.load("gpt-oss-120b")
+    oc = oss.parameter_count()
+    mx = precision.get("mxfp4").weight_bytes
+    assert oss.weight_bytes() == pytest.approx(mx * oc["experts"] + 2.0 * (oc["attention"] + oc["embeddings"] + oc["router"]))
+
+
+def test_fp8_checkpoint_is_sized_and_priced_as_fp8():
+    ds = model.load("DeepSeek-V3")
+    assert ds.quantization.gemm == "fp8_block" and ds.quantization.moe == "fp8_block"
+    # ~671B parameters at ~1 byte: fits 8x H200, where bf16 would not
+    assert 600 < ds.weight_bytes() / 2**30 < 640
+    s = build(parse({"model": "DeepSeek-V3", "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 8},
+                     "workload": {"num_prompts": 2}}, "t"))
+    assert s.files["quantization"] == {"gemm": "fp8_block", "moe": "fp8_block"}
+    assert s.target_fm.gemm_prec.name == "fp8_block" and s.target_fm.moe_prec.name == "fp8_block"
+    with pytest.raises(ConfigError, match="bf16 weights per GPU"):
+        build(parse({"model": "DeepSeek-V3", "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 8},
+                     "engine": {"quantization": "bf16"}}, "t"))
+
+
+def test_quantization_changes_the_cost_and_uses_its_own_fit():
+    cm = CostModel("h100_sxm")
+    bf, f8 = cm.gemm(8, 4096, 4096), cm.gemm(8, 4096, 4096, precision.get("fp8"))
+    assert f8.extra["precision"] == "fp8" and bf.extra["precision"] == "bf16"
+    assert f8.bytes < bf.bytes                     # half the weight bytes
+    assert f8.path == "roofline"                  # bf16 residual tables are not applied to fp8 kernels
+    big_bf, big_f8 = cm.gemm(8192, 8192, 8192), cm.gemm(8192, 8192, 8192, precision.get("fp8"))
+    assert big_f8.latency_s < big_bf.latency_s    # compute-bound: FP8 tensor cores are twice as fast
+
+
+def test_bad_precisions_are_one_line_errors():
+    with pytest.raises(ConfigError, match="nvfp4 needs FP4 tensor cores.*h100_sxm.*allowed on it: bf16, fp8"):
+        build(scen(engine={"quantization": "nvfp4"}))
+    with pytest.raises(ConfigError, match="unknown precision 'fp3'"):
+        build(scen(engine={"quantization": "fp3"}))
+    with pytest.raises(ConfigError, match="fp8 needs FP8 tensor cores.*a100_sxm"):
+        build(scen(engine={"quantization": "fp8"}, hardware={"gpu": "a100_sxm"}))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        build(scen(engine={"quantization": {"attention": "fp8"}}))
+
+
+def test_uncalibrated_precision_is_refused_not_priced_as_bf16():
+    # l40s has no nvfp4 hardware; a GPU with FP4 units but no fp4 fit must refuse, naming what exists
+    hw = gpu.load("h100_sxm")
+    cal = hw.calibration.model_copy(update={"precisions": {}})
+    cm = CostModel(hw.model_copy(update={"calibration": cal}))
+    with pytest.raises(ConfigError, match="no fp8 gemm calibration.*calibrated: bf16"):
+        cm.gemm(8, 4096, 4096, precision.get("fp8"))
+
+
+def test_fp8_kv_cache_halves_kv_bytes_and_decode_reads():
+    m = model.load("Llama-3.1-8B")
+    assert memory.kv_bytes_per_token(m, 1, 1.0) * 2 == memory.kv_bytes_per_token(m, 1, 2.0)
+    a = build(scen(engine={"kv_cache_dtype": "fp8"}))
+    b = build(scen())
+    assert a.cfg.num_blocks > 1.9 * b.cfg.num_blocks
+    assert a.files["kv_cache_dtype"] == "fp8"
+    batch = Batch(64, 1, 8192.0)
+    assert a.target_fm.forward(batch).attention_s < 0.8 * b.target_fm.forward(batch).attention_s
+
+
+def test_mla_latent_cache_and_params():
+    ds = model.load("DeepSeek-V3")
+    # 576 latent elements per token and layer, not split by TP
+    assert memory.kv_bytes_per_token(ds, 8, 2.0) == memory.kv_bytes_per_token(ds, 1, 2.0) == 576 * 61 * 2.0
+    a, h, H = ds.mla, ds.hidden_size, ds.num_attention_heads
+    expect = (h * a.q_lora_rank + a.q_lora_rank * H * 192 + h * 576 + a.kv_lora_rank * H * (128 + 128)
+              + H * 128 * h)
+    assert ds.attention_params_per_layer() == expect
+    with pytest.raises(ConfigError, match="mla or kv_cache_dim_per_token"):
+        model.parse({**ds.model_dump(exclude_none=True), "kv_cache_dim_per_token": 576}, "t")
+
+
+def test_sliding_window_layers_read_only_the_window():
+    oss = model.load("gpt-oss-120b")
+    full = oss.model_copy(update={"num_sliding_window_layers": 0, "sliding_window": None})
+    cm = CostModel("h100_sxm")
+    par = Parallel(tensor_parallel_size=2)
+    fw, ff = ForwardModel(oss, cm, par), ForwardModel(full, cm, par)
+    short, long_ = Batch(32, 1, 100.0), Batch(32, 1, 32768.0)
+    assert fw.forward(short).attention_s == pytest.approx(ff.forward(short).attention_s)  # inside the window
+    assert fw.forward(long_).attention_s < 0.6 * ff.forward(long_).attention_s
+    # half the layers keep no long-context KV
+    assert memory.kv_bytes_per_token(oss, 1) == pytest.approx(memory.kv_bytes_per_token(full, 1) / 2)
+
+
+def test_framework_tables_are_named_and_unknown_ones_refused():
+    s = build(scen())
+    assert s.files["framework"] == "vllm" and s.files["kernel_tables"].startswith("vllm ")
+    hw = gpu.load("h100_sxm")
+    if "sglang" in hw.calibration.frameworks:
+        t = build(scen(engine={"framework": "sglang"}))
+        assert t.files["kernel_tables"].startswith("sglang ")
+        assert t.cost.gemm(8, 4096, 4096).latency_s != s.cost.gemm(8, 4096, 4096).latency_s
+    stripped = hw.model_copy(update={"calibration": hw.calibration.model_copy(update={"frameworks": {}})})
+    with pytest.raises(ConfigError, match="no trtllm kernel calibration"):
+        CostModel(stripped, framework="trtllm")
+
+
+def test_precision_fit_on_measured_fp8_rows():
+    from simulator.cost import calibration, traces
+    d = shared_or_skip()
+    hw = gpu.load("h100_sxm")
+    p8 = precision.get("fp8_block")
+    df = calibration.sample_rows(calibration.select_rows("moe", traces.load(d, "h100_sxm", "moe"), p8), 1500)
+    assert set(df.dtype) == {"fp8_block"}
+    params = calibration.fit("moe", hw, df, p8)
+    err = calibration.errors(calibration.predict_rows("moe", hw, params, df, prec=p8), df)
+    assert float(sorted(err)[len(err) // 2]) < 0.12
+
+
+SILICON_HEADER = ("id,model_path,backend,backend_version,system,precision,mode,isl,osl,gemm_quant_mode,moe_quant_mode,"
+                  "batch_size,tp_size,pp_size,attention_dp_size,moe_tp_size,moe_ep_size,silicon_ttft_ms,silicon_tpot_ms\n")
+
+
+def test_validate_silicon_classifies_and_simulates(tmp_path):
+    f = tmp_path / "mine.csv"
+    f.write_text(SILICON_HEADER
+                 + "a,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,bf16,agg,128,16,,,2,1,1,1,1,1,30,8\n"
+                 + "b,deepseek-ai/DeepSeek-R1,sglang,0.5.9,b200_sxm,fp8,disagg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
+                 + "c,Qwen/Qwen3.5-397B-A17B,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
+                 + "d,some/unknown-model,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
+                 + "e,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,1,1,1,1,1,30,8\n")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "simulator", "validate", "--silicon", str(f), "--out", str(out),
+                        "--json", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["rows"] == 5 and s["expressible"] == 1 and s["coverage"] == pytest.approx(0.2)
+    by = {row["id"]: row for row in s["per_row"]}
+    assert by["a"]["expressible"] and by["a"]["sim_tpot_ms"] > 0 and by["a"]["sim_ttft_ms"] > 0
+    assert by["b"]["blocked_by"] == "disaggregated prefill/decode"
+    assert "linear attention" in by["c"]["blocked_by"]
+    assert by["d"]["blocked_by"] == "no catalog architecture for some/unknown-model"
+    assert by["e"]["blocked_by"].startswith("nvfp4 gemm kernels on h100_sxm")
+    assert s["tpot_median_abs_error"] == pytest.approx(abs(by["a"]["sim_tpot_ms"] / 8 - 1))
+    assert (out / "silicon.csv").exists() and (out / "summary.json").exists()
+
+
+def test_validate_silicon_bad_file_is_one_line(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("id,model_path\nx,y\n")
+    r = subprocess.run([sys.executable, "-m", "simulator", "validate", "--silicon", str(f), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "missing columns" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_mla_model_needs_mla_kernels_and_uses_them():
+    from simulator.serving.simulation import missing_kernels
+    hw = gpu.load("h200_sxm")
+    ds = model.load("DeepSeek-V3")
+    stripped = hw.model_copy(update={"calibration": hw.calibration.model_copy(update={"precisions": {}})})
+    assert "no MLA decode calibration" in missing_kernels(CostModel(stripped), ds, model.Quantization())
+    cm = CostModel(hw)
+    assert missing_kernels(cm, ds, ds.quantization) == ""
+    # the step's decode attention is the MLA kernel's: 128 heads / TP8 = 16 per GPU
+    fm = ForwardModel(ds, cm, Parallel(tensor_parallel_size=8))
+    one_layer = fm.forward(Batch(64, 1, 32767.0)).attention_s / ds.num_hidden_layers
+    assert one_layer == pytest.approx(float(cm.mla_decode_latency_s(64, [32767.0], 16, 576)[0]), rel=0.02)
+
+
+def test_mla_decode_agrees_with_measured_table():
+    from simulator.cost import calibration, traces
+    d = shared_or_skip()
+    df = calibration.select_rows("mla_generation", traces.load(d, "h200_sxm", "mla_generation", "vllm"))
+    row = df[(df.num_heads == 16) & (df.batch_size == 64) & (df.step == 32767) & (df.kv_cache_dtype == "bfloat16")]
+    assert len(row)
+    sim = float(CostModel("h200_sxm").mla_decode_latency_s(64, [32767.0], 16, 576)[0]) * 1e3
+    assert sim == pytest.approx(float(row.latency_ms.mean()), rel=0.15)
