@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..common.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)     # one instance per name (PRECISIONS): identity hashing keeps cache keys cheap
 class Precision:
     name: str
     weight_bytes: float        # per weight element, scales included

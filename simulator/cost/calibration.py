@@ -279,6 +279,14 @@ def sample_rows(df: pd.DataFrame, n: int = MAX_PRECISION_ROWS, seed: int = 0) ->
     return df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))].reset_index(drop=True)
 
 
+def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision = BF16) -> pd.DataFrame | None:
+    """The fitted rows of one (op, framework, precision): the newest collected version that times
+    the precision, sampled (``sample_rows``); None when no version has enough."""
+    tables = (select_rows(op, t, prec) for t in traces.load_versions(traces_dir, gpu, op, framework))
+    df = next((t for t in tables if len(t) >= MIN_ROWS), None)
+    return None if df is None else sample_rows(df)
+
+
 def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", progress=None) -> tuple:
     """Fit GEMM and MoE of each weight precision on its own rows of ``framework``'s tables:
     ({precision: {op: params}}, {precision: {op: in-sample fit summary}}, residual frame with a
@@ -287,12 +295,9 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
     params, fits, frames = {}, {}, []
     for prec in precisions:
         for op in PRECISION_OPS:
-            # the newest collected version that times this precision
-            tables = (select_rows(op, t, prec) for t in traces.load_versions(traces_dir, hw.name, op, framework))
-            df = next((t for t in tables if len(t) >= MIN_ROWS), None)
+            df = precision_rows(traces_dir, hw.name, op, framework, prec)
             if df is None:
                 continue
-            df = sample_rows(df)
             p = fit(op, hw, df, prec)
             pred = predict_rows(op, hw, p, df, prec=prec)
             params.setdefault(prec.name, {})[op] = p
@@ -302,11 +307,8 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
             if progress:
                 progress(f"{prec.name} {op}")
     # MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
-    tables = (select_rows("mla_generation", t) for t in traces.load_versions(traces_dir, hw.name, "mla_generation",
-                                                                             framework))
-    df = next((t for t in tables if len(t) >= MIN_ROWS), None)
+    df = precision_rows(traces_dir, hw.name, "mla_generation", framework)
     if df is not None:
-        df = sample_rows(df)
         p = fit("mla_generation", hw, df)
         pred = predict_rows("mla_generation", hw, p, df)
         params.setdefault("bf16", {})["mla_generation"] = p
