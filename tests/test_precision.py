@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from simulator.common.errors import ConfigError
@@ -155,20 +156,24 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
                  + "b,deepseek-ai/DeepSeek-R1,sglang,0.5.9,b200_sxm,fp8,disagg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
                  + "c,Qwen/Qwen3.5-397B-A17B,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
                  + "d,some/unknown-model,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
-                 + "e,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,1,1,1,1,1,30,8\n")
+                 + "e,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,1,1,1,1,1,30,8\n"
+                 + "f,openai/gpt-oss-120b,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,2,1,1,2,1,30,8\n")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "simulator", "validate", "--silicon", str(f), "--out", str(out),
                         "--json", "--workers", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["rows"] == 5 and s["expressible"] == 1 and s["coverage"] == pytest.approx(0.2)
+    assert s["rows"] == 6 and s["expressible"] == 2 and s["coverage"] == pytest.approx(2 / 6)
     by = {row["id"]: row for row in s["per_row"]}
     assert by["a"]["expressible"] and by["a"]["sim_tpot_ms"] > 0 and by["a"]["sim_ttft_ms"] > 0
     assert by["b"]["blocked_by"] == "disaggregated prefill/decode"
     assert "linear attention" in by["c"]["blocked_by"]
     assert by["d"]["blocked_by"] == "no catalog architecture for some/unknown-model"
     assert by["e"]["blocked_by"].startswith("nvfp4 gemm kernels on h100_sxm")
-    assert s["tpot_median_abs_error"] == pytest.approx(abs(by["a"]["sim_tpot_ms"] / 8 - 1))
+    # gpt-oss exists only in MXFP4: the sample's generic 4-bit label is read as its checkpoint
+    assert by["f"]["expressible"] and by["f"]["precision"] == "bf16/mxfp4"
+    errs = sorted(abs(by[i]["sim_tpot_ms"] / 8 - 1) for i in "af")
+    assert s["tpot_median_abs_error"] == pytest.approx(sum(errs) / 2)
     assert (out / "silicon.csv").exists() and (out / "summary.json").exists()
 
 
@@ -203,3 +208,54 @@ def test_mla_decode_agrees_with_measured_table():
     assert len(row)
     sim = float(CostModel("h200_sxm").mla_decode_latency_s(64, [32767.0], 16, 576)[0]) * 1e3
     assert sim == pytest.approx(float(row.latency_ms.mean()), rel=0.15)
+
+
+# --- framework step model -------------------------------------------------------------------
+
+def test_step_model_closed_forms():
+    from simulator.cost.framework import FrameworkStep
+    serial = FrameworkStep(1e-3, 1e-5, 2e-3, False, 1e-4)
+    assert serial.overhead_s(5e-3, 10) == pytest.approx(1e-3 + 1e-4 + 1e-4)            # CPU + sync, whatever the GPU
+    assert serial.overhead_s(5e-3, 10, spec_round=True) == pytest.approx(1e-3 + 1e-4 + 2e-3 + 1e-4)
+    ov = FrameworkStep(1e-3, 1e-5, 0.0, True, 1e-4)
+    assert ov.overhead_s(5e-3, 10) == pytest.approx(1e-4)                              # GPU-bound: CPU hidden
+    assert ov.overhead_s(2e-4, 10) == pytest.approx(1.1e-3 - 2e-4 + 1e-4)              # CPU-bound: step = CPU + sync
+    # a step never takes less than its GPU time or its CPU time
+    for g in (1e-5, 1e-3, 1e-1):
+        assert g + ov.overhead_s(g, 10) >= max(g, ov.cpu_s(10))
+
+
+def test_step_model_fit_recovers_known_parameters():
+    from simulator.analysis import stepfit
+    from simulator.cost.framework import FrameworkStep
+    rng = np.random.default_rng(1)
+    for overlap in (False, True):
+        true = FrameworkStep(8e-4, 2e-5, 0.0, overlap, 3e-4)
+        rows = []
+        for i in range(60):
+            by = [(int(b), int(rng.integers(50, 500)), float(g)) for b, g in
+                  zip(rng.choice([1, 4, 16, 64, 256], 3), rng.uniform(2e-4, 3e-2, 3))]
+            tpot0 = float(rng.uniform(5, 50))
+            rows.append({"tpot0": tpot0, "by_batch": by, "measured_tpot": stepfit.predict_tpot(true, tpot0, by),
+                         "model": i % 5})
+        got = stepfit.fit(rows, overlap)
+        assert got.per_seq_cpu_s == pytest.approx(true.per_seq_cpu_s, rel=0.05)
+        if overlap:     # the CPU and what never overlaps are told apart by GPU-bound vs CPU-bound steps
+            assert got.step_cpu_s == pytest.approx(true.step_cpu_s, rel=0.05)
+            assert got.sync_s == pytest.approx(true.sync_s, rel=0.1)
+        else:           # serial: only CPU + sync is identifiable, and it is recovered
+            assert got.step_cpu_s + got.sync_s == pytest.approx(true.step_cpu_s + true.sync_s, rel=0.05)
+        assert stepfit.leave_one_group_out(rows, "model", overlap).max() < 0.01
+
+
+def test_framework_entries_pick_by_version_and_scenario_terms_win():
+    from simulator.config import framework
+    from simulator.serving.simulation import step_model
+    e = framework.step_entry("vllm")
+    assert framework.step_entry("vllm", "0.1.0").since == framework.entries("vllm")[0].since
+    assert framework.step_entry("vllm", "nightly-dev") == e
+    s = build(scen(engine={"framework": "vllm", "step_overhead_ms": 0.25, "cpu_overlap": True}))
+    fm = step_model(s.scenario.engine)
+    assert fm.step_cpu_s == pytest.approx(0.25e-3) and fm.cpu_overlap
+    assert fm.per_seq_cpu_s == pytest.approx(e.per_seq_cpu_ms / 1e3)
+    assert s.cfg.step_model == fm

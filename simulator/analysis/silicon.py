@@ -73,8 +73,16 @@ def _int(v, default=1) -> int:
 
 def quant_modes(r: dict) -> tuple[str, str] | None:
     """(gemm, moe) precision names of a row; None when the row states none (then the checkpoint's
-    precision is used, and the table says so)."""
+    precision is used, and the table says so).
+
+    A 4-bit row of a model published only in MXFP4 (gpt-oss: experts MXFP4, the rest bf16) is its
+    checkpoint: the silicon sample labels every 4-bit run ``nvfp4``, which gpt-oss has no weights in."""
     g, m = r.get("gemm_quant_mode"), r.get("moe_quant_mode")
+    model = MODELS.get(str(r.get("model_path")))
+    if model and g == "nvfp4" and (MODELS_DIR / f"{model}.yaml").is_file():
+        native = load_model(model).quantization
+        if native.moe == "mxfp4":
+            return native.gemm, native.moe
     if isinstance(g, str) and isinstance(m, str):
         return g, m
     p = r.get("precision")
@@ -133,6 +141,7 @@ def scenario(r: dict) -> dict:
         "name": "silicon_row", "model": MODELS[str(r["model_path"])],
         "hardware": {"gpu": str(r["system"]), "tensor_parallel_size": tp, "enable_expert_parallel": mep > 1},
         "engine": {"framework": str(r["backend"]),
+                   "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
                    "quantization": dict(zip(("gemm", "moe"), quant_modes(r))) if quant_modes(r) else None,
                    "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, _int(r["isl"]))},
         "workload": {"dataset_name": "fixed", "random_input_len": _int(r["isl"]), "random_output_len": _int(r["osl"]),

@@ -106,11 +106,18 @@ class Engine(Strict):
         "reuse the KV of a conversation's history while its blocks are not evicted (vLLM's flag; V1 turns it "
         "on by default, kept off here so single-turn runs are unchanged)"))
     enforce_eager: bool = False
-    step_overhead_ms: float = Field(default=1.5, ge=0, description="CPU scheduling/sampling per engine step")
-    per_seq_overhead_ms: float = Field(default=0.0, ge=0, description="CPU cost per scheduled sequence per step")
-    spec_round_overhead_ms: float = Field(default=0.0, ge=0,
-                                          description="extra CPU cost of a speculative round (draft bookkeeping, "
-                                                      "tree build, verification) beyond a plain step")
+    framework_version: Optional[str] = Field(default=None, max_length=64, description=(
+        "picks the framework's step-model entry in workloads/frameworks.yaml (the newest at or below it); "
+        "default: the newest"))
+    # the framework step model (simulator/cost/framework.py); unset = the framework's entry
+    step_overhead_ms: Optional[float] = Field(default=None, ge=0, description="CPU scheduling/sampling per engine step")
+    per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, description="CPU cost per scheduled sequence per step")
+    spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0,
+                                                    description="extra CPU cost of a speculative round (draft "
+                                                                "bookkeeping, tree build, verification) beyond a plain step")
+    cpu_overlap: Optional[bool] = Field(default=None, description=(
+        "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
+    sync_ms: Optional[float] = Field(default=None, ge=0, description="per step, never overlapped (TP broadcast, output copy)")
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 

@@ -6,7 +6,6 @@ directly (``<dir>/<op>.csv`` or ``.parquet``), so ``moesd calibrate`` reads eith
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 import yaml
 
 from ..common.errors import ConfigError
+from ..common.versions import version_key
 
 OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce", "nccl", "mla_generation")
 
@@ -145,11 +145,6 @@ def read_tidy(path: Path) -> pd.DataFrame:
     return df
 
 
-def _version_key(v: str) -> tuple:
-    """Order versions like 0.9.0 < 0.14.0 < 1.2.0rc5 < 1.3.0 (numbers numerically, tags after)."""
-    return tuple((int(x), "") if x.isdigit() else (-1, x) for x in re.findall(r"\d+|[a-z]+", v.lower()))
-
-
 def framework_tables(gpu_dir: Path, op: str, framework: str = "vllm") -> list[Path]:
     """AIConfigurator's per-framework layout (``<gpu>/<op folder>/<framework>/<version>/<table>``):
     the table of every version that has one, newest first, following a version's ``reuse.yaml``
@@ -158,7 +153,7 @@ def framework_tables(gpu_dir: Path, op: str, framework: str = "vllm") -> list[Pa
     root = gpu_dir / rel.parts[0] / framework
     if not root.is_dir():
         return []
-    versions = sorted((d.name for d in root.iterdir() if d.is_dir()), key=_version_key, reverse=True)
+    versions = sorted((d.name for d in root.iterdir() if d.is_dir()), key=version_key, reverse=True)
     out = []
     for v in versions:
         path = root / v / rel.name

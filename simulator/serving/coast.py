@@ -108,7 +108,7 @@ def coast(rep, plan: Plan):
     # a request's block count grows on the step after its context reaches a multiple of bs
     phase = np.bincount(c0 % bs, minlength=bs).tolist()
     ctx_sum0 = int(total(c0))
-    overhead_s = cfg.step_overhead_s + cfg.per_seq_overhead_s * B
+    step_model = rep.step_model
     moe = rep.target.m.moe
     loads = CoastLoads(rep, B) if moe else None
     price = rep.target.plain_decode(B)
@@ -123,7 +123,7 @@ def coast(rep, plan: Plan):
             cost = price(batch.decode_ctx_mean, *loads.next(m_max - m, t_next - start, priced))
         else:
             cost = price(batch.decode_ctx_mean, *rep.target.moe_loads(rep.route_counts(B, plan)))
-        cost.overhead_s += overhead_s
+        cost.overhead_s += step_model.overhead_s(cost.total_s, B)
         end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
         if m:
             used += phase[(-m) % bs]

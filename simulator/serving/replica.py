@@ -30,6 +30,7 @@ class Replica:
     def __init__(self, env, idx, cfg, R: Requests, target: ForwardModel, draft: ForwardModel | None,
                  acceptance, routing, rng, steps, on_finish, stop, next_arrival=None):
         self.env, self.idx, self.cfg, self.R = env, idx, cfg, R
+        self.step_model = cfg.step_model
         self.target, self.routing, self.rng = target, routing, rng
         self.sched = Scheduler(cfg, R)
         self.spec = Speculation(cfg, draft, acceptance)
@@ -71,7 +72,6 @@ class Replica:
         return tokens > 256 and self._popularity is not None
 
     def step_cost(self, plan: Plan) -> tuple:
-        cfg = self.cfg
         nd = len(plan.dec)
         ctx_sum = float(total(plan.dec_ctx)) if nd else 0.0
         prefill = tuple(zip(plan.pre_n.tolist(), plan.pre_ctx.tolist())) if len(plan.pre) else ()
@@ -87,9 +87,7 @@ class Replica:
         draft_s = self.spec.draft_s(plan, spec, n_spec, ctx_sum, prefill, self.k_now)
         if draft_s is not None:
             cost.draft_s = draft_s
-        cost.overhead_s += cfg.step_overhead_s + cfg.per_seq_overhead_s * (nd + len(prefill))
-        if n_spec:
-            cost.overhead_s += cfg.spec_round_overhead_s
+        cost.overhead_s += self.step_model.overhead_s(cost.total_s, nd + len(prefill), n_spec > 0)
         return cost, batch, counts
 
     # --- the process ---------------------------------------------------------------------

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.errors import ConfigError
+from ..config import framework as framework_mod
 from ..config import precision
+from ..cost.framework import FrameworkStep
 from ..config import scenario as scenario_mod
 from ..config.scenario import resolve
 from ..cost.costmodel import CostModel
@@ -66,8 +68,9 @@ def build(sc, source: str = "scenario") -> Setup:
     kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, precision.get(quant.gemm), source)
     cost = _shared(("cost", hw.model_dump_json(), eng.framework), lambda: _cost_model(hw, eng.framework, source))
     _check_calibrated(cost, target, quant, source)
+    fw = step_model(eng)
     par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
-                   cuda_graphs=not eng.enforce_eager, step_overhead_s=eng.step_overhead_ms / 1e3)
+                   cuda_graphs=not eng.enforce_eager, step_overhead_s=fw.step_cpu_s)
     if hwc.enable_expert_parallel and target.moe and target.moe.num_experts % hwc.tensor_parallel_size:
         raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
                           f"{hwc.tensor_parallel_size} under expert parallelism", source=source,
@@ -91,7 +94,8 @@ def build(sc, source: str = "scenario") -> Setup:
         max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
         max_model_len=eng.max_model_len or target.max_position_embeddings, step_overhead_s=par.step_overhead_s,
-        per_seq_overhead_s=eng.per_seq_overhead_ms / 1e3, spec_round_overhead_s=eng.spec_round_overhead_ms / 1e3,
+        per_seq_overhead_s=fw.per_seq_cpu_s, spec_round_overhead_s=fw.spec_round_cpu_s,
+        cpu_overlap=fw.cpu_overlap, sync_s=fw.sync_s,
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec else 1)
     acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
@@ -114,13 +118,22 @@ def build(sc, source: str = "scenario") -> Setup:
         ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
         # AdaptiveK memoises step times; the engine passes it the run's acceptance counters, so
         # runs of the same models and overheads share one
-        cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_overhead_s, cfg.per_seq_overhead_s,
-                                cfg.spec_round_overhead_s, cfg.draft_tokens_per_pass, ctx, k),
+        cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_model, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     files = {**(files or {}), "framework": eng.framework, "kernel_tables": cost.tables_label,
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
     return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing,
                  files)
+
+
+def step_model(eng) -> FrameworkStep:
+    """The framework step model of a scenario's engine: its framework's entry for its version
+    (workloads/frameworks.yaml), with any term the scenario sets itself."""
+    e = framework_mod.step_entry(eng.framework, eng.framework_version)
+    pick = lambda mine, default: default if mine is None else mine  # noqa: E731
+    return FrameworkStep(pick(eng.step_overhead_ms, e.step_cpu_ms) / 1e3, pick(eng.per_seq_overhead_ms, e.per_seq_cpu_ms) / 1e3,
+                         pick(eng.spec_round_overhead_ms, e.spec_round_cpu_ms) / 1e3, pick(eng.cpu_overlap, e.cpu_overlap),
+                         pick(eng.sync_ms, e.sync_ms) / 1e3)
 
 
 def _cost_model(hw, framework: str, source: str) -> CostModel:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cost.forward import Batch, ForwardModel
+from ..cost.framework import FrameworkStep
 from ..cost.routing import expected_distinct_experts
 
 
@@ -51,8 +52,10 @@ class StepTimes:
 
     def __init__(self, target: ForwardModel, draft: ForwardModel | None, step_overhead_s: float,
                  context_len: float, draft_tokens_per_pass: int = 1, per_seq_overhead_s: float = 0.0,
-                 spec_round_overhead_s: float = 0.0):
+                 spec_round_overhead_s: float = 0.0, step_model: FrameworkStep | None = None):
         self.t, self.d = target, draft
+        # overlap and sync come with a full step model; the three overheads alone mean CPU + GPU
+        self.step_model = step_model or FrameworkStep(step_overhead_s, per_seq_overhead_s, spec_round_overhead_s)
         self.overhead_s = step_overhead_s
         self.per_seq_s, self.spec_round_s = per_seq_overhead_s, spec_round_overhead_s
         self.ctx = max(1.0, float(context_len))
@@ -60,13 +63,14 @@ class StepTimes:
         self._memo: dict = {}
 
     def with_context(self, context_len: float) -> "StepTimes":
-        return StepTimes(self.t, self.d, self.overhead_s, context_len, self.draft_q, self.per_seq_s, self.spec_round_s)
+        return StepTimes(self.t, self.d, self.overhead_s, context_len, self.draft_q, self.per_seq_s, self.spec_round_s,
+                         self.step_model)
 
     def target(self, batch: int, q_len: int) -> float:
         key = ("t", batch, q_len)
         if key not in self._memo:
-            self._memo[key] = (self.t.forward(Batch(batch, q_len, self.ctx)).total_s + self.overhead_s
-                               + self.per_seq_s * batch)
+            gpu_s = self.t.forward(Batch(batch, q_len, self.ctx)).total_s
+            self._memo[key] = gpu_s + self.step_model.overhead_s(gpu_s, batch)
         return self._memo[key]
 
     def draft(self, batch: int) -> float:
@@ -104,7 +108,7 @@ class StepTimes:
 def step_times_for(cfg, target: ForwardModel, draft: ForwardModel | None, context_len: float) -> StepTimes:
     """StepTimes with an engine config's overheads (engine.EngineConfig)."""
     return StepTimes(target, draft, cfg.step_overhead_s, context_len, cfg.draft_tokens_per_pass,
-                     cfg.per_seq_overhead_s, cfg.spec_round_overhead_s)
+                     cfg.per_seq_overhead_s, cfg.spec_round_overhead_s, cfg.step_model)
 
 
 def step_times(setup, context_len: float) -> StepTimes:

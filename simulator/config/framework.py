@@ -1,0 +1,42 @@
+"""Serving frameworks' step-model entries (``workloads/frameworks.yaml``), validated, by version."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationError
+
+from ..common.datafiles import read_yaml
+from ..common.errors import ConfigError, pydantic_error
+from ..common.paths import REPO_ROOT
+from ..common.versions import version_key
+from .schema import Strict
+
+FRAMEWORKS_FILE = REPO_ROOT / "workloads" / "frameworks.yaml"
+
+
+class StepEntry(Strict):
+    since: str = Field(max_length=64)
+    step_cpu_ms: float = Field(ge=0)
+    per_seq_cpu_ms: float = Field(ge=0)
+    spec_round_cpu_ms: float = Field(ge=0)
+    cpu_overlap: bool
+    sync_ms: float = Field(ge=0)
+    source: str
+
+
+def entries(framework: str) -> list[StepEntry]:
+    data = read_yaml(FRAMEWORKS_FILE)
+    if framework not in data:
+        raise ConfigError(f"no step-model entry for {framework!r}; have {sorted(data)}", source=str(FRAMEWORKS_FILE))
+    try:
+        return sorted((StepEntry.model_validate(e) for e in data[framework]), key=lambda e: version_key(e.since))
+    except ValidationError as exc:
+        raise pydantic_error(exc, f"{FRAMEWORKS_FILE}: {framework}") from None
+
+
+def step_entry(framework: str, version: str | None = None) -> StepEntry:
+    """The newest entry at or below ``version`` (the newest overall when None)."""
+    es = entries(framework)
+    if version is None or not str(version)[:1].isdigit():    # unset, or a nightly build: the newest
+        return es[-1]
+    ok = [e for e in es if version_key(e.since) <= version_key(str(version))]
+    return ok[-1] if ok else es[0]
