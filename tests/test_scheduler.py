@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from simulator.cost.framework import FrameworkStep
 from simulator.serving.acceptance import IID
 from simulator.serving.engine import EngineConfig
 from simulator.serving.memory import blocks_for
@@ -14,7 +15,7 @@ from simulator.serving.workload import RequestSpec
 
 def _cfg(**kw):
     base = dict(max_num_seqs=8, max_num_batched_tokens=512, enable_chunked_prefill=True, block_size=16,
-                num_blocks=64, max_model_len=4096, step_overhead_s=0.0)
+                num_blocks=64, max_model_len=4096, step_model=FrameworkStep(step_cpu_s=0.0))
     return EngineConfig(**{**base, **kw})
 
 

@@ -146,7 +146,7 @@ class ForwardModel:
         """Attention of every layer: full layers over the whole context, sliding-window layers over
         at most the window (their KV beyond it is never read)."""
         full, sw, win = self.full_layers, self.m.num_sliding_window_layers, self.m.sliding_window or 0
-        if not sw:
+        if not sw:    # the general form below with sw = 0, summed in the order the figures were computed in
             t = self._decode_attention(num_decode, q, ctx) if num_decode else 0.0
             for chunk, prefix in prefill:
                 t += self._prefill_attention(chunk, prefix)

@@ -108,7 +108,7 @@ def coast(rep, plan: Plan):
     # a request's block count grows on the step after its context reaches a multiple of bs
     phase = np.bincount(c0 % bs, minlength=bs).tolist()
     ctx_sum0 = int(total(c0))
-    step_model = rep.step_model
+    step_model = cfg.step_model
     moe = rep.target.m.moe
     loads = CoastLoads(rep, B) if moe else None
     price = rep.target.plain_decode(B)

@@ -35,11 +35,7 @@ class EngineConfig:
     block_size: int
     num_blocks: int
     max_model_len: int
-    step_overhead_s: float
-    per_seq_overhead_s: float = 0.0
-    spec_round_overhead_s: float = 0.0
-    cpu_overlap: bool = False          # the framework prepares step n+1 on the CPU while the GPU runs step n
-    sync_s: float = 0.0                # per step, never overlapped (TP broadcast, output copy)
+    step_model: FrameworkStep          # the framework's CPU side of a step (simulator/cost/framework.py)
     k: int = 0                         # speculative tokens (0 = no SD)
     verify_tokens: int = 1             # query tokens per sequence when verifying (k+1, or a tree)
     draft_kind: str = "none"           # none | model | head | ngram
@@ -47,11 +43,6 @@ class EngineConfig:
     k_policy: object = None            # adaptive k: (batch, mean ctx, reached, accepted per position) -> k
     stop_waiting: int | None = None    # end the run once a replica queues more requests than this
     prefix_caching: bool = False       # keep a finished turn's full KV blocks for its conversation's next turn
-
-    @property
-    def step_model(self) -> FrameworkStep:
-        return FrameworkStep(self.step_overhead_s, self.per_seq_overhead_s, self.spec_round_overhead_s,
-                             self.cpu_overlap, self.sync_s)
 
 
 @dataclass

@@ -30,7 +30,6 @@ class Replica:
     def __init__(self, env, idx, cfg, R: Requests, target: ForwardModel, draft: ForwardModel | None,
                  acceptance, routing, rng, steps, on_finish, stop, next_arrival=None):
         self.env, self.idx, self.cfg, self.R = env, idx, cfg, R
-        self.step_model = cfg.step_model
         self.target, self.routing, self.rng = target, routing, rng
         self.sched = Scheduler(cfg, R)
         self.spec = Speculation(cfg, draft, acceptance)
@@ -87,7 +86,7 @@ class Replica:
         draft_s = self.spec.draft_s(plan, spec, n_spec, ctx_sum, prefill, self.k_now)
         if draft_s is not None:
             cost.draft_s = draft_s
-        cost.overhead_s += self.step_model.overhead_s(cost.total_s, nd + len(prefill), n_spec > 0)
+        cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, nd + len(prefill), n_spec > 0)
         return cost, batch, counts
 
     # --- the process ---------------------------------------------------------------------

@@ -13,10 +13,10 @@ import numpy as np
 from ..common.errors import ConfigError
 from ..config import framework as framework_mod
 from ..config import precision
-from ..cost.framework import FrameworkStep
 from ..config import scenario as scenario_mod
 from ..config.scenario import resolve
 from ..cost.costmodel import CostModel
+from ..cost.framework import FrameworkStep
 from ..cost.forward import Batch, ForwardModel, Parallel
 from ..cost.routing import Routing
 from . import acceptance as acc_mod
@@ -65,7 +65,7 @@ def build(sc, source: str = "scenario") -> Setup:
     target, draft, hw, files = resolve(sc, source)
     eng, hwc = sc.engine, sc.hardware
     quant = scenario_mod.quantization(sc, target, hw, source)
-    kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, precision.get(quant.gemm), source)
+    kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, source)
     cost = _shared(("cost", hw.model_dump_json(), eng.framework), lambda: _cost_model(hw, eng.framework, source))
     _check_calibrated(cost, target, quant, source)
     fw = step_model(eng)
@@ -93,9 +93,7 @@ def build(sc, source: str = "scenario") -> Setup:
     cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
         max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
-        max_model_len=eng.max_model_len or target.max_position_embeddings, step_overhead_s=par.step_overhead_s,
-        per_seq_overhead_s=fw.per_seq_cpu_s, spec_round_overhead_s=fw.spec_round_cpu_s,
-        cpu_overlap=fw.cpu_overlap, sync_s=fw.sync_s,
+        max_model_len=eng.max_model_len or target.max_position_embeddings, step_model=fw,
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec else 1)
     acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)

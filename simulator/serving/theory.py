@@ -50,21 +50,17 @@ def tokens_per_round(acceptance, k: int) -> float:
 class StepTimes:
     """T_T(B, n) and T_D(B) from the calibrated forward models at one mean context length."""
 
-    def __init__(self, target: ForwardModel, draft: ForwardModel | None, step_overhead_s: float,
-                 context_len: float, draft_tokens_per_pass: int = 1, per_seq_overhead_s: float = 0.0,
-                 spec_round_overhead_s: float = 0.0, step_model: FrameworkStep | None = None):
+    def __init__(self, target: ForwardModel, draft: ForwardModel | None, step_model: FrameworkStep,
+                 context_len: float, draft_tokens_per_pass: int = 1):
         self.t, self.d = target, draft
-        # overlap and sync come with a full step model; the three overheads alone mean CPU + GPU
-        self.step_model = step_model or FrameworkStep(step_overhead_s, per_seq_overhead_s, spec_round_overhead_s)
-        self.overhead_s = step_overhead_s
-        self.per_seq_s, self.spec_round_s = per_seq_overhead_s, spec_round_overhead_s
+        self.step_model = step_model
+        self.spec_round_s = step_model.spec_round_cpu_s
         self.ctx = max(1.0, float(context_len))
         self.draft_q = draft_tokens_per_pass
         self._memo: dict = {}
 
     def with_context(self, context_len: float) -> "StepTimes":
-        return StepTimes(self.t, self.d, self.overhead_s, context_len, self.draft_q, self.per_seq_s, self.spec_round_s,
-                         self.step_model)
+        return StepTimes(self.t, self.d, self.step_model, context_len, self.draft_q)
 
     def target(self, batch: int, q_len: int) -> float:
         key = ("t", batch, q_len)
@@ -107,8 +103,7 @@ class StepTimes:
 
 def step_times_for(cfg, target: ForwardModel, draft: ForwardModel | None, context_len: float) -> StepTimes:
     """StepTimes with an engine config's overheads (engine.EngineConfig)."""
-    return StepTimes(target, draft, cfg.step_overhead_s, context_len, cfg.draft_tokens_per_pass,
-                     cfg.per_seq_overhead_s, cfg.spec_round_overhead_s, cfg.step_model)
+    return StepTimes(target, draft, cfg.step_model, context_len, cfg.draft_tokens_per_pass)
 
 
 def step_times(setup, context_len: float) -> StepTimes:
