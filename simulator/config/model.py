@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import precision
 from ..common.datafiles import read_yaml
@@ -53,13 +53,11 @@ class Quantization(BaseModel):
     gemm: str = "bf16"
     moe: str = "bf16"
 
-    @model_validator(mode="after")
-    def _known(self):
-        for f in ("gemm", "moe"):
-            name = getattr(self, f)
-            if precision.ALIASES.get(name, name) not in precision.PRECISIONS:
-                raise ValueError(f"quantization.{f} {name!r} unknown; allowed: {', '.join(precision.PRECISIONS)}")
-        return self
+    @field_validator("gemm", "moe")
+    @classmethod
+    def _canonical(cls, name: str) -> str:
+        """Stored by canonical name (aliases such as awq resolved), so it prices and compares as one."""
+        return precision.get(name).name
 
 
 class ModelArch(BaseModel):

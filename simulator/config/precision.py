@@ -19,7 +19,6 @@ class Precision:
     act_bytes: float           # per activation element read by the GEMM (quantised on the fly or not)
     tensor_core: str           # which peak runs the math: bf16 | fp8 | fp4
     table_dtype: str           # AIConfigurator dtype column value
-    needs: str = ""            # the Hardware peak field that must exist (hardware support)
     about: str = ""
 
     @property
@@ -33,14 +32,14 @@ class Precision:
 # scale per 32; int4 weight-only (AWQ/GPTQ) one bf16 scale per group of 128.
 PRECISIONS = {
     "bf16": Precision("bf16", 2.0, 2.0, "bf16", "bfloat16", about="16-bit weights (the checkpoint default)"),
-    "fp8": Precision("fp8", 1.0, 1.0, "fp8", "fp8", "fp8_flops_per_s", "FP8 W8A8, per-tensor/channel scales"),
-    "fp8_block": Precision("fp8_block", 1.0 + 4.0 / 128 ** 2, 1.0 + 4.0 / 128, "fp8", "fp8_block", "fp8_flops_per_s",
+    "fp8": Precision("fp8", 1.0, 1.0, "fp8", "fp8", "FP8 W8A8, per-tensor/channel scales"),
+    "fp8_block": Precision("fp8_block", 1.0 + 4.0 / 128 ** 2, 1.0 + 4.0 / 128, "fp8", "fp8_block",
                            "FP8 W8A8 with 128x128 block scales (DeepSeek-V3 style)"),
-    "nvfp4": Precision("nvfp4", 0.5 + 1.0 / 16, 0.5 + 1.0 / 16, "fp4", "nvfp4", "fp4_flops_per_s",
+    "nvfp4": Precision("nvfp4", 0.5 + 1.0 / 16, 0.5 + 1.0 / 16, "fp4", "nvfp4",
                        "NVFP4 W4A4 (ModelOpt), fp8 scale per 16 elements"),
-    "mxfp4": Precision("mxfp4", 0.5 + 1.0 / 32, 2.0, "bf16", "w4a16_mxfp4", "",
+    "mxfp4": Precision("mxfp4", 0.5 + 1.0 / 32, 2.0, "bf16", "w4a16_mxfp4",
                        "MXFP4 weights, 16-bit activations (gpt-oss experts)"),
-    "int4_wo": Precision("int4_wo", 0.5 + 2.0 / 128, 2.0, "bf16", "int4_wo", "",
+    "int4_wo": Precision("int4_wo", 0.5 + 2.0 / 128, 2.0, "bf16", "int4_wo",
                          "int4 weight-only (AWQ/GPTQ/compressed-tensors W4A16), group 128"),
 }
 ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "none": "bf16", "fp8_blockwise": "fp8_block",
@@ -60,8 +59,7 @@ def get(name: str, source: str | None = None, field: str = "quantization") -> Pr
     return PRECISIONS[key]
 
 
-def kv_bytes(kv_cache_dtype: str, weights: "Precision", source: str | None = None,
-             field: str = "engine.kv_cache_dtype") -> tuple[str, float]:
+def kv_bytes(kv_cache_dtype: str, source: str | None = None, field: str = "engine.kv_cache_dtype") -> tuple[str, float]:
     """(KV dtype name, bytes per element). ``auto`` stores KV in the activation dtype: bf16, as
     vLLM does for every checkpoint here (an FP8 checkpoint's KV stays bf16 unless asked)."""
     key = str(kv_cache_dtype).lower()
@@ -76,7 +74,8 @@ def kv_bytes(kv_cache_dtype: str, weights: "Precision", source: str | None = Non
 
 def check_supported(prec: Precision, hw, source: str | None = None, field: str = "quantization") -> None:
     """Refuse a precision the GPU has no tensor cores for (NVFP4 before Blackwell, FP8 before Hopper/Ada)."""
-    if prec.needs and not getattr(hw, prec.needs, None):
-        ok = [p.name for p in PRECISIONS.values() if not p.needs or getattr(hw, p.needs, None)]
+    runs = lambda p: getattr(hw, f"{p.tensor_core}_flops_per_s", None) is not None  # noqa: E731  (a Hardware peak field)
+    if not runs(prec):
+        ok = [p.name for p in PRECISIONS.values() if runs(p)]
         raise ConfigError(f"{prec.name} needs {prec.tensor_core.upper()} tensor cores, which {hw.name} "
                           f"({hw.architecture}) lacks; allowed on it: {', '.join(ok)}", source=source, field=field)

@@ -337,7 +337,7 @@ def quantization(sc: Scenario, target: model_mod.ModelArch, hw, source: str) -> 
                                        moe=p.name if target.moe else native.moe)
     for part in ("gemm", "moe"):
         precision.check_supported(precision.get(getattr(quant, part)), hw, source, field)
-    return model_mod.Quantization(gemm=precision.get(quant.gemm).name, moe=precision.get(quant.moe).name)
+    return quant
 
 
 def resolve(sc: Scenario, source: str):
