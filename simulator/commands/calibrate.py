@@ -66,7 +66,7 @@ def run_precisions(traces_dir, gpu_name: str, framework: str, log=print, write: 
             cal["precisions"] = _plain(params)
             cal["precision_fit"] = _plain(fits)
         else:
-            version = calibration.table_version(traces_dir, hw.name, framework)
+            version = calibration.fitted_version(fits)
             cal.setdefault("frameworks", {})[framework] = _plain({"version": version, "precisions": params,
                                                                   "fit": fits})
         gpu_mod.Hardware.model_validate(data)

@@ -31,20 +31,24 @@ def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16) -> pd.DataFra
     if op == "gemm":
         df = df[(df.dtype == prec.table_dtype) & (df.m <= MAX_FIT_TOKENS)]
     elif op == "moe":
-        df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)]
-        if "kernel_source" in df and df.kernel_source.nunique() > 1:
-            # One roofline per kernel: where the collector timed several MoE kernels (B200: FlashInfer's
-            # TRT-LLM experts for most shapes, its CUTLASS experts for two), fit the dominant one.
-            df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
+        # B200: FlashInfer's TRT-LLM experts for most shapes, its CUTLASS experts for two
+        df = _dominant_kernel(df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)])
     elif op in ("attention_generation", "attention_context"):
         df = df[(df.kv_cache_dtype == "bfloat16") & (df.window_size == 0) & (df.dtype == "bfloat16")]
     elif op == "allreduce":
         df = df[df.dtype == "bfloat16"]
     elif op == "mla_generation":      # bf16 MLA weights; both KV dtypes (their bytes are modelled)
-        df = df[(df.dtype == "bfloat16") & (df.step <= 65536)]
-        if df.kernel_source.nunique() > 1:     # vLLM 0.14 timed FlashMLA and FlashAttention-MLA: fit the main one
-            df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
+        # vLLM 0.14 timed FlashMLA and FlashAttention-MLA
+        df = _dominant_kernel(df[(df.dtype == "bfloat16") & (df.step <= 65536)])
     return df.reset_index(drop=True)
+
+
+def _dominant_kernel(df: pd.DataFrame) -> pd.DataFrame:
+    """One roofline per kernel: where the collector timed several kernels of an op, the rows of
+    the one it timed most."""
+    if "kernel_source" in df and df.kernel_source.nunique() > 1:
+        df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
+    return df
 
 
 @functools.lru_cache(maxsize=None)
@@ -293,43 +297,27 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
     ``precision`` column). A precision or op the tables do not measure is simply absent (the cost
     model then refuses it, naming what exists)."""
     params, fits, frames = {}, {}, []
-    for prec in precisions:
-        for op in PRECISION_OPS:
-            df = precision_rows(traces_dir, hw.name, op, framework, prec)
-            if df is None:
-                continue
-            p = fit(op, hw, df, prec)
-            pred = predict_rows(op, hw, p, df, prec=prec)
-            params.setdefault(prec.name, {})[op] = p
-            fits.setdefault(prec.name, {})[op] = {**summarize(errors(pred, df)),
-                                                  "version": str(df.framework_version.iloc[0])}
-            frames.append(ResidualTable.build(op, residual_rows(op, df, pred)).to_frame().assign(precision=prec.name))
-            if progress:
-                progress(f"{prec.name} {op}")
-    # MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
-    df = precision_rows(traces_dir, hw.name, "mla_generation", framework)
-    if df is not None:
-        p = fit("mla_generation", hw, df)
-        pred = predict_rows("mla_generation", hw, p, df)
-        params.setdefault("bf16", {})["mla_generation"] = p
-        fits.setdefault("bf16", {})["mla_generation"] = {**summarize(errors(pred, df)),
-                                                         "version": str(df.framework_version.iloc[0])}
-        frames.append(ResidualTable.build("mla_generation", residual_rows("mla_generation", df, pred)).to_frame()
-                      .assign(precision="bf16"))
+    # and MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
+    jobs = [(prec, op) for prec in precisions for op in PRECISION_OPS] + [(BF16, "mla_generation")]
+    for prec, op in jobs:
+        df = precision_rows(traces_dir, hw.name, op, framework, prec)
+        if df is None:
+            continue
+        p = fit(op, hw, df, prec)
+        pred = predict_rows(op, hw, p, df, prec=prec)
+        params.setdefault(prec.name, {})[op] = p
+        fits.setdefault(prec.name, {})[op] = {**summarize(errors(pred, df)), "version": str(df.framework_version.iloc[0])}
+        frames.append(ResidualTable.build(op, residual_rows(op, df, pred)).to_frame().assign(precision=prec.name))
         if progress:
-            progress("mla_generation")
+            progress(f"{prec.name} {op}")
     return params, fits, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
 
 
-def table_version(traces_dir, gpu: str, framework: str) -> str:
-    """Version of ``framework``'s MoE (else GEMM) table that ``traces.load`` reads for ``gpu``."""
-    for op in ("moe", "gemm"):
-        try:
-            df = traces.load(traces_dir, gpu, op, framework)
-        except traces.NoTraces:
-            continue
-        return str(df.framework_version.iloc[0])
-    return ""
+def fitted_version(fits: dict) -> str:
+    """The table version a framework's calibration names: its bf16 MoE fit's, else GEMM's, else any."""
+    got = [f for ops in fits.values() for f in ops.values()]
+    bf16 = fits.get("bf16", {})
+    return (bf16.get("moe") or bf16.get("gemm") or (got[0] if got else {})).get("version", "")
 
 
 def _previous_params(hw, op: str):
