@@ -8,6 +8,7 @@ is dropped silently: every row comes back, with its simulated TTFT/TPOT or the r
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def quant_modes(r: dict) -> tuple[str, str] | None:
     g, m = r.get("gemm_quant_mode"), r.get("moe_quant_mode")
     model = MODELS.get(str(r.get("model_path")))
     if model and g == "nvfp4" and (MODELS_DIR / f"{model}.yaml").is_file():
-        native = load_model(model).quantization
+        native = _arch(model).quantization
         if native.moe == "mxfp4":
             return native.gemm, native.moe
     if isinstance(g, str) and isinstance(m, str):
@@ -89,6 +90,20 @@ def quant_modes(r: dict) -> tuple[str, str] | None:
     if isinstance(p, str) and p == "bf16":
         return "bf16", "bf16"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _arch(name: str):
+    return load_model(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _cost_model(system: str, backend: str) -> CostModel | None:
+    """One cost model per (GPU, backend) for classifying thousands of rows; None without its fit."""
+    try:
+        return CostModel(load_gpu(system), framework=backend)
+    except ConfigError:
+        return None
 
 
 def classify(r: dict) -> str:
@@ -114,12 +129,10 @@ def classify(r: dict) -> str:
     system = str(r["system"])
     if not (GPU_SPECS_DIR / f"{system}.yaml").is_file():
         return f"no GPU spec for {system}"
-    hw = load_gpu(system)
-    try:
-        cost = CostModel(hw, framework=str(r["backend"]))
-    except ConfigError:
+    cost = _cost_model(system, str(r["backend"]))
+    if cost is None:
         return f"no {r['backend']} kernel calibration on {system}"
-    arch = load_model(MODELS[model])
+    hw, arch = cost.hw, _arch(MODELS[model])
     q = quant_modes(r) or (arch.quantization.gemm, arch.quantization.moe)
     for op, name in zip(("gemm", "moe"), q):
         try:
@@ -137,12 +150,13 @@ def scenario(r: dict) -> dict:
     """The scenario that reproduces one row: its closed loop, lengths, backend, precisions, layout."""
     conc = _int(r["batch_size"])
     tp, mep = _int(r["tp_size"]), _int(r["moe_ep_size"])
+    q = quant_modes(r)
     return {
         "name": "silicon_row", "model": MODELS[str(r["model_path"])],
         "hardware": {"gpu": str(r["system"]), "tensor_parallel_size": tp, "enable_expert_parallel": mep > 1},
         "engine": {"framework": str(r["backend"]),
                    "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
-                   "quantization": dict(zip(("gemm", "moe"), quant_modes(r))) if quant_modes(r) else None,
+                   "quantization": dict(zip(("gemm", "moe"), q)) if q else None,
                    "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, _int(r["isl"]))},
         "workload": {"dataset_name": "fixed", "random_input_len": _int(r["isl"]), "random_output_len": _int(r["osl"]),
                      "concurrency": conc, "num_prompts": int(min(max(3 * conc, 8), 3 * conc + 64)),
@@ -176,7 +190,7 @@ def validate_silicon(path: Path, sample: int | None = None, workers=None, execut
         b = b or res.get("blocked", "")
         rec = {"id": r["id"], "model": r["model_path"], "backend": r["backend"], "backend_version": r["backend_version"],
                "gpu": r["system"], "mode": r["mode"],
-               "precision": "/".join(quant_modes(r)) if quant_modes(r) else "checkpoint (row states none)",
+               "precision": "/".join(q) if (q := quant_modes(r)) else "checkpoint (row states none)",
                "isl": r["isl"], "osl": r["osl"], "concurrency": r["batch_size"], "tp": r["tp_size"],
                "moe_ep": r["moe_ep_size"], "expressible": not b, "blocked_by": b,
                "measured_ttft_ms": r["silicon_ttft_ms"], "measured_tpot_ms": r["silicon_tpot_ms"],
