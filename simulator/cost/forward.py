@@ -28,7 +28,6 @@ class Parallel:
     tensor_parallel_size: int = 1
     enable_expert_parallel: bool = False
     cuda_graphs: bool = True
-    step_overhead_s: float = 0.0015       # scheduler + sampling + launch on the CPU, per engine step
     eager_launch_s: float = 4e-6          # per kernel launch without CUDA graphs
     kernels_per_layer: int = 14
 

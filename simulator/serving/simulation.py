@@ -70,7 +70,7 @@ def build(sc, source: str = "scenario") -> Setup:
     _check_calibrated(cost, target, quant, source)
     fw = step_model(eng)
     par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
-                   cuda_graphs=not eng.enforce_eager, step_overhead_s=fw.step_cpu_s)
+                   cuda_graphs=not eng.enforce_eager)
     if hwc.enable_expert_parallel and target.moe and target.moe.num_experts % hwc.tensor_parallel_size:
         raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
                           f"{hwc.tensor_parallel_size} under expert parallelism", source=source,
@@ -102,7 +102,7 @@ def build(sc, source: str = "scenario") -> Setup:
                                     locality=r.locality), r.mode)
     target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, quant, kv_el)
     target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
-    dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs, 0.0)
+    dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs)
     # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
     dquant = quant if spec and spec.method == "mtp" and draft is None else None
     draft_key = (("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework, dquant, kv_el)
