@@ -95,8 +95,55 @@ def _plain(obj):
     return obj
 
 
+def run_alltoall(traces_dir: Path, write: bool = True, log=print) -> dict:
+    """Fit dispatch + combine on every catalog GPU with DeepEP tables; the network efficiency on the
+    multi-node rows (one value: the NIC sets it). Writes gpu_specs/calibration/alltoall.yaml."""
+    from ..cost import alltoall_fit, network
+    gpus, inter = {}, None
+    for spec in sorted(GPU_SPECS_DIR.glob("*.yaml")):
+        hw = gpu_mod.load_file(spec)
+        fit = alltoall_fit.fit_gpu(traces_dir, hw)
+        if fit is None:
+            continue
+        gpus[hw.name] = fit
+        for mode in ("ll", "normal"):
+            f = fit[mode]
+            log(f"  {hw.name:<10} {mode:<6} rows={f['rows']:>4}  latency {f['latency_s'] * 1e6:6.1f} us  "
+                f"NVLink efficiency {f['eff_link']:.3f}  leave-one-hidden-size-out median {f['loso_median_abs_err'] * 100:5.1f}%")
+        got = alltoall_fit.fit_inter(traces_dir, hw, fit)
+        if got is not None and (inter is None or got[1] > inter[2]):
+            inter = (got[0], hw.name, got[1], got[2])
+    if not gpus:
+        raise ConfigError("no DeepEP tables (comm/sglang/<version>/wideep_deepep_*_perf.parquet)",
+                          source=str(traces_dir), field="--traces")
+    if inter is None:
+        raise ConfigError("no multi-node DeepEP rows to fit the network efficiency on", source=str(traces_dir),
+                          field="--traces")
+    log(f"  network efficiency {inter[0]:.3f} on {inter[2]} multi-node rows of {inter[1]} "
+        f"(median abs error {inter[3] * 100:.1f}%)")
+    for fit in gpus.values():
+        fit["eff_inter"] = float(f"{inter[0]:.4g}")
+    data = {"source": "AIConfigurator DeepEP tables, comm/sglang/<version>/wideep_deepep_{ll,normal}_perf.parquet; "
+                      "written by moesd calibrate --alltoall",
+            "eff_inter_fitted_on": f"{inter[1]} multi-node low-latency rows ({inter[2]})", "gpus": gpus}
+    if write:
+        write_text(network.FIT_FILE, yaml.safe_dump(data, sort_keys=False, width=120))
+        network._fits.cache_clear()
+    return data
+
+
 def main(args) -> int:
     """``moesd calibrate --gpu G``: fit, write the spec and the report, print the fit per op."""
+    if args.alltoall:
+        traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
+        if not traces_dir.is_dir():
+            raise ConfigError("no such trace folder", source=str(traces_dir), field="--traces")
+        print(f"fitting expert-parallel dispatch/combine from {traces_dir}")
+        run_alltoall(traces_dir, write=not args.dry_run)
+        print("dry run: nothing written" if args.dry_run else "wrote gpu_specs/calibration/alltoall.yaml")
+        return 0
+    if not args.gpu:
+        raise ConfigError("give the GPU to fit (a gpu_specs/ name), or --alltoall", field="--gpu")
     check_safe_name(args.gpu, "--gpu")
     gpu_mod.load(args.gpu, field="--gpu")                  # a catalog GPU: its spec file is rewritten
     traces_dir = Path(args.traces) if args.traces else shared_traces_dir()

@@ -58,11 +58,14 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("calibrate", help="fit a GPU's cost model to kernel traces")
     p.add_argument("--traces", default=None, help="trace folder (default $MOESD_TRACES or ../shared/traces)")
-    p.add_argument("--gpu", required=True)
+    p.add_argument("--gpu", default=None, help="the GPU to fit (a gpu_specs/ name); required but with --alltoall")
     p.add_argument("--report", default=None, help="HTML report path (default reports/calibration_<gpu>.html)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, leave gpu_specs/ unchanged")
     p.add_argument("--framework", choices=["vllm", "sglang", "trtllm"], default=None,
                    help="(re)fit only GEMM and MoE per weight precision on this framework's kernel tables")
+    p.add_argument("--alltoall", action="store_true",
+                   help="fit expert-parallel dispatch/combine on every GPU with DeepEP tables "
+                        "(gpu_specs/calibration/alltoall.yaml)")
 
     p = sub.add_parser("sweep", help="SD speedup and target efficiency over batch size x k")
     p.add_argument("scenario")

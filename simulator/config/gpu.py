@@ -50,10 +50,22 @@ class Hardware(BaseModel):
     l2_bytes: float = Field(gt=0)
     link_bytes_per_s: float = Field(gt=0, description="GPU-to-GPU bandwidth per direction (NVLink or PCIe)")
     pcie_bytes_per_s: float = Field(gt=0)
+    # multi-node structure: collectives and KV transfers that leave the NVLink domain pay the network
+    gpus_per_node: int = Field(default=8, ge=1, le=1024)
+    nvlink_domain_gpus: Optional[int] = Field(default=None, ge=1, le=1024, description=(
+        "GPUs one NVLink fabric joins (72 on GB200/GB300 NVL72); default: one node"))
+    inter_node_bytes_per_s: float = Field(default=50.0e9, gt=0, description=(
+        "network bandwidth per GPU per direction between NVLink domains (400 Gb/s NIC per GPU: 50e9)"))
+    inter_node_latency_s: float = Field(default=5.0e-6, ge=0, description="network latency per message")
     cost_per_gpu_hour_usd: float = Field(gt=0)
     sources: dict[str, str]
     transfer_from: Optional[str] = None
     calibration: Optional[Calibration] = None
+
+    @property
+    def domain_gpus(self) -> int:
+        """GPUs reachable over NVLink from any one GPU."""
+        return self.nvlink_domain_gpus or self.gpus_per_node
 
     def peak_flops_per_s(self, tensor_core: str = "bf16") -> float:
         """Dense tensor-core peak for ``bf16``, ``fp8`` or ``fp4`` math; a GPU without that unit is an
