@@ -101,7 +101,7 @@ def test_uniform_routing_activates_expected_experts_per_step():
 
 
 def test_replicas_and_least_outstanding_router():
-    summary, req, steps = run(small(["hardware.data_parallel_size=3", "engine.router=least_outstanding"]))
+    summary, req, steps = run(small(["hardware.num_replicas=3", "engine.router=least_outstanding"]))
     assert set(req.replica) == {0, 1, 2}
     assert summary["completed"] == 60
 
@@ -155,7 +155,7 @@ def test_per_request_counters_add_up_to_the_step_log():
 
 @pytest.mark.parametrize("sets", [
     ["speculative_config=null", "workload.request_rate=2"],
-    ["speculative_config=null", "workload.request_rate=3", "hardware.data_parallel_size=2",
+    ["speculative_config=null", "workload.request_rate=3", "hardware.num_replicas=2",
      "engine.router=least_outstanding"],
     ["speculative_config=null", "workload.request_rate=inf", "workload.random_output_len=400"],   # KV-bound
     ["speculative_config=null", "workload.request_rate=1", "routing.mode=expected"],

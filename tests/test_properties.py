@@ -11,12 +11,14 @@ from simulator.config.scenario import parse
 from simulator.serving.memory import blocks_for
 from simulator.serving.simulation import build, simulate
 
+MOE_MODELS = ("Qwen1.5-MoE-A2.7B", "Mixtral-8x7B-v0.1")
 scenarios = st.fixed_dictionaries({
     "model": st.sampled_from(["Qwen2-7B", "Qwen1.5-MoE-A2.7B", "Mixtral-8x7B-v0.1"]),
     "sd": st.sampled_from([None, ("ngram", 2), ("ngram", 4), ("draft_model", 3)]),
     "adaptive": st.booleans(),
     "tp": st.sampled_from([1, 2, 4]),
-    "dp": st.sampled_from([1, 2]),
+    "dp": st.sampled_from([1, 2]),          # on an MoE model: attention data parallel ranks
+    "ep": st.booleans(),
     "seqs": st.sampled_from([1, 4, 32]),
     "budget": st.sampled_from([64, 300, 2048]),
     "chunked": st.booleans(),
@@ -35,7 +37,10 @@ def _scenario(p):
     if p["model"].startswith("Mixtral") and p["tp"] == 1:       # 87 GiB of weights: needs two GPUs
         p = {**p, "tp": 2}
     data = {"name": "prop", "model": p["model"], "seed": p["seed"],
-            "hardware": {"gpu": "h100_sxm", "tensor_parallel_size": p["tp"], "data_parallel_size": p["dp"]},
+            "hardware": {"gpu": "h100_sxm", "tensor_parallel_size": p["tp"], "data_parallel_size": p["dp"],
+                         # Qwen1.5-MoE's 60 experts do not split 8 ways (refused: tested elsewhere)
+                         "enable_expert_parallel": p["ep"] and not (p["model"].startswith("Qwen1.5")
+                                                                    and p["tp"] * p["dp"] == 8)},
             "engine": {"max_num_seqs": p["seqs"], "max_num_batched_tokens": p["budget"],
                        "enable_chunked_prefill": p["chunked"], "max_model_len": p["max_len"]},
             "routing": {"distribution": p["routing"], **({"locality": 0.5} if p["routing"] == "locality" else {})},
@@ -83,10 +88,14 @@ def test_invariants_hold_for_random_valid_scenarios(p):
     assert steps.drafted_tokens.sum() == req.draft_tokens.sum() >= req.accepted_tokens.sum()
     assert steps.accepted_tokens.sum() == req.accepted_tokens.sum()
     assert (req.accepted_tokens <= req.draft_tokens).all()
-    # a step never schedules more than the token budget, nor holds more KV blocks than exist
-    assert (steps.num_tokens <= cfg.max_num_batched_tokens).all()
-    assert (steps.kv_blocks_used <= cfg.num_blocks).all() and (steps.kv_blocks_used >= 0).all()
-    assert (steps.num_decode <= cfg.max_num_seqs).all()
+    # a step never schedules more than the token budget, nor holds more KV blocks than exist (each
+    # attention-DP rank has its own budget and cache; a step row adds up the worker's ranks)
+    ranks = setup.pools[-1].dp_ranks
+    assert ranks == (p["dp"] if p["model"] in MOE_MODELS else 1)
+    assert (steps.num_tokens <= ranks * cfg.max_num_batched_tokens).all()
+    assert (steps.kv_blocks_used <= ranks * cfg.num_blocks).all() and (steps.kv_blocks_used >= 0).all()
+    assert (steps.num_decode <= ranks * cfg.max_num_seqs).all()
+    assert req.dp_rank.between(0, ranks - 1).all()
     # the clock never runs back, and a replica's steps do not overlap
     for _, g in steps.groupby("replica"):
         s, d = g.start_s.values, g.duration_s.values

@@ -63,6 +63,19 @@ def print_table(summary: dict, out_dir: Path) -> None:
     print(f"  results: {out_dir}")
 
 
+def layout_text(setup) -> str:
+    """Pools in a few words: '2 x TP1 DP8 EP8', 'prefill 1 x TP8 EP8, decode 1 x TP1 DP8 EP8'."""
+    parts = []
+    for p in setup.pools:
+        par = p.par
+        words = [f"TP{par.tensor_parallel_size}"] + ([f"DP{p.dp_ranks}"] if p.dp_ranks > 1 else [])
+        if par.moe_ep > 1:
+            words.append(f"EP{par.moe_ep}" + (f" MoE-TP{par.moe_tp}" if par.moe_tp > 1 else ""))
+        role = "" if p.role == "agg" else f"{p.role} "
+        parts.append(f"{role}{p.workers} x {' '.join(words)}")
+    return ", ".join(parts)
+
+
 def run(args) -> int:
     source = str(scenario_path(args.scenario))
     sc = load_scenario(source, args.set)
@@ -81,8 +94,8 @@ def run(args) -> int:
                 bar.close()
         write_outputs(out_dir, sc, summary, req, steps, report=not args.no_report)
     if not args.quiet:
-        print(f"{sc.name}: {setup.target.name} on {sc.hardware.data_parallel_size}x{sc.hardware.tensor_parallel_size} "
-              f"{setup.hw.name} ({summary['calibration']}), SD "
+        print(f"{sc.name}: {setup.target.name} on {summary['num_gpus']} {setup.hw.name} ({layout_text(setup)}; "
+              f"{summary['calibration']}), SD "
               f"{'k=' + str(setup.cfg.k) + ' ' + sc.speculative_config.method if setup.cfg.k else 'off'}")
         print_table(summary, out_dir)
     return 0

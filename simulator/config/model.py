@@ -162,6 +162,11 @@ class ModelArch(BaseModel):
         return (exp * c["experts"] + lin * (c["attention"] + c["dense_ffn"] + c["shared_experts"] + c["fc"])
                 + 2.0 * (c["embeddings"] + c["router"]))
 
+    def expert_weight_bytes(self, quant: Quantization | None = None) -> float:
+        """Bytes of the routed experts alone (what expert parallelism spreads over its ranks)."""
+        q = quant or self.quantization
+        return precision.get(q.moe).weight_bytes * self.parameter_count()["experts"]
+
 
 def parse(data, source: str) -> ModelArch:
     try:

@@ -81,12 +81,48 @@ class Speculative(Strict):
         return self.k + 1
 
 
-class Hardware(Strict):
+class Layout(Strict):
+    """One worker's parallel layout, in vLLM's names (SGLang: ``--tp`` = tp x dp, ``--dp`` with
+    ``--enable-dp-attention``, ``--ep-size``)."""
+    tensor_parallel_size: int = Field(default=1, ge=1, le=256, description="attention TP group (per DP rank)")
+    data_parallel_size: int = Field(default=1, ge=1, le=1024, description=(
+        "DP ranks; on an MoE model they share the MoE layers (attention data parallel), on a dense one "
+        "they are independent engines"))
+    enable_expert_parallel: bool = Field(default=False, description="MoE layers expert parallel over tp x dp GPUs")
+    moe_tensor_parallel_size: Optional[int] = Field(default=None, ge=1, le=1024, description=(
+        "mixed MoE TP x EP: experts split this many ways inside each EP rank (needs enable_expert_parallel)"))
+
+    @property
+    def worker_gpus(self) -> int:
+        return self.tensor_parallel_size * self.data_parallel_size
+
+
+class Hardware(Layout):
     gpu: str = "h100_sxm"
-    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     pipeline_parallel_size: Literal[1] = 1
-    data_parallel_size: int = Field(default=1, ge=1, le=1024)
-    enable_expert_parallel: bool = False
+    num_replicas: int = Field(default=1, ge=1, le=4096, description="independent workers behind the router")
+    num_nodes: Optional[int] = Field(default=None, ge=1, le=4096, description=(
+        "nodes available (gpus_per_node each); default: as many as the workers need"))
+
+
+class Pool(Layout):
+    """A disaggregated pool: ``num_workers`` workers of this layout, with their own batching limits
+    (default: the engine's)."""
+    num_workers: int = Field(default=1, ge=1, le=1024)
+    max_num_seqs: Optional[int] = Field(default=None, ge=1)
+    max_num_batched_tokens: Optional[int] = Field(default=None, ge=1)
+
+
+class Disaggregation(Strict):
+    """Prefill and decode on separate pools (xPyD): a request is prefilled on a prefill worker, its KV
+    sent to a decode worker, which admits it once the KV has arrived; SD runs on the decode pool."""
+    prefill: Pool
+    decode: Pool
+    kv_transfer: Literal["auto", "nvlink", "network"] = Field(default="auto", description=(
+        "the KV link: NVLink when every worker fits one NVLink domain (auto), else the network"))
+    handoff_ms: Optional[float] = Field(default=None, ge=0, description=(
+        "fixed cost per request between prefill and decode beyond the KV bytes; default: the "
+        "framework's disagg_handoff_ms (workloads/frameworks.yaml)"))
 
 
 class Engine(Strict):
@@ -203,6 +239,7 @@ class Scenario(Strict):
     speculative_config: Optional[Speculative] = None
     hardware: Hardware = Field(default_factory=Hardware)
     engine: Engine = Field(default_factory=Engine)
+    disaggregation: Optional[Disaggregation] = None
     routing: Routing = Field(default_factory=Routing)
     workload: Workload = Field(default_factory=Workload)
     slo: Optional[SLO] = None

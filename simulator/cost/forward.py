@@ -20,24 +20,37 @@ import numpy as np
 from .costmodel import CostModel
 from ..config import precision
 from ..config.model import ModelArch, Quantization
+from . import network
 from .routing import expected_count_vector
 
 
 @dataclass(frozen=True)
 class Parallel:
+    """One worker's layout, in vLLM's terms. ``data_parallel_size`` > 1 on an MoE model is attention
+    data parallel: that many ranks (each ``tensor_parallel_size`` GPUs) batch their own requests and
+    share the MoE layers, which run over all ``tp x dp`` GPUs: expert parallel with
+    ``enable_expert_parallel`` (mixed with ``moe_tensor_parallel_size`` > 1), tensor parallel without."""
     tensor_parallel_size: int = 1
     enable_expert_parallel: bool = False
     cuda_graphs: bool = True
     eager_launch_s: float = 4e-6          # per kernel launch without CUDA graphs
     kernels_per_layer: int = 14
+    data_parallel_size: int = 1
+    moe_tensor_parallel_size: int = 0     # 0: 1 under expert parallel, the whole group without
+
+    @property
+    def moe_group(self) -> int:
+        return self.tensor_parallel_size * self.data_parallel_size
 
     @property
     def moe_tp(self) -> int:
-        return 1 if self.enable_expert_parallel else self.tensor_parallel_size
+        if self.moe_tensor_parallel_size:
+            return self.moe_tensor_parallel_size
+        return 1 if self.enable_expert_parallel else self.moe_group
 
     @property
     def moe_ep(self) -> int:
-        return self.tensor_parallel_size if self.enable_expert_parallel else 1
+        return self.moe_group // self.moe_tp
 
 
 class Batch(NamedTuple):
@@ -233,12 +246,34 @@ class ForwardModel:
             gemm_s += m.num_moe_layers * moe_dense
         if m.fc_in_multiplier:
             gemm_s += g(h, m.fc_in_multiplier * h)
-        # two all-reduces per layer (after attention and after the FFN/MoE)
-        comm_s = 2 * layers * cm.allreduce_latency_s(N * h * 2.0, tp, self.par.cuda_graphs) if tp > 1 else 0 * N
+        comm_s = self._comm(N)
         zero = np.zeros(1)
         self._tok_gemm_s = np.concatenate([zero, gemm_s]).tolist()
         self._tok_comm_s = np.concatenate([zero, comm_s]).tolist()
         self._head_gemm_s = np.concatenate([zero, g16(max(1, m.vocab_size // tp), h)]).tolist()
+
+    def _comm(self, N: np.ndarray) -> np.ndarray:
+        """Collectives of the whole stack for N tokens on this rank. Without attention DP: two
+        all-reduces per layer over the TP group (after attention and after the FFN/MoE). With it:
+        one after attention (TP group), one after a dense FFN; each MoE layer's tokens go to their
+        experts and back, a dispatch + combine over the EP group (an all-gather + reduce-scatter,
+        priced as one all-reduce of all ranks' tokens, when the experts are tensor parallel)."""
+        m, par, cm, tp = self.m, self.par, self.cm, self.tp
+        h, layers, graphs = m.hidden_size, m.num_hidden_layers, par.cuda_graphs
+        ar = lambda S, n: (cm.allreduce_latency_s(S, n, graphs) + network.inter_node_allreduce_s(cm.hw, S, n)  # noqa: E731
+                           if n > 1 else 0.0 * S)
+        if par.data_parallel_size == 1 or not m.moe:
+            return 2 * layers * ar(N * h * 2.0, tp)
+        moe_layers = m.num_moe_layers
+        comm = (2 * layers - moe_layers) * ar(N * h * 2.0, tp)
+        if par.moe_ep > 1:
+            comm = comm + moe_layers * network.dispatch_combine_s(cm.hw, network.fit_for(cm.hw), N, m.moe.num_experts_per_tok,
+                                                                  h, par.moe_ep)
+            if par.moe_tp > 1:
+                comm = comm + moe_layers * ar(N * h * 2.0, par.moe_tp)
+        else:
+            comm = comm + moe_layers * ar(N * par.data_parallel_size * h * 2.0, par.moe_group)
+        return comm
 
     def moe_loads(self, counts: np.ndarray) -> tuple:
         """(``CostModel._moe_loads`` of one layer's per-expert tokens, experts active on any rank)."""
@@ -262,6 +297,24 @@ class ForwardModel:
         mats = 3 if m.moe.gated else 2
         return (moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * self.moe_prec.weight_bytes,
                 active)
+
+    def dense_part(self, batch: Batch) -> StepCost:
+        """Everything but the routed experts (an attention-DP rank's own share of a step)."""
+        c = self._dense_part(batch)
+        c.tokens = batch.num_tokens
+        return c
+
+    def group_forward(self, batch: Batch) -> StepCost:
+        """A step of the whole attention-DP group with ``batch`` on every rank (expected routing):
+        one rank's dense part, the MoE layers on all ranks' tokens. ``forward`` when DP is 1."""
+        dp = self.par.data_parallel_size
+        if dp == 1 or not self.m.moe:
+            return self.forward(batch)
+        c = self.dense_part(batch)
+        if c.tokens:
+            counts = expected_count_vector(c.tokens * dp, self.m.moe.num_experts, self.m.moe.num_experts_per_tok)
+            c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part(counts)
+        return c
 
     def forward(self, batch: Batch, counts: np.ndarray | None = None) -> StepCost:
         """Target forward: dense part + MoE part (``counts`` = one layer's per-expert tokens)."""

@@ -23,6 +23,7 @@ import simpy
 from ..cost.forward import ForwardModel
 from .memory import blocks_for
 from ..cost.framework import FrameworkStep
+from .dp_worker import DPWorker
 from .replica import Replica
 from .requests import Requests
 from .steplog import StepLog
@@ -54,15 +55,34 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class PoolRun:
+    """Workers of one pool as the engine runs them: ``role`` agg (prefill and decode), prefill
+    (hands each prefilled request on) or decode (admits requests whose KV has arrived)."""
+    role: str
+    workers: int
+    dp_ranks: int
+    cfg: EngineConfig
+    target: ForwardModel
+    draft: ForwardModel | None
+    kv_transfer_s: object = None       # prefill pool: prompt tokens -> seconds to send their KV
+
+
 def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: ForwardModel | None, acceptance,
         routing, seed: int, router: str = "round_robin", max_concurrency: int | None = None,
-        progress=None, spill_dir=None, users: int | None = None) -> Outcome:
+        progress=None, spill_dir=None, users: int | None = None, pools: list | None = None) -> Outcome:
     """Run the workload; with ``spill_dir`` the step log goes to disk chunk by chunk (flat memory).
 
     Clients: open loop (each request sent at its arrival time); ``max_concurrency`` caps requests in
     flight as ``vllm bench serve --max-concurrency`` does (a request waits for a free slot); ``users``
     is a closed loop as ``aiperf``/``genai-perf --concurrency`` run it: that many users, each sending
-    its next request (in request order) the moment its previous one finishes."""
+    its next request (in request order) the moment its previous one finishes.
+
+    ``pools`` (PoolRun list) replaces ``cfg``/``replicas``/``target``/``draft``: one agg pool, or a
+    prefill and a decode pool (disaggregated), whose workers are numbered in that order."""
+    pools = pools or [PoolRun("agg", replicas, 1, cfg, target, draft)]
+    cfg = pools[0].cfg
+    replicas = sum(p.workers for p in pools)
     env = simpy.Environment()
     streams = np.random.SeedSequence(seed).spawn(replicas)
     steps = StepLog(replicas, spill_dir)
@@ -89,8 +109,31 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
     # With a concurrency cap a finish (here or elsewhere) sends the next request: then arrivals
     # are not known ahead and no replica runs ahead (see simulator.serving.coast).
     known = None if (max_concurrency or users) else next_arrival
-    reps = [Replica(env, j, cfg, R, target, draft, acceptance, routing, np.random.default_rng(streams[j]), steps,
-                    finished, stop, known) for j in range(replicas)]
+    reps, by_role = [], {}
+    for pool in pools:
+        for _ in range(pool.workers):
+            j = len(reps)
+            args = (env, j, pool.cfg, R, pool.target, pool.draft, acceptance, routing, np.random.default_rng(streams[j]),
+                    steps, finished, stop, known if pool.role != "decode" else None)
+            rep = DPWorker(*args, dp=pool.dp_ranks) if pool.dp_ranks > 1 else Replica(*args)
+            reps.append(rep)
+            by_role.setdefault(pool.role, []).append(rep)
+    entry = by_role.get("agg") or by_role["prefill"]
+    moved = [0, 0]        # KV transfers, tokens sent
+    if "decode" in by_role:
+        decode, transfer_s = by_role["decode"], pools[0].kv_transfer_s
+
+        def transfer(i):
+            tokens = int(R.computed[i])
+            moved[0] += 1
+            moved[1] += tokens
+            yield env.timeout(transfer_s(float(tokens)))
+            # the client's first token comes with the KV to the decode worker (TTFT includes the transfer)
+            R.first_token_s[i] = R.last_token_s[i] = env.now
+            min(decode, key=lambda x: (x.outstanding, x.idx)).submit(i)
+
+        for rep in entry:
+            rep.handoff = lambda i: env.process(transfer(i))
     rr = [0]
     conv_replica: dict = {}
 
@@ -105,7 +148,8 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
             R.fail(i, f"input+output exceeds max_model_len {cfg.max_model_len}", env.now)
             finished(i)
             return
-        if blocks_for(spec.input_len + spec.output_len + cfg.k, cfg.block_size) > cfg.num_blocks:
+        if any(blocks_for(spec.input_len + spec.output_len + p.cfg.k, p.cfg.block_size) > p.cfg.num_blocks
+               for p in pools):
             R.fail(i, "request needs more KV blocks than a replica has", env.now)
             finished(i)
             return
@@ -113,9 +157,9 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
         if conv >= 0 and conv in conv_replica:        # a conversation stays on its replica (its KV is there)
             rep = conv_replica[conv]
         elif router == "least_outstanding":
-            rep = min(reps, key=lambda x: (x.outstanding, x.idx))
+            rep = min(entry, key=lambda x: (x.outstanding, x.idx))
         else:
-            rep = reps[rr[0] % replicas]
+            rep = entry[rr[0] % len(entry)]
             rr[0] += 1
         if conv >= 0:
             conv_replica[conv] = rep
@@ -166,13 +210,15 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
         for i in np.flatnonzero(~R.finished).tolist():
             R.fail(i, f"not finished: run stopped once a queue passed {cfg.stop_waiting} waiting requests", env.now)
     per_pos = None
-    if cfg.k:
-        pos = [r.spec.positions() for r in reps]
+    if any(p.cfg.k for p in pools):
+        pos = [r.spec.positions() for r in reps if r.cfg.k]
         pos_d, pos_a = sum(p[0] for p in pos), sum(p[1] for p in pos)
         per_pos = [float(a / d) if d else None for a, d in zip(pos_a, pos_d)]
     R.close()
     steps.close()
     extra = {"per_position": per_pos}
+    if "decode" in by_role:
+        extra["kv_transfers"], extra["kv_transfer_tokens"] = moved
     if stopped:
         extra["stopped_early"] = True
     return Outcome(R, steps, replicas, env.now, extra)

@@ -20,10 +20,16 @@ def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
 
 
 def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,
-              kv_bytes_per_el: float = 2.0, source: str | None = None, quant=None) -> int:
-    """KV blocks per replica; a ConfigError when the weights do not fit. ``quant``: the target's
-    weight precision (default its checkpoint's); a draft model keeps its own."""
+              kv_bytes_per_el: float = 2.0, source: str | None = None, quant=None, expert_gpus: int | None = None,
+              field: str = "hardware.tensor_parallel_size") -> int:
+    """KV blocks per replica (per attention-DP rank); a ConfigError when the weights do not fit.
+    ``quant``: the target's weight precision (default its checkpoint's); a draft model keeps its own.
+    ``expert_gpus``: the GPUs the routed experts are spread over (default ``tp``; tp x dp with
+    attention data parallel)."""
     weights = target.weight_bytes(quant) / tp
+    if expert_gpus and expert_gpus != tp and target.moe:
+        experts = target.expert_weight_bytes(quant)
+        weights += experts / expert_gpus - experts / tp
     per_tok = kv_bytes_per_token(target, tp, kv_bytes_per_el)
     if draft is not None:
         weights += draft.weight_bytes() / tp
@@ -34,7 +40,7 @@ def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_s
         raise ConfigError(
             f"model {target.name}{' + ' + draft.name if draft else ''} needs {weights / 2**30:.1f} GiB of "
             f"{_label(quant or target.quantization)} weights per GPU but {hw.name} offers {budget / 2**30:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}; "
-            f"raise tensor_parallel_size", source=source, field="hardware.tensor_parallel_size")
+            f"raise tensor_parallel_size", source=source, field=field)
     blocks = int(free // (per_tok * block_size))
     if blocks < 1:
         raise ConfigError("no room left for a single KV block", source=source, field="engine.gpu_memory_utilization")

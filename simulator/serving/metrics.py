@@ -27,7 +27,7 @@ def requests_frame(outcome) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(ok & (R.output_len > 1), (e2el - ttft) / (R.output_len - 1), np.nan)
     return pd.DataFrame({
-        "request_id": R.id, "replica": R.replica, "user": R.user, "arrival_s": R.arrival_s, "start_s": R.send_s,
+        "request_id": R.id, "replica": R.replica, "dp_rank": R.dp_rank, "user": R.user, "arrival_s": R.arrival_s, "start_s": R.send_s,
         "input_len": R.input_len, "output_len": R.output_len, "generated": R.generated, "completed": ok,
         "fail_reason": R.fail_reason, "ttft_s": ttft, "tpot_s": tpot, "e2el_s": e2el,
         "first_token_time_s": R.first_token_s, "finish_time_s": R.finish_s,

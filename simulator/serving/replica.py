@@ -40,6 +40,7 @@ class Replica:
         self.outstanding = 0
         self.k_now = cfg.k
         self._popularity = None
+        self.handoff = None    # prefill worker of a disaggregated pool: called with each prefilled request
         if target.m.moe and routing.mode != "expected" and routing.model.kind != "locality":
             E, K = target.m.moe.num_experts, target.m.moe.num_experts_per_tok
             p = routing.model.expected_counts(1.0, E, K) / K
@@ -104,19 +105,7 @@ class Replica:
             if cfg.stop_waiting is not None and len(sched.waiting) > cfg.stop_waiting and not self.stop.triggered:
                 self.stop.succeed()
             if plan.empty:
-                # Nothing fits even alone: the head request can never run on this replica.
-                if sched.waiting:
-                    i = sched.waiting.popleft()
-                else:
-                    i, sched.run = int(sched.run[-1]), sched.run[:-1]
-                sched.release(i)
-                left = int(R.prefill_target[i] - R.computed[i])
-                if not cfg.enable_chunked_prefill and left > cfg.max_num_batched_tokens:
-                    reason = (f"prefill of {left} tokens exceeds max_num_batched_tokens "
-                              f"{cfg.max_num_batched_tokens} with chunked prefill off")
-                else:
-                    reason = "kv cache too small for this request"
-                self._fail(i, reason)
+                self._fail_head(sched)
                 continue
             if self.coast and coastable(self, plan):
                 yield from coast(self, plan)
@@ -129,6 +118,22 @@ class Replica:
                                                   accepted, cfg.num_blocks - sched.free_blocks, len(sched.waiting),
                                                   plan.preempted))
 
+    def _fail_head(self, sched: Scheduler) -> None:
+        """Nothing fits even alone: the head request can never run here; report it failed."""
+        cfg, R = self.cfg, self.R
+        if sched.waiting:
+            i = sched.waiting.popleft()
+        else:
+            i, sched.run = int(sched.run[-1]), sched.run[:-1]
+        sched.release(i)
+        left = int(R.prefill_target[i] - R.computed[i])
+        if not cfg.enable_chunked_prefill and left > cfg.max_num_batched_tokens:
+            reason = (f"prefill of {left} tokens exceeds max_num_batched_tokens "
+                      f"{cfg.max_num_batched_tokens} with chunked prefill off")
+        else:
+            reason = "kv cache too small for this request"
+        self._fail(i, reason)
+
     def _row(self, start, cost, batch, num_decode, num_prefill, emitted, drafted, accepted, kv_used, waiting,
              preempted) -> tuple:
         """One row of the step table, in STEP_FIELDS order."""
@@ -138,11 +143,14 @@ class Replica:
 
     # --- applying a step -----------------------------------------------------------------
 
-    def _advance(self, plan: Plan, now: float) -> tuple:
-        """Apply a finished step: prefill progress, acceptance, KV rollback, token emission."""
-        cfg, R, sched = self.cfg, self.R, self.sched
+    def _advance(self, plan: Plan, now: float, sched: Scheduler | None = None) -> tuple:
+        """Apply a finished step (of ``sched``, default this replica's): prefill progress,
+        acceptance, KV rollback, token emission."""
+        cfg, R = self.cfg, self.R
+        sched = sched or self.sched
         drafted = accepted = 0
         emit_ids, emit_n = [], []
+        first = None
         if len(plan.pre):
             c = plan.pre_ctx + plan.pre_n
             R.computed[plan.pre] = c
@@ -179,7 +187,19 @@ class Replica:
             self.outstanding -= len(done)
             for i in done.tolist():
                 self.on_finish(i)
+        if self.handoff is not None and first is not None and len(first):
+            self._hand_off(first[~R.finished[first]], sched)
         return emitted, drafted, accepted
+
+    def _hand_off(self, ids: np.ndarray, sched: Scheduler) -> None:
+        """Prefilled requests leave for the decode pool: their KV blocks here are freed once sent."""
+        if not len(ids):
+            return
+        sched.run = sched.run[~np.isin(sched.run, ids)]
+        for i in ids.tolist():
+            sched.release(i)
+            self.outstanding -= 1
+            self.handoff(i)
 
     def _emit(self, ids: np.ndarray, want: np.ndarray, now: float, first_possible: bool) -> tuple:
         """Emit up to ``want`` tokens per request (capped at its output length); record TTFT or

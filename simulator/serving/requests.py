@@ -122,6 +122,7 @@ class Requests:
         self.computed, self.generated, self.blocks, self.preemptions = z(), z(), z(), z()
         self.drafted, self.accepted, self.num_drafts, self.cached_tokens = z(), z(), z(), z()
         self.replica = np.full(n, -1, dtype=np.int64)
+        self.dp_rank = np.zeros(n, dtype=np.int64)              # attention-DP rank within its worker
         self.user = np.full(n, -1, dtype=np.int64)             # closed-loop user that sent it (-1: open loop)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
         self.send_s, self.first_token_s, self.last_token_s, self.finish_s = nan(), nan(), nan(), nan()

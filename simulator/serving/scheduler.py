@@ -128,6 +128,19 @@ class Scheduler:
         self.waiting.appendleft(i)
         return i
 
+    def _admit_prefilled(self) -> None:
+        """Requests whose prompt KV arrived from a prefill worker (disaggregated serving) join the
+        running batch as decodes, in order, while sequence slots and KV blocks allow."""
+        R = self.R
+        add = []
+        while self.waiting and len(self.run) + len(add) < self.cfg.max_num_seqs:
+            r = self.waiting[0]
+            if not R.computed[r] or R.computed[r] < R.prefill_target[r] or not self._grow(r, int(R.computed[r]) + 1):
+                break
+            add.append(self.waiting.popleft())
+        if add:
+            self.run = np.concatenate([self.run, np.array(add, dtype=np.int64)])
+
     def _wants_one(self, i: int, budget: int, kn: int) -> tuple:
         """(tokens, k) request i asks for this step given the budget left; k = -1 for a prefill."""
         cfg, R = self.cfg, self.R
@@ -150,6 +163,8 @@ class Scheduler:
         admit waiting requests. The leading running requests that fit the token budget and free
         blocks as they stand are taken in one array operation; the rest go one by one."""
         cfg, R = self.cfg, self.R
+        if self.waiting and R.computed[self.waiting[0]] and R.computed[self.waiting[0]] >= R.prefill_target[self.waiting[0]]:
+            self._admit_prefilled()
         budget = cfg.max_num_batched_tokens
         bs = cfg.block_size
         ids = self.run

@@ -14,7 +14,9 @@ from ..common.errors import ConfigError
 from ..config import framework as framework_mod
 from ..config import precision
 from ..config import scenario as scenario_mod
+from ..config import topology
 from ..config.scenario import resolve
+from ..cost import network
 from ..cost.costmodel import CostModel
 from ..cost.framework import FrameworkStep
 from ..cost.forward import Batch, ForwardModel, Parallel
@@ -45,6 +47,7 @@ class Setup:
     acceptance: object
     routing: RoutingChoice
     files: dict = None          # the model and GPU spec files used (summary fields)
+    pools: list = None          # PoolSetup per pool: one (aggregated), or prefill + decode
 
 
 _MODELS: dict = {}
@@ -63,18 +66,12 @@ def _shared(key, make):
 
 def build(sc, source: str = "scenario") -> Setup:
     target, draft, hw, files = resolve(sc, source)
-    eng, hwc = sc.engine, sc.hardware
+    eng = sc.engine
     quant = scenario_mod.quantization(sc, target, hw, source)
     kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, source)
     cost = _shared(("cost", hw.model_dump_json(), eng.framework), lambda: _cost_model(hw, eng.framework, source))
     _check_calibrated(cost, target, quant, source)
-    fw = step_model(eng)
-    par = Parallel(tensor_parallel_size=hwc.tensor_parallel_size, enable_expert_parallel=hwc.enable_expert_parallel,
-                   cuda_graphs=not eng.enforce_eager)
-    if hwc.enable_expert_parallel and target.moe and target.moe.num_experts % hwc.tensor_parallel_size:
-        raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
-                          f"{hwc.tensor_parallel_size} under expert parallelism", source=source,
-                          field="hardware.enable_expert_parallel")
+    plans = topology.check(sc, target, hw, source)
     spec = sc.speculative_config
     k = spec.k if spec else 0
     draft_kind, draft_arch = "none", None
@@ -88,27 +85,17 @@ def build(sc, source: str = "scenario") -> Setup:
         else:
             draft_kind = "model" if spec.method == "draft_model" else "head"
             draft_arch = draft
-    blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, hwc.tensor_parallel_size,
-                              eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant)
-    cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
-        max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens,
-        enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
-        max_model_len=eng.max_model_len or target.max_position_embeddings, step_model=fw,
-        k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
-        draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec else 1)
-    acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
     r = sc.routing
     routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
                                     locality=r.locality), r.mode)
-    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, quant, kv_el)
-    target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
-    dpar = Parallel(hwc.tensor_parallel_size, False, par.cuda_graphs)
-    # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
-    dquant = quant if spec and spec.method == "mtp" and draft is None else None
-    draft_key = (("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework, dquant, kv_el)
-                 if draft_arch is not None else None)
-    draft_fm = (_shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar, dquant, kv_el))
-                if draft_arch is not None else None)
+    pools = []
+    for pp in plans:
+        sd = pp.role != "prefill" and bool(spec and k)        # a prefill pool never speculates
+        pools.append(_pool(sc, pp, target, draft, draft_arch if sd else None, draft_kind if sd else "none",
+                           k if sd else 0, hw, cost, quant, kv_el, source))
+    main = pools[-1]
+    cfg, target_fm, draft_fm = main.cfg, main.target_fm, main.draft_fm
+    acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
     if spec and k and spec.adaptive:
         if spec.verify_tokens != k + 1:
             raise ConfigError("adaptive k works with chain drafts only; drop speculative_eagle_topk/"
@@ -116,12 +103,59 @@ def build(sc, source: str = "scenario") -> Setup:
         ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
         # AdaptiveK memoises step times; the engine passes it the run's acceptance counters, so
         # runs of the same models and overheads share one
-        cfg.k_policy = _shared(("adaptive", target_key, draft_key, cfg.step_model, cfg.draft_tokens_per_pass, ctx, k),
+        cfg.k_policy = _shared(("adaptive", main.key, cfg.step_model, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     files = {**(files or {}), "framework": eng.framework, "kernel_tables": cost.tables_label,
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
-    return Setup(sc, target, draft_arch, hw, cost, par, target_fm, draft_fm, cfg, acceptance, routing,
-                 files)
+    return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
+                 files, pools)
+
+
+@dataclass
+class PoolSetup:
+    """One pool's workers: how many, their layout, engine limits and cost models."""
+    role: str
+    workers: int
+    dp_ranks: int
+    gpus: int
+    par: Parallel
+    cfg: engine.EngineConfig
+    target_fm: ForwardModel
+    draft_fm: ForwardModel | None
+    key: tuple
+
+
+def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_el, source) -> PoolSetup:
+    eng, lay, spec = sc.engine, pp.layout, sc.speculative_config
+    tp = lay.tensor_parallel_size
+    par = Parallel(tensor_parallel_size=tp, enable_expert_parallel=lay.enable_expert_parallel,
+                   cuda_graphs=not eng.enforce_eager, data_parallel_size=pp.dp_ranks,
+                   moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0)
+    if pp.dp_ranks == 1 and lay.enable_expert_parallel and target.moe and target.moe.num_experts % tp:
+        raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
+                          f"{tp} under expert parallelism", source=source, field=f"{pp.field}.enable_expert_parallel")
+    blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
+                              eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
+                              expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size")
+    limit = lambda mine, default: default if mine is None else mine  # noqa: E731
+    cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
+        max_num_seqs=limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs),
+        max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), eng.max_num_batched_tokens),
+        enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
+        max_model_len=eng.max_model_len or target.max_position_embeddings, step_model=step_model(eng),
+        k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
+        draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
+    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, quant, kv_el)
+    target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
+    draft_fm = None
+    if draft_arch is not None:
+        dpar = Parallel(tp, False, par.cuda_graphs)
+        # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
+        dquant = quant if spec.method == "mtp" and draft is None else None
+        draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework, dquant, kv_el)
+        draft_fm = _shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar, dquant, kv_el))
+        target_key = (target_key, draft_key)
+    return PoolSetup(pp.role, pp.workers, pp.dp_ranks, pp.gpus, par, cfg, target_fm, draft_fm, target_key)
 
 
 def step_model(eng) -> FrameworkStep:
@@ -171,6 +205,34 @@ def target_efficiency(setup: Setup, batch_size: int, ctx: float) -> float | None
     return one / ver
 
 
+def pool_runs(setup: Setup) -> list:
+    """The engine's view of the pools; a prefill pool gets its KV transfer time per request."""
+    runs = [engine.PoolRun(p.role, p.workers, p.dp_ranks, p.cfg, p.target_fm, p.draft_fm) for p in setup.pools]
+    d = setup.scenario.disaggregation
+    if d is not None:
+        pre, dec = setup.pools
+        same = d.kv_transfer == "nvlink" or (d.kv_transfer == "auto" and pre.gpus + dec.gpus <= setup.hw.domain_gpus)
+        per_tok = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes)
+        hw, senders, receivers = setup.hw, pre.par.tensor_parallel_size, dec.par.tensor_parallel_size
+        eng = setup.scenario.engine
+        handoff_s = (d.handoff_ms if d.handoff_ms is not None else
+                     framework_mod.step_entry(eng.framework, eng.framework_version).disagg_handoff_ms) / 1e3
+        runs[0].kv_transfer_s = lambda tokens: handoff_s + network.kv_transfer_s(hw, per_tok * tokens, senders,
+                                                                                 receivers, same)
+    return runs
+
+
+def topology_summary(setup: Setup) -> dict:
+    """Pools as the summary states them: workers, layout, GPUs."""
+    out = {}
+    for p in setup.pools:
+        par = p.par
+        out[p.role] = {"workers": p.workers, "gpus": p.gpus, "tensor_parallel_size": par.tensor_parallel_size,
+                       "data_parallel_size": par.data_parallel_size, "moe_tensor_parallel_size": par.moe_tp,
+                       "moe_expert_parallel_size": par.moe_ep}
+    return out
+
+
 def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
     """(summary, requests table, step log). The step log (:class:`~.steplog.StepLog`) gives its
     table with ``.frame()`` and its running statistics as ``.stats``; with ``spill_dir`` it is kept
@@ -178,9 +240,9 @@ def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
     sc = setup.scenario
     seeds = np.random.SeedSequence(sc.seed).spawn(2)
     specs = workload.build(sc.workload, np.random.default_rng(np.random.SeedSequence([sc.workload.seed])))
-    out = engine.run(specs, setup.cfg, sc.hardware.data_parallel_size, setup.target_fm, setup.draft_fm,
+    out = engine.run(specs, setup.cfg, 0, setup.target_fm, setup.draft_fm,
                      setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]), sc.engine.router,
-                     sc.workload.max_concurrency, progress, spill_dir, sc.workload.concurrency)
+                     sc.workload.max_concurrency, progress, spill_dir, sc.workload.concurrency, pool_runs(setup))
     req = metrics.requests_frame(out)
     req["measured"] = metrics.measured(req, sc.workload)
     steps = out.steps
@@ -192,7 +254,12 @@ def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
     extra.update(setup.files or {})
     extra["calibration"] = ("calibrated" if setup.cost.source.name == setup.hw.name
                             else f"uncalibrated, transferred from {setup.cost.source.name}")
-    extra["num_gpus"] = sc.hardware.tensor_parallel_size * sc.hardware.data_parallel_size
+    extra["num_gpus"] = sum(p.gpus for p in setup.pools)
     extra["kv_cache_blocks_per_replica"] = setup.cfg.num_blocks
+    extra["topology"] = topology_summary(setup)
+    if "kv_transfer_tokens" in extra:
+        pre = setup.pools[0]
+        extra["kv_transfer_bytes"] = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes) * extra.pop(
+            "kv_transfer_tokens")
     summary = metrics.summary(out, req, sc, extra)
     return summary, req, steps

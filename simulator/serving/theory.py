@@ -48,7 +48,8 @@ def tokens_per_round(acceptance, k: int) -> float:
 
 
 class StepTimes:
-    """T_T(B, n) and T_D(B) from the calibrated forward models at one mean context length."""
+    """T_T(B, n) and T_D(B) from the calibrated forward models at one mean context length; with
+    attention data parallel, B is the batch of each rank (all ranks equal)."""
 
     def __init__(self, target: ForwardModel, draft: ForwardModel | None, step_model: FrameworkStep,
                  context_len: float, draft_tokens_per_pass: int = 1):
@@ -65,7 +66,7 @@ class StepTimes:
     def target(self, batch: int, q_len: int) -> float:
         key = ("t", batch, q_len)
         if key not in self._memo:
-            gpu_s = self.t.forward(Batch(batch, q_len, self.ctx)).total_s
+            gpu_s = self.t.group_forward(Batch(batch, q_len, self.ctx)).total_s
             self._memo[key] = gpu_s + self.step_model.overhead_s(gpu_s, batch)
         return self._memo[key]
 
@@ -98,7 +99,8 @@ class StepTimes:
         moe = self.t.m.moe
         if moe is None:
             return 0.0
-        return float(expected_distinct_experts(batch * (k + 1), moe.num_experts, moe.num_experts_per_tok))
+        return float(expected_distinct_experts(batch * (k + 1) * self.t.par.data_parallel_size, moe.num_experts,
+                                               moe.num_experts_per_tok))
 
 
 def step_times_for(cfg, target: ForwardModel, draft: ForwardModel | None, context_len: float) -> StepTimes:
