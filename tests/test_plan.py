@@ -11,7 +11,7 @@ import pytest
 from simulator.analysis import runner
 from simulator.commands.cli import main as cli
 from simulator.common.errors import ConfigError
-from simulator.analysis.plan import capacity_estimate, configurations, config_label, evaluate
+from simulator.analysis.plan import capacity_estimate, configurations, config_label, evaluate, scenario_for
 from simulator.config.plan import parse_plan
 from simulator.analysis.plan import plan
 
@@ -87,12 +87,32 @@ def test_infeasible_configurations_are_explained():
     reasons = {(p["gpu"], p["total_gpus"], p["tp"]): p["reason"] for p in pruned}
     assert "weights" in reasons[("l40s", 1, 1)] and "tensor_parallel_size" in reasons[("l40s", 1, 1)]
     assert reasons[("h100_sxm", 8, 8)] == "28 attention heads are not divisible by TP 8"
-    assert reasons[("h100_sxm", 1, 8)].startswith("tensor_parallel_size 8 does not divide total_gpus 1")
+    assert reasons[("h100_sxm", 1, 8)] == "a worker of TP 8 x DP 1 = 8 GPUs does not divide total_gpus 1"
     only_bad = parse_plan({"model": "Qwen2-57B-A14B", "slo": {"tpot_ms": 50},
                            "search": {"gpus": ["l40s"], "total_gpus": [1], "tensor_parallel_size": [1],
                                       "num_speculative_tokens": [0]}}, "test")
     with pytest.raises(ConfigError, match="no configuration in the search space can run"):
         plan(only_bad, workers=1, progress=False)
+
+
+def test_attention_dp_and_disaggregated_configurations_are_searched_and_pruned_with_reasons():
+    spec = parse_plan({"model": "Qwen2-57B-A14B", "slo": {"tpot_ms": 50},
+                       "search": {"gpus": ["h100_sxm"], "total_gpus": [4], "tensor_parallel_size": [1, 2],
+                                  "enable_expert_parallel": [True], "data_parallel_size": [1, 2, 4],
+                                  "mode": ["agg", "disagg"], "prefill_workers": [1, 2],
+                                  "num_speculative_tokens": [0]}}, "test")
+    cands, pruned = configurations(spec)
+    labels = {config_label(c) for c in cands}
+    assert "h100_sxm x4 TP1 DPattn4 EP DP1 seqs128 SD off" in labels          # one worker, 4 attention-DP ranks
+    assert "h100_sxm x4 TP2 EP 1P1D seqs128 SD off" in labels                 # 1 prefill + 1 decode worker
+    for c in cands:
+        workers = c["dp"] + c["prefill_workers"]
+        assert workers * c["tp"] * c["attn_dp"] == c["total_gpus"]
+        sc = scenario_for(spec, c, 1.0)
+        assert (sc.disaggregation is not None) == (c["mode"] == "disagg")
+    reasons = [p["reason"] for p in pruned]
+    assert "2 prefill workers leave no decode worker in 2" in reasons
+    assert any("weights" in r for r in reasons)          # TP1 alone cannot hold Qwen2-57B's 114 GB
 
 
 def test_unreachable_slo_is_a_clear_message_not_an_empty_file(tmp_path, capsys):

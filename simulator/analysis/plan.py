@@ -36,15 +36,21 @@ def configurations(spec: PlanSpec) -> tuple[list[dict], list[dict]]:
     out, pruned = [], []
     for g in s.gpus:
         gpu_mod.load(g, source="plan")          # unknown GPUs are an error, not a pruned row
-    for g, total, tp, ep, seqs, k, adaptive in itertools.product(
-            s.gpus, s.total_gpus, s.tensor_parallel_size, s.enable_expert_parallel, s.max_num_seqs,
-            s.num_speculative_tokens, s.adaptive_k):
-        if ep and not target.moe:
-            continue                             # EP means nothing for a dense model: not a distinct config
+    for g, total, tp, ep, adp, mode, px, seqs, k, adaptive in itertools.product(
+            s.gpus, s.total_gpus, s.tensor_parallel_size, s.enable_expert_parallel, s.data_parallel_size, s.mode,
+            s.prefill_workers, s.max_num_seqs, s.num_speculative_tokens, s.adaptive_k):
+        if (ep or adp > 1) and not target.moe:
+            continue                             # EP / attention DP mean nothing for a dense model: not distinct
         if adaptive and k == 0:
             continue
+        if mode == "agg" and px != s.prefill_workers[0]:
+            continue                             # prefill_workers only splits disaggregated configurations
+        worker = tp * adp
+        workers = total // worker if worker <= total else 0
         for di, d in enumerate(drafts if k else [None]):
-            cfg = {"gpu": g, "total_gpus": total, "tp": tp, "dp": total // tp if tp <= total else 0, "ep": ep,
+            cfg = {"gpu": g, "total_gpus": total, "tp": tp, "attn_dp": adp, "mode": mode,
+                   "prefill_workers": px if mode == "disagg" else 0,
+                   "dp": workers - px if mode == "disagg" else workers, "ep": ep,
                    "max_num_seqs": seqs, "k": k, "adaptive": adaptive, "draft": d.model_dump() if d else None,
                    "draft_index": di if d else -1}
             reason = _prune_reason(spec, target, cfg)
@@ -55,15 +61,18 @@ def configurations(spec: PlanSpec) -> tuple[list[dict], list[dict]]:
 
 
 def _prune_reason(spec, target, cfg) -> str:
-    tp, total = cfg["tp"], cfg["total_gpus"]
-    if tp > total or total % tp:
-        return f"tensor_parallel_size {tp} does not divide total_gpus {total}"
+    tp, total, adp = cfg["tp"], cfg["total_gpus"], cfg["attn_dp"]
+    worker = tp * adp
+    if worker > total or total % worker:
+        return f"a worker of TP {tp} x DP {adp} = {worker} GPUs does not divide total_gpus {total}"
+    if cfg["mode"] == "disagg" and cfg["dp"] < 1:
+        return f"{cfg['prefill_workers']} prefill workers leave no decode worker in {total // worker}"
     if target.num_attention_heads % tp:
         return f"{target.num_attention_heads} attention heads are not divisible by TP {tp}"
-    if cfg["ep"] and target.moe.num_experts % tp:
-        return f"{target.moe.num_experts} experts are not divisible by EP {tp}"
+    if cfg["ep"] and target.moe.num_experts % worker:
+        return f"{target.moe.num_experts} experts are not divisible by EP {worker}"
     try:
-            build(scenario_for(spec, cfg, rate=1.0), "plan")
+        build(scenario_for(spec, cfg, rate=1.0), "plan")
     except ConfigError as exc:
         return str(exc).removeprefix("plan: ")
     return ""
@@ -80,12 +89,16 @@ STOP_FACTOR = 2
 
 
 def run_length(spec: PlanSpec, cfg: dict) -> int:
-    return max(int(spec.workload.get("num_prompts", 200)), STEADY_FILLS * cfg["dp"] * cfg["max_num_seqs"])
+    return max(int(spec.workload.get("num_prompts", 200)), STEADY_FILLS * cfg["dp"] * _ranks(cfg) * cfg["max_num_seqs"])
+
+
+def _ranks(cfg: dict) -> int:
+    return cfg.get("attn_dp", 1)
 
 
 def saturated_queue(cfg: dict) -> int:
-    """Requests waiting on one replica at the last arrival that mark it saturated."""
-    return max(8, cfg["max_num_seqs"] // 4)
+    """Requests waiting on one replica (all its attention-DP ranks) at the last arrival that mark it saturated."""
+    return max(8, _ranks(cfg) * cfg["max_num_seqs"] // 4)
 
 
 def waiting_at(steps, t: float) -> int:
@@ -97,13 +110,17 @@ def waiting_at(steps, t: float) -> int:
 
 def scenario_for(spec: PlanSpec, cfg: dict, rate: float):
     wl = {**spec.workload, "request_rate": rate, "seed": spec.seed, "num_prompts": run_length(spec, cfg)}
-    data = {"name": f"{spec.name}", "model": spec.model,
-            "hardware": {"gpu": cfg["gpu"], "tensor_parallel_size": cfg["tp"], "data_parallel_size": cfg["dp"],
-                         "enable_expert_parallel": cfg["ep"]},
+    layout = {"tensor_parallel_size": cfg["tp"], "data_parallel_size": _ranks(cfg), "enable_expert_parallel": cfg["ep"]}
+    hardware = {"gpu": cfg["gpu"], **layout, "num_replicas": cfg["dp"]}
+    data = {"name": f"{spec.name}", "model": spec.model, "hardware": hardware,
             "engine": {**spec.engine, "max_num_seqs": cfg["max_num_seqs"]},
             "routing": dict(spec.routing), "workload": wl, "seed": spec.seed,
             "slo": {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
                                       ("e2el_ms", spec.slo.e2el_ms)) if v is not None}}
+    if cfg.get("mode") == "disagg":
+        hardware.update(tensor_parallel_size=1, data_parallel_size=1, enable_expert_parallel=False, num_replicas=1)
+        data["disaggregation"] = {"prefill": {**layout, "num_workers": cfg["prefill_workers"]},
+                                  "decode": {**layout, "num_workers": cfg["dp"]}}
     if cfg["k"]:
         d = cfg["draft"]
         data["speculative_config"] = {"method": d["method"], "model": d["model"], "acceptance": d["acceptance"],
@@ -114,8 +131,10 @@ def scenario_for(spec: PlanSpec, cfg: dict, rate: float):
 def config_label(cfg: dict) -> str:
     sd = "SD off" if not cfg["k"] else (f"SD adaptive k<={cfg['k']}" if cfg["adaptive"] else f"SD k={cfg['k']}")
     draft = f" ({cfg['draft']['model']})" if cfg["k"] and cfg.get("draft") and isinstance(cfg["draft"]["model"], str) else ""
-    return (f"{cfg['gpu']} x{cfg['total_gpus']} TP{cfg['tp']}{' EP' if cfg['ep'] else ''} DP{cfg['dp']} "
-            f"seqs{cfg['max_num_seqs']} {sd}{draft}")
+    adp = _ranks(cfg)
+    worker = f"TP{cfg['tp']}{f' DPattn{adp}' if adp > 1 else ''}{' EP' if cfg['ep'] else ''}"
+    copies = (f"{cfg['prefill_workers']}P{cfg['dp']}D" if cfg.get("mode") == "disagg" else f"DP{cfg['dp']}")
+    return f"{cfg['gpu']} x{cfg['total_gpus']} {worker} {copies} seqs{cfg['max_num_seqs']} {sd}{draft}"
 
 
 # --- one configuration at one rate, and its max sustainable rate -----------------------------
@@ -163,7 +182,7 @@ def capacity_estimate(spec: PlanSpec, cfg: dict) -> float:
     b = cfg["max_num_seqs"]
     k = setup.cfg.k
     tok_s = b * theory.tokens_per_round(setup.acceptance, k) / st.step_s(b, k)
-    return cfg["dp"] * tok_s / wl.random_output_len
+    return cfg["dp"] * _ranks(cfg) * tok_s / wl.random_output_len
 
 
 def max_rate(job: dict) -> dict:
@@ -235,17 +254,20 @@ def price(spec: PlanSpec, gpu: str) -> float:
 def _row(spec: PlanSpec, r: dict) -> dict:
     c, m = r["cfg"], r["at_max"] or {}
     wl = spec.workload
-    gpus = c["tp"] * c["dp"]
+    gpus = c["total_gpus"]
     tok_s = m.get("output_throughput", 0.0)
     cost = gpus * price(spec, c["gpu"])
-    moe_tp, moe_ep = (1, c["tp"]) if c["ep"] else (c["tp"], 1)
+    group = c["tp"] * _ranks(c)
+    moe_tp, moe_ep = (1, group) if c["ep"] else (group, 1)
     row = {"config": config_label(c), "model": spec.model if isinstance(spec.model, str) else spec.model.get("name"),
            "isl": wl.get("random_input_len"), "osl": wl.get("random_output_len"),
            "concurrency": m.get("max_concurrent_requests", 0), "request_rate": r["max_rate"],
            "bs": c["max_num_seqs"], "ttft": m.get("ttft_ms"), "tpot": m.get("tpot_ms"),
            "request_latency": m.get("e2el_ms"), "seq/s": m.get("request_throughput", 0.0), "tokens/s": tok_s,
            "tokens/s/gpu": tok_s / gpus, "tokens/s/user": 1000.0 / m["mean_tpot_ms"] if m else 0.0,
-           "num_total_gpus": gpus, "tp": c["tp"], "pp": 1, "dp": c["dp"], "moe_tp": moe_tp, "moe_ep": moe_ep,
+           "num_total_gpus": gpus, "tp": c["tp"], "pp": 1, "dp": c["dp"], "attention_dp": _ranks(c),
+           "moe_tp": moe_tp, "moe_ep": moe_ep, "mode": c.get("mode", "agg"),
+           "prefill_workers": c.get("prefill_workers", 0),
            "backend": "moesd-sim (vLLM-like)", "system": c["gpu"],
            "sd": bool(c["k"]), "num_speculative_tokens": c["k"], "adaptive_k": c["adaptive"],
            "draft": (c["draft"] or {}).get("model") if c["k"] else None,

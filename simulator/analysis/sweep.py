@@ -24,9 +24,10 @@ from .runner import run_many
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def fixed_batch_overrides(batch: int, k: int, adaptive: bool, waves: int) -> list[str]:
-    return ["workload.request_rate=inf", f"workload.num_prompts={batch * waves}",
-            f"workload.max_concurrency={batch}", "workload.random_range_ratio=0", f"engine.max_num_seqs={batch}",
+def fixed_batch_overrides(batch: int, k: int, adaptive: bool, waves: int, ranks: int = 1) -> list[str]:
+    """A fixed batch of ``batch`` sequences on each of ``ranks`` attention-DP ranks."""
+    return ["workload.request_rate=inf", f"workload.num_prompts={batch * ranks * waves}",
+            f"workload.max_concurrency={batch * ranks}", "workload.random_range_ratio=0", f"engine.max_num_seqs={batch}",
             f"speculative_config.num_speculative_tokens={k}", f"speculative_config.adaptive={str(adaptive).lower()}"]
 
 
@@ -36,18 +37,18 @@ def waves_for(batch: int, min_requests: int = 64) -> int:
 
 def fixed_batch_point(job: dict) -> dict:
     """One engine run (a runner job): steady full-batch decode figures."""
-    b, k = job["batch"], job["k"]
-    sc = load_scenario(job["scenario"], job["overrides"] + fixed_batch_overrides(b, k, job["adaptive"], job["waves"]))
+    b, k, ranks = job["batch"], job["k"], job.get("ranks", 1)
+    sc = load_scenario(job["scenario"], job["overrides"] + fixed_batch_overrides(b, k, job["adaptive"], job["waves"], ranks))
     summary, req, log = simulate(build(sc, job["scenario"]))
     steps = log.frame()
-    full = steps[(steps.num_decode == b) & (steps.num_prefill == 0)]
+    full = steps[(steps.num_decode == b * ranks) & (steps.num_prefill == 0)]
     if len(full) < 3:
         full = steps[(steps.num_prefill == 0) & (steps.num_decode > 0)]
     dur = full.duration_s.sum()
     tgt = (full.duration_s - full.draft_s).mean()
     drafts = (full.query_len > 1) * full.num_decode
     return {"batch_size": b, "k": k, "adaptive": job["adaptive"], "steps": int(len(full)),
-            "effective_batch": float(full.num_decode.mean()),
+            "effective_batch": float(full.num_decode.mean() / ranks),
             "decode_tok_s": float(full.emitted_tokens.sum() / dur),
             "step_ms": float(full.duration_s.mean() * 1e3), "target_step_ms": float(tgt * 1e3),
             "mean_k": float((full.query_len - 1).mean()),
@@ -96,12 +97,13 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
         adaptive = False
         note = (f"{sc.name}: adaptive k skipped (EAGLE tree of {setup.cfg.verify_tokens} tokens: "
                                "adaptive k works with chain drafts only)")
+    ranks = setup.pools[-1].dp_ranks       # batch sizes are per attention-DP rank of the (decode) worker
     if engine:
         jobs = [{"scenario": str(scenario), "overrides": list(overrides), "batch": b, "k": k, "adaptive": False,
-                 "waves": waves_for(b)} for b in batches for k in [0] + ks]
+                 "waves": waves_for(b), "ranks": ranks} for b in batches for k in [0] + ks]
         if adaptive:
             jobs += [{"scenario": str(scenario), "overrides": list(overrides), "batch": b, "k": k_max,
-                      "adaptive": True, "waves": waves_for(b)} for b in batches]
+                      "adaptive": True, "waves": waves_for(b), "ranks": ranks} for b in batches]
         res = pd.DataFrame(run_many(fixed_batch_point, jobs, workers, executor, address, cache_dir,
                                     desc=f"sweep {sc.name}", progress=progress))
         base = res[(res.k == 0) & ~res.adaptive].set_index("batch_size")

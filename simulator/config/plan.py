@@ -6,7 +6,7 @@ The search itself is :mod:`simulator.analysis.plan`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -46,6 +46,11 @@ class Search(Strict):
     total_gpus: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1, max_length=32)
     tensor_parallel_size: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=16)
     enable_expert_parallel: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    data_parallel_size: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1, max_length=16, description=(
+        "attention-DP ranks per worker (MoE models; a worker is tensor_parallel_size x data_parallel_size GPUs)"))
+    mode: list[Literal["agg", "disagg"]] = Field(default_factory=lambda: ["agg"], min_length=1)
+    prefill_workers: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1, max_length=16, description=(
+        "disagg: workers that prefill; the rest of total_gpus decode (xPyD)"))
     max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=1, max_length=32)
     num_speculative_tokens: list[SpecTokens] = Field(default_factory=lambda: [0, 3], min_length=1, max_length=16)
     adaptive_k: list[bool] = Field(default_factory=lambda: [False], min_length=1)
