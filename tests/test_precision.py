@@ -166,7 +166,7 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     assert s["rows"] == 6 and s["expressible"] == 2 and s["coverage"] == pytest.approx(2 / 6)
     by = {row["id"]: row for row in s["per_row"]}
     assert by["a"]["expressible"] and by["a"]["sim_tpot_ms"] > 0 and by["a"]["sim_ttft_ms"] > 0
-    assert by["b"]["blocked_by"] == "disaggregated prefill/decode"
+    assert by["b"]["blocked_by"] == "ambiguous layout: disagg row states no worker counts"   # no prefill_/decode_ columns
     assert "linear attention" in by["c"]["blocked_by"]
     assert by["d"]["blocked_by"] == "no catalog architecture for some/unknown-model"
     assert by["e"]["blocked_by"].startswith("nvfp4 gemm kernels on h100_sxm")

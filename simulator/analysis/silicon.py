@@ -9,6 +9,7 @@ is dropped silently: every row comes back, with its simulated TTFT/TPOT or the r
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,6 @@ UNSUPPORTED_MODELS = {
     "Qwen/Qwen3.5-397B-A17B": "hybrid linear attention (Gated DeltaNet layers)",
     "zhipuai/GLM-5": "DeepSeek sparse attention (DSA)",
 }
-GPUS_PER_NODE = 8
 
 
 def load_rows(path: Path) -> pd.DataFrame:
@@ -106,33 +106,75 @@ def _cost_model(system: str, backend: str) -> CostModel | None:
         return None
 
 
+def _pos(v) -> int:
+    """A layout size: 0 or missing means 1 (dense rows state no MoE sizes)."""
+    return max(1, _int(v))
+
+
+def concurrency(r: dict) -> int:
+    """Client concurrency: ``batch_size`` for agg rows; for disagg rows the id's ``_c<N>`` or the
+    source's ``silicon_concurrency=N``, else decode batch x workers x DP ranks."""
+    if str(r["mode"]) == "agg":
+        return _int(r["batch_size"])
+    for text, pat in ((r.get("id"), r"_c(\d+)_"), (r.get("silicon_data_source"), r"silicon_concurrency=(\d+)")):
+        m = re.search(pat, str(text))
+        if m:
+            return int(m.group(1))
+    if r.get("decode_batch_size") is None:
+        return _int(r.get("batch_size"), 0)
+    return _pos(r["decode_batch_size"]) * _pos(r.get("decode_num_workers")) * _pos(r.get("decode_attention_dp_size"))
+
+
+def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
+    """(scenario layout keys, assumption made) of the agg row or one disagg pool (``prefill_`` /
+    ``decode_``); a ValueError names an inconsistent layout. AIConfigurator's sizes: ``tp_size`` per
+    attention-DP rank, ``moe_tp_size x moe_ep_size`` = tp x dp."""
+    tp, dp = _pos(r.get(f"{prefix}tp_size")), _pos(r.get(f"{prefix}attention_dp_size"))
+    mtp, mep = _pos(r.get(f"{prefix}moe_tp_size")), _pos(r.get(f"{prefix}moe_ep_size"))
+    note = ""
+    if not dense and mtp * mep != tp * dp:
+        if dp == 1 and mep > 1 and tp == mtp * mep * mep:
+            # the id says tp<X>_ep<X> where tp_size holds X*X: the row ran on X GPUs
+            tp, note = mtp * mep, f"tp_size {tp} read as tp {mtp * mep} (recorded as tp x ep)"
+        else:
+            raise ValueError(f"MoE group moe_tp {mtp} x moe_ep {mep} differs from tp {tp} x attention_dp {dp}")
+    out = {"tensor_parallel_size": tp, "data_parallel_size": dp}
+    if not dense and mep > 1:
+        out["enable_expert_parallel"] = True
+        if mtp > 1:
+            out["moe_tensor_parallel_size"] = mtp
+    return out, note
+
+
 def classify(r: dict) -> str:
     """'' when the simulator can express the row, else the capability that blocks it."""
-    if str(r["mode"]) != "agg":
-        return "disaggregated prefill/decode"
-    if _int(r.get("pp_size")) > 1:
+    mode = str(r["mode"])
+    pre = ("prefill_", "decode_") if mode == "disagg" else ("",)
+    if mode not in ("agg", "disagg"):
+        return f"serving mode {mode}"
+    if any(_int(r.get(f"{p}pp_size")) > 1 for p in pre):
         return "pipeline parallel"
-    if _int(r["attention_dp_size"]) > 1:
-        return "attention data parallel"
-    tp, mtp, mep = _int(r["tp_size"]), _int(r["moe_tp_size"]), _int(r["moe_ep_size"])
-    if tp > GPUS_PER_NODE:
-        return "multi-node worker (more than 8 GPUs)"
-    if mtp > 1 and mep > 1:
-        return "mixed MoE TP x EP"
-    if mtp * mep not in (1, tp):
-        return "MoE parallel group differs from the attention TP group"
+    if mode == "disagg" and any(_int(r.get(f"{p}num_workers"), 0) < 1 for p in pre):
+        # the decode batch (TPOT) and the prefill capacity (TTFT) both hang on them
+        return "ambiguous layout: disagg row states no worker counts"
     model = str(r["model_path"])
     if model in UNSUPPORTED_MODELS:
         return UNSUPPORTED_MODELS[model]
     if model not in MODELS or not (MODELS_DIR / f"{MODELS[model]}.yaml").is_file():
         return f"no catalog architecture for {model}"
+    arch = _arch(MODELS[model])
+    try:
+        for p in pre:
+            layout(r, p, arch.moe is None)
+    except ValueError as exc:
+        return f"ambiguous layout: {exc}"
     system = str(r["system"])
     if not (GPU_SPECS_DIR / f"{system}.yaml").is_file():
         return f"no GPU spec for {system}"
     cost = _cost_model(system, str(r["backend"]))
     if cost is None:
         return f"no {r['backend']} kernel calibration on {system}"
-    hw, arch = cost.hw, _arch(MODELS[model])
+    hw = cost.hw
     q = quant_modes(r) or (arch.quantization.gemm, arch.quantization.moe)
     for op, name in zip(("gemm", "moe"), q):
         try:
@@ -146,22 +188,49 @@ def classify(r: dict) -> str:
     return ""
 
 
+def assumption(r: dict) -> str:
+    """The documented assumption a row is simulated under ('' for none)."""
+    dense = _arch(MODELS[str(r["model_path"])]).moe is None
+    pre = ("prefill_", "decode_") if str(r["mode"]) == "disagg" else ("",)
+    return "; ".join(n for p in pre if (n := layout(r, p, dense)[1]))
+
+
 def scenario(r: dict) -> dict:
     """The scenario that reproduces one row: its closed loop, lengths, backend, precisions, layout."""
-    conc = _int(r["batch_size"])
-    tp, mep = _int(r["tp_size"]), _int(r["moe_ep_size"])
+    conc = concurrency(r)
     q = quant_modes(r)
-    return {
+    isl = _int(r["isl"])
+    dense = _arch(MODELS[str(r["model_path"])]).moe is None
+    data = {
         "name": "silicon_row", "model": MODELS[str(r["model_path"])],
-        "hardware": {"gpu": str(r["system"]), "tensor_parallel_size": tp, "enable_expert_parallel": mep > 1},
+        "hardware": {"gpu": str(r["system"])},
         "engine": {"framework": str(r["backend"]),
                    "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
                    "quantization": dict(zip(("gemm", "moe"), q)) if q else None,
-                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, _int(r["isl"]))},
-        "workload": {"dataset_name": "fixed", "random_input_len": _int(r["isl"]), "random_output_len": _int(r["osl"]),
-                     "concurrency": conc, "num_prompts": int(min(max(3 * conc, 8), 3 * conc + 64)),
+                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl)},
+        "workload": {"dataset_name": "fixed", "random_input_len": isl, "random_output_len": _int(r["osl"]),
+                     # three requests per user (the first is warm-up); two past 256 users, which still
+                     # leaves hundreds measured and keeps the largest runs to a minute
+                     "concurrency": conc, "num_prompts": max(3 * conc, 8) if conc <= 256 else 2 * conc + 64,
                      "measurement": "steady"},
     }
+    if str(r["mode"]) == "agg":
+        lay = layout(r, "", dense)[0]
+        data["hardware"].update(lay)
+        # each attention-DP rank batches its share of the users
+        data["engine"]["max_num_seqs"] = max(1, -(-conc // lay["data_parallel_size"]))
+    else:
+        pools = {}
+        for role in ("prefill", "decode"):
+            lay = layout(r, f"{role}_", dense)[0]
+            pools[role] = {**lay, "num_workers": _pos(r[f"{role}_num_workers"]),
+                           "max_num_seqs": _pos(r[f"{role}_batch_size"])}
+        # the decode pool holds every user (some sources state decode_batch_size 1 at any concurrency)
+        dec = pools["decode"]
+        dec["max_num_seqs"] = max(dec["max_num_seqs"], -(-conc // (dec["num_workers"] * dec["data_parallel_size"])))
+        pools["prefill"]["max_num_batched_tokens"] = max(8192, isl * pools["prefill"]["max_num_seqs"])
+        data["disaggregation"] = pools
+    return data
 
 
 def simulate_row(job: dict) -> dict:
@@ -191,8 +260,9 @@ def validate_silicon(path: Path, sample: int | None = None, workers=None, execut
         rec = {"id": r["id"], "model": r["model_path"], "backend": r["backend"], "backend_version": r["backend_version"],
                "gpu": r["system"], "mode": r["mode"],
                "precision": "/".join(q) if (q := quant_modes(r)) else "checkpoint (row states none)",
-               "isl": r["isl"], "osl": r["osl"], "concurrency": r["batch_size"], "tp": r["tp_size"],
+               "isl": r["isl"], "osl": r["osl"], "concurrency": concurrency(r), "tp": r["tp_size"],
                "moe_ep": r["moe_ep_size"], "expressible": not b, "blocked_by": b,
+               "assumption": "" if b else assumption(r),
                "measured_ttft_ms": r["silicon_ttft_ms"], "measured_tpot_ms": r["silicon_tpot_ms"],
                "sim_ttft_ms": res.get("sim_ttft_ms"), "sim_tpot_ms": res.get("sim_tpot_ms")}
         for m in ("ttft", "tpot"):
