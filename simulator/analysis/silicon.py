@@ -112,15 +112,14 @@ def _pos(v) -> int:
 
 
 def concurrency(r: dict) -> int:
-    """Client concurrency: ``batch_size`` for agg rows; for disagg rows the id's ``_c<N>`` or the
-    source's ``silicon_concurrency=N``, else decode batch x workers x DP ranks."""
-    if str(r["mode"]) == "agg":
-        return _int(r["batch_size"])
+    """Client concurrency: the id's ``_c<N>_`` or the source's ``silicon_concurrency=N`` (the
+    benchmark's own figure: ``batch_size`` of an attention-DP row is per rank), else ``batch_size``
+    (agg) or decode batch x workers x DP ranks (disagg)."""
     for text, pat in ((r.get("id"), r"_c(\d+)_"), (r.get("silicon_data_source"), r"silicon_concurrency=(\d+)")):
         m = re.search(pat, str(text))
         if m:
             return int(m.group(1))
-    if r.get("decode_batch_size") is None:
+    if str(r["mode"]) == "agg" or r.get("decode_batch_size") is None:
         return _int(r.get("batch_size"), 0)
     return _pos(r["decode_batch_size"]) * _pos(r.get("decode_num_workers")) * _pos(r.get("decode_attention_dp_size"))
 
@@ -132,12 +131,16 @@ def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
     tp, dp = _pos(r.get(f"{prefix}tp_size")), _pos(r.get(f"{prefix}attention_dp_size"))
     mtp, mep = _pos(r.get(f"{prefix}moe_tp_size")), _pos(r.get(f"{prefix}moe_ep_size"))
     note = ""
-    if not dense and mtp * mep != tp * dp:
-        if dp == 1 and mep > 1 and tp == mtp * mep * mep:
-            # the id says tp<X>_ep<X> where tp_size holds X*X: the row ran on X GPUs
-            tp, note = mtp * mep, f"tp_size {tp} read as tp {mtp * mep} (recorded as tp x ep)"
-        else:
-            raise ValueError(f"MoE group moe_tp {mtp} x moe_ep {mep} differs from tp {tp} x attention_dp {dp}")
+    stated = re.search(r"_tp(\d+)_", str(r.get("id")))
+    if (not dense and mep > 1 and mtp in (1, mep) and tp * dp == mep * mep and (tp == 1 or dp == 1)
+            and not (stated and int(stated.group(1)) == tp * dp)):
+        # some sources record every size squared: tp_size (or attention_dp_size) X*X and moe_tp X for
+        # a run on X GPUs with EP X (their ids say tp<X>_ep<X>)
+        was = f"tp {tp} x dp {dp}, moe_tp {mtp} x moe_ep {mep}"
+        tp, dp, mtp = (mep, 1, 1) if dp == 1 else (1, mep, 1)
+        note = f"{was} read as tp {tp} x dp {dp}, EP {mep} (sizes recorded squared)"
+    elif not dense and mtp * mep != tp * dp:
+        raise ValueError(f"MoE group moe_tp {mtp} x moe_ep {mep} differs from tp {tp} x attention_dp {dp}")
     out = {"tensor_parallel_size": tp, "data_parallel_size": dp}
     if not dense and mep > 1:
         out["enable_expert_parallel"] = True

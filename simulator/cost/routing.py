@@ -50,14 +50,17 @@ def busiest_rank(counts: np.ndarray, ep: int) -> np.ndarray:
 
 
 def expected_count_vector(num_tokens: int, num_experts: int, topk: int) -> np.ndarray:
-    """Integer loads with the expected number of distinct experts N(T), slots spread evenly."""
+    """Integer loads with the expected number of distinct experts N(T), slots spread evenly, and the
+    active experts spread evenly over the expert index (so over expert-parallel ranks, which hold
+    contiguous blocks of experts: an expected step has no busiest rank)."""
     counts = np.zeros(num_experts, dtype=np.int64)
     if num_tokens <= 0:
         return counts
     active = max(1, min(num_experts, int(round(float(expected_distinct_experts(num_tokens, num_experts, topk))))))
     slots = num_tokens * topk
-    counts[:active] = slots // active
-    counts[: slots - int(counts.sum())] += 1
+    loads = np.full(active, slots // active, dtype=np.int64)
+    loads[: slots - int(loads.sum())] += 1
+    counts[(np.arange(active) * num_experts) // active] = loads
     return counts
 
 
