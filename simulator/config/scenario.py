@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from . import gpu as gpu_mod
 from . import model as model_mod
 from . import precision
+from . import topology
 from .schema import SafeName, Strict
 from ..common.datafiles import load_text, read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
@@ -328,17 +329,9 @@ def _arch(spec, source: str, field: str, base: Path | None) -> tuple:
 
 def check_compatible(target, draft, sc: Scenario, source: str) -> None:
     """Shapes an engine would refuse at start-up (vLLM's checks), as one-line errors."""
-    tp = sc.hardware.tensor_parallel_size
-    for arch, field in ((target, "model"), (draft, "speculative_config.model")):
-        if arch is None:
-            continue
-        heads, kv = arch.num_attention_heads, arch.num_key_value_heads
-        if heads % tp:
-            raise ConfigError(f"{arch.name} has {heads} attention heads, not divisible by tensor_parallel_size {tp}",
-                              source=source, field="hardware.tensor_parallel_size")
-        if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
-            raise ConfigError(f"{arch.name} has {kv} KV heads: tensor_parallel_size {tp} must divide them or be a "
-                              "multiple of them", source=source, field="hardware.tensor_parallel_size")
+    for arch in (target, draft):
+        if arch is not None:
+            topology.check_heads(arch, sc.hardware.tensor_parallel_size, source, "hardware.tensor_parallel_size")
     if draft is not None:
         # a draft model shares the target's tokenizer (embedding rows may be padded differently:
         # Qwen2-0.5B has 151,936, Qwen2-7B 152,064, same 151,646 tokens); an EAGLE3 head may draft

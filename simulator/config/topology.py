@@ -77,10 +77,15 @@ def _check_layout(lay, arch, source: str, field: str) -> None:
                               f"size {ep} (tensor_parallel_size {tp} x data_parallel_size {dp}"
                               f"{' / moe_tensor_parallel_size' if lay.moe_tensor_parallel_size else ''})",
                               source=source, field=f"{field}.enable_expert_parallel")
+    check_heads(arch, tp, source, f"{field}.tensor_parallel_size")
+
+
+def check_heads(arch, tp: int, source: str, field: str) -> None:
+    """TP must split the attention heads, and divide the KV heads or be a multiple of them (vLLM's check)."""
     heads, kv = arch.num_attention_heads, arch.num_key_value_heads
     if heads % tp:
         raise ConfigError(f"{arch.name} has {heads} attention heads, not divisible by tensor_parallel_size {tp}",
-                          source=source, field=f"{field}.tensor_parallel_size")
+                          source=source, field=field)
     if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
         raise ConfigError(f"{arch.name} has {kv} KV heads: tensor_parallel_size {tp} must divide them or be a "
-                          "multiple of them", source=source, field=f"{field}.tensor_parallel_size")
+                          "multiple of them", source=source, field=field)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cost.forward import Batch
-from .replica import Replica, _cat
-from .requests import EMPTY, total
+from .replica import Replica, _cat, plan_batch
+from .requests import EMPTY
 from .scheduler import Plan, Scheduler
 
 
@@ -30,12 +29,8 @@ class DPWorker(Replica):
         """To the rank with the fewest requests (running + queued), the lowest on a tie: vLLM's
         DP coordinator balances on queue lengths the same way."""
         r = min(range(self.dp), key=lambda j: (len(self.ranks[j].run) + len(self.ranks[j].waiting), j))
-        self.R.replica[i] = self.idx
         self.R.dp_rank[i] = r
-        self.outstanding += 1
-        self.ranks[r].submit(i)
-        if self.wake is not None and not self.wake.triggered:
-            self.wake.succeed()
+        super().submit(i, self.ranks[r])
 
     def step_cost_dp(self, plans: list) -> tuple:
         """(StepCost, merged Batch): the slowest rank's dense part and draft passes, the MoE layers
@@ -45,31 +40,22 @@ class DPWorker(Replica):
         for p in plans:
             if p.empty:
                 continue
-            nd = len(p.dec)
-            ctx_sum = float(total(p.dec_ctx)) if nd else 0.0
-            prefill = tuple(zip(p.pre_n.tolist(), p.pre_ctx.tolist())) if len(p.pre) else ()
-            b = Batch(nd, int(np.maximum.reduce(p.dec_n)) if nd else 1, ctx_sum / nd if nd else 0.0, prefill,
-                      int(total(p.dec_n)) if nd else 0)
-            c = fm.dense_part(b)
+            b, ctx_sum = plan_batch(p)
             spec = p.dec_n > 1
             n_spec = int(np.count_nonzero(spec))
-            d = self.spec.draft_s(p, spec, n_spec, ctx_sum, prefill, self.k_now)
-            dense.append(c)
+            d = self.spec.draft_s(p, spec, n_spec, ctx_sum, b.prefill, self.k_now)
+            dense.append(fm.dense_part(b))
             drafts.append(d or 0.0)
-            seqs.append(nd + len(prefill))
+            seqs.append(b.num_decode + len(b.prefill))
             spec_any = spec_any or n_spec > 0
         j = max(range(len(dense)), key=lambda x: dense[x].total_s + drafts[x])
         cost = dense[j]
         merged = _merge(plans)
-        tokens = int(total(merged.dec_n)) + int(total(merged.pre_n))
-        cost.tokens = tokens
-        cost.moe_s, cost.expert_weight_bytes, cost.active_experts = fm.moe_part(self.route_counts(tokens, merged))
+        batch = plan_batch(merged)[0]
+        cost.tokens = batch.num_tokens
+        cost.moe_s, cost.expert_weight_bytes, cost.active_experts = fm.moe_part(self.route_counts(batch.num_tokens, merged))
         cost.draft_s = drafts[j]
         cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, max(seqs), spec_any)
-        nd = len(merged.dec)
-        batch = Batch(nd, int(np.maximum.reduce(merged.dec_n)) if nd else 1,
-                      float(total(merged.dec_ctx)) / nd if nd else 0.0,
-                      tuple(zip(merged.pre_n.tolist(), merged.pre_ctx.tolist())), int(total(merged.dec_n)) if nd else 0)
         return cost, batch, merged
 
     def loop(self):

@@ -65,12 +65,12 @@ class PoolRun:
     cfg: EngineConfig
     target: ForwardModel
     draft: ForwardModel | None
-    kv_transfer_s: object = None       # prefill pool: prompt tokens -> seconds to send their KV
+    kv_bytes_per_token: float = 0.0    # prefill pool: KV bytes a prompt token sends
+    kv_transfer_s: object = None       # prefill pool: KV bytes -> seconds to send them
 
 
-def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: ForwardModel | None, acceptance,
-        routing, seed: int, router: str = "round_robin", max_concurrency: int | None = None,
-        progress=None, spill_dir=None, users: int | None = None, pools: list | None = None) -> Outcome:
+def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round_robin",
+        max_concurrency: int | None = None, progress=None, spill_dir=None, users: int | None = None) -> Outcome:
     """Run the workload; with ``spill_dir`` the step log goes to disk chunk by chunk (flat memory).
 
     Clients: open loop (each request sent at its arrival time); ``max_concurrency`` caps requests in
@@ -78,9 +78,8 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
     is a closed loop as ``aiperf``/``genai-perf --concurrency`` run it: that many users, each sending
     its next request (in request order) the moment its previous one finishes.
 
-    ``pools`` (PoolRun list) replaces ``cfg``/``replicas``/``target``/``draft``: one agg pool, or a
-    prefill and a decode pool (disaggregated), whose workers are numbered in that order."""
-    pools = pools or [PoolRun("agg", replicas, 1, cfg, target, draft)]
+    ``pools`` (PoolRun list): one agg pool, or a prefill and a decode pool (disaggregated), whose
+    workers are numbered in that order."""
     cfg = pools[0].cfg
     replicas = sum(p.workers for p in pools)
     env = simpy.Environment()
@@ -119,15 +118,15 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
             reps.append(rep)
             by_role.setdefault(pool.role, []).append(rep)
     entry = by_role.get("agg") or by_role["prefill"]
-    moved = [0, 0]        # KV transfers, tokens sent
+    moved = [0, 0.0]      # KV transfers, bytes sent
     if "decode" in by_role:
-        decode, transfer_s = by_role["decode"], pools[0].kv_transfer_s
+        decode, pre = by_role["decode"], pools[0]
 
         def transfer(i):
-            tokens = int(R.computed[i])
+            kv_bytes = pre.kv_bytes_per_token * float(R.computed[i])
             moved[0] += 1
-            moved[1] += tokens
-            yield env.timeout(transfer_s(float(tokens)))
+            moved[1] += kv_bytes
+            yield env.timeout(pre.kv_transfer_s(kv_bytes))
             # the client's first token comes with the KV to the decode worker (TTFT includes the transfer)
             R.first_token_s[i] = R.last_token_s[i] = env.now
             min(decode, key=lambda x: (x.outstanding, x.idx)).submit(i)
@@ -218,7 +217,7 @@ def run(specs, cfg: EngineConfig, replicas: int, target: ForwardModel, draft: Fo
     steps.close()
     extra = {"per_position": per_pos}
     if "decode" in by_role:
-        extra["kv_transfers"], extra["kv_transfer_tokens"] = moved
+        extra["kv_transfers"], extra["kv_transfer_bytes"] = moved
     if stopped:
         extra["stopped_early"] = True
     return Outcome(R, steps, replicas, env.now, extra)

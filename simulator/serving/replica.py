@@ -22,6 +22,15 @@ def _cat(parts: list) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def plan_batch(plan: Plan) -> tuple:
+    """(the Batch a plan's forward computes, the decodes' summed context)."""
+    nd = len(plan.dec)
+    ctx_sum = float(total(plan.dec_ctx)) if nd else 0.0
+    prefill = tuple(zip(plan.pre_n.tolist(), plan.pre_ctx.tolist())) if len(plan.pre) else ()
+    return Batch(nd, int(np.maximum.reduce(plan.dec_n)) if nd else 1, ctx_sum / nd if nd else 0.0, prefill,
+                 int(total(plan.dec_n)) if nd else 0), ctx_sum
+
+
 class Replica:
     # Run consecutive plain-decode steps without rescheduling while nothing can change the batch
     # (see coast). False takes every step through the scheduler: the reference for the tests.
@@ -47,10 +56,11 @@ class Replica:
             self._popularity = p / p.sum()
         env.process(self.loop())
 
-    def submit(self, i: int) -> None:
+    def submit(self, i: int, sched: Scheduler | None = None) -> None:
+        """Queue request i here (on ``sched``, default this replica's scheduler) and wake the loop."""
         self.R.replica[i] = self.idx
         self.outstanding += 1
-        self.sched.submit(i)
+        (sched or self.sched).submit(i)
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
 
@@ -72,15 +82,11 @@ class Replica:
         return tokens > 256 and self._popularity is not None
 
     def step_cost(self, plan: Plan) -> tuple:
-        nd = len(plan.dec)
-        ctx_sum = float(total(plan.dec_ctx)) if nd else 0.0
-        prefill = tuple(zip(plan.pre_n.tolist(), plan.pre_ctx.tolist())) if len(plan.pre) else ()
-        dec_tokens = int(total(plan.dec_n)) if nd else 0
-        batch = Batch(nd, int(np.maximum.reduce(plan.dec_n)) if nd else 1, ctx_sum / nd if nd else 0.0, prefill,
-                      dec_tokens)
+        batch, ctx_sum = plan_batch(plan)
+        nd, prefill = batch.num_decode, batch.prefill
         counts = None
         if self.target.m.moe:
-            counts = self.route_counts(dec_tokens + int(total(plan.pre_n)), plan)
+            counts = self.route_counts(batch.num_tokens, plan)
         cost = self.target.forward(batch, counts)
         spec = plan.dec_n > 1
         n_spec = int(np.count_nonzero(spec))

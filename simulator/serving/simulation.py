@@ -131,9 +131,6 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     par = Parallel(tensor_parallel_size=tp, enable_expert_parallel=lay.enable_expert_parallel,
                    cuda_graphs=not eng.enforce_eager, data_parallel_size=pp.dp_ranks,
                    moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0)
-    if pp.dp_ranks == 1 and lay.enable_expert_parallel and target.moe and target.moe.num_experts % tp:
-        raise ConfigError(f"num_experts {target.moe.num_experts} not divisible by tensor_parallel_size "
-                          f"{tp} under expert parallelism", source=source, field=f"{pp.field}.enable_expert_parallel")
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
                               expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size")
@@ -212,13 +209,13 @@ def pool_runs(setup: Setup) -> list:
     if d is not None:
         pre, dec = setup.pools
         same = d.kv_transfer == "nvlink" or (d.kv_transfer == "auto" and pre.gpus + dec.gpus <= setup.hw.domain_gpus)
-        per_tok = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes)
         hw, senders, receivers = setup.hw, pre.par.tensor_parallel_size, dec.par.tensor_parallel_size
         eng = setup.scenario.engine
         handoff_s = (d.handoff_ms if d.handoff_ms is not None else
                      framework_mod.step_entry(eng.framework, eng.framework_version).disagg_handoff_ms) / 1e3
-        runs[0].kv_transfer_s = lambda tokens: handoff_s + network.kv_transfer_s(hw, per_tok * tokens, senders,
-                                                                                 receivers, same)
+        runs[0].kv_bytes_per_token = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes)
+        runs[0].kv_transfer_s = lambda kv_bytes: handoff_s + network.kv_transfer_s(hw, kv_bytes, senders, receivers,
+                                                                                   same)
     return runs
 
 
@@ -240,9 +237,8 @@ def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
     sc = setup.scenario
     seeds = np.random.SeedSequence(sc.seed).spawn(2)
     specs = workload.build(sc.workload, np.random.default_rng(np.random.SeedSequence([sc.workload.seed])))
-    out = engine.run(specs, setup.cfg, 0, setup.target_fm, setup.draft_fm,
-                     setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]), sc.engine.router,
-                     sc.workload.max_concurrency, progress, spill_dir, sc.workload.concurrency, pool_runs(setup))
+    out = engine.run(specs, pool_runs(setup), setup.acceptance, setup.routing, int(seeds[1].generate_state(1)[0]),
+                     sc.engine.router, sc.workload.max_concurrency, progress, spill_dir, sc.workload.concurrency)
     req = metrics.requests_frame(out)
     req["measured"] = metrics.measured(req, sc.workload)
     steps = out.steps
@@ -257,9 +253,5 @@ def simulate(setup: Setup, progress=None, spill_dir=None) -> tuple:
     extra["num_gpus"] = sum(p.gpus for p in setup.pools)
     extra["kv_cache_blocks_per_replica"] = setup.cfg.num_blocks
     extra["topology"] = topology_summary(setup)
-    if "kv_transfer_tokens" in extra:
-        pre = setup.pools[0]
-        extra["kv_transfer_bytes"] = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes) * extra.pop(
-            "kv_transfer_tokens")
     summary = metrics.summary(out, req, sc, extra)
     return summary, req, steps
