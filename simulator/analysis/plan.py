@@ -20,6 +20,7 @@ from ..common.errors import ConfigError
 from ..config import gpu as gpu_mod
 from ..config.plan import PlanSpec
 from ..config.scenario import parse, resolve_model
+from ..cost.forward import Parallel
 from ..serving import theory
 from ..serving.simulation import build, simulate
 from .runner import run_many
@@ -257,8 +258,8 @@ def _row(spec: PlanSpec, r: dict) -> dict:
     gpus = c["total_gpus"]
     tok_s = m.get("output_throughput", 0.0)
     cost = gpus * price(spec, c["gpu"])
-    group = c["tp"] * _ranks(c)
-    moe_tp, moe_ep = (1, group) if c["ep"] else (group, 1)
+    par = Parallel(c["tp"], c["ep"], data_parallel_size=_ranks(c))
+    moe_tp, moe_ep = par.moe_tp, par.moe_ep
     row = {"config": config_label(c), "model": spec.model if isinstance(spec.model, str) else spec.model.get("name"),
            "isl": wl.get("random_input_len"), "osl": wl.get("random_output_len"),
            "concurrency": m.get("max_concurrent_requests", 0), "request_rate": r["max_rate"],
