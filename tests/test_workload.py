@@ -163,3 +163,16 @@ def test_prefix_caching_reuses_the_history_and_evicts_under_pressure():
     tiny, req_tiny, _ = _multi_turn(["engine.enable_prefix_caching=true"], blocks=160)
     base, req_base, _ = _multi_turn([], blocks=160)
     assert tiny["completed"] == base["completed"] and set(req_tiny.fail_reason) == set(req_base.fail_reason)
+
+
+def test_sharegpt_dataset_draws_its_table_lengths():
+    from simulator.config.datasets import all_datasets
+    from simulator.serving.workload import build as build_requests
+    e = all_datasets()["sharegpt"]
+    sc = load_scenario("quickstart", ["workload.dataset_name=sharegpt", "workload.num_prompts=4000"])
+    a = build_requests(sc.workload, np.random.default_rng(0))
+    b = build_requests(sc.workload, np.random.default_rng(0))
+    assert a == b
+    ins, outs = np.array([r.input_len for r in a]), np.array([r.output_len for r in a])
+    assert ins.mean() == pytest.approx(e["input_len"], rel=0.06) and outs.mean() == pytest.approx(e["output_len"], rel=0.06)
+    assert ins.std() > 0.5 * ins.mean()       # spread, not one length

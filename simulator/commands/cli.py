@@ -83,6 +83,12 @@ def main(argv=None) -> int:
     p.add_argument("--silicon", default=None, metavar="FILE",
                    help="measured serving runs in AIConfigurator's silicon-sample CSV schema instead of the cases")
     p.add_argument("--sample", type=int, default=None, metavar="N", help="with --silicon: a reproducible sample of N rows")
+    p.add_argument("--sd-table", default=None, metavar="FILE",
+                   help="speculative-decoding measurements in the schema of sd_training.csv instead of the cases")
+    p.add_argument("--assume", default=None, metavar="YAML",
+                   help="with --sd-table: documented assumptions filling empty cells per source "
+                        "(e.g. traces/e2e/sd_training_assumptions.yaml)")
+    p.add_argument("--source", default=None, help="with --sd-table: only rows whose source contains this text")
     p.add_argument("--json", action="store_true", help="print one JSON object (summary and per-row list)")
     _add_run_options(p)
 

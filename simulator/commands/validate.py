@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.silicon import validate_silicon
+from ..analysis.sdvalidate import validate_sd_table
 from ..analysis.validate import validate
 from ..common.errors import ConfigError
 from ..common.atomic import check_output_dir, output_dir
@@ -17,8 +18,14 @@ from ..reports.validation import report
 
 
 def run(args) -> int:
+    if args.silicon and args.sd_table:
+        raise ConfigError("give one of --silicon and --sd-table", field="--sd-table")
+    if (args.assume or args.source) and not args.sd_table:
+        raise ConfigError("only with --sd-table", field="--assume" if args.assume else "--source")
     if args.silicon:
         return run_silicon(args)
+    if args.sd_table:
+        return run_sd_table(args)
     out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / "validate")
     t, s = validate(args.cases, args.workers, args.executor, args.address,
                     Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
@@ -62,7 +69,6 @@ def run_silicon(args) -> int:
         rows = json.loads(t.to_json(orient="records"))
         print(json.dumps({**s, "per_row": rows}))
         return 0
-    pct = lambda v: f"{v:6.1%}" if v is not None else f"{'-':>6}"  # noqa: E731
     print(f"{'model':<26} {'backend':<7} {'gpu':<9} {'mode':<5} {'rows':>5}  {'TPOT med':>8} {'p90':>6}  "
           f"{'TTFT med':>8} {'p90':>6}")
     for g in s["groups"]:
@@ -70,8 +76,45 @@ def run_silicon(args) -> int:
               f"{pct(g['tpot']['median']):>8} {pct(g['tpot']['p90'])}  {pct(g['ttft']['median']):>8} {pct(g['ttft']['p90'])}")
     print(f"\nrows {s['rows']}, expressible {s['expressible']} ({s['coverage']:.0%}); TPOT median "
           f"{pct(s['tpot_median_abs_error']).strip()}, TTFT median {pct(s['ttft_median_abs_error']).strip()}")
+    return _print_blocked(s, out)
+
+
+def pct(v) -> str:
+    return f"{v:6.1%}" if v is not None else f"{'-':>6}"
+
+
+def _print_blocked(s: dict, out: Path) -> int:
     print("blocked:")
     for reason, n in s["blocked"].items():
         print(f"  {n:>5}  {reason}")
     print(f"  results: {out}")
     return 0
+
+
+def run_sd_table(args) -> int:
+    """``--sd-table FILE``: every row classified, expressible setups simulated with and without SD;
+    sd_table.csv + summary.json under --out, error tables per source and framework."""
+    out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / "validate_sd_table")
+    t, s = validate_sd_table(Path(args.sd_table), Path(args.assume) if args.assume else None, args.source,
+                             args.workers, args.executor, args.address,
+                             Path(args.cache_dir) if args.cache_dir else None, progress=not (args.quiet or args.json))
+    with output_dir(out, "moesd validate --sd-table") as tmp:
+        t.to_csv(tmp / "sd_table.csv", index=False, float_format="%.6g")
+        (tmp / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    for title, groups in (("source", s["by_source"]), ("framework", s["by_framework"])):
+        print(f"{title:<58} {'rows':>5} {'speedup med':>11} {'p90':>6} {'thr med':>7} {'TPOT med':>8}  sign")
+        for name, g in groups.items():
+            sign = f"{g['sign_right']:.0%} of {g['sign_rows']}" if g["sign_rows"] else "-"
+            print(f"{name[:58]:<58} {g['rows']:>5} {pct(g['speedup_median_abs_error']):>11} "
+                  f"{pct(g['speedup_p90_abs_error'])} {pct(g['throughput_median_abs_error']):>7} "
+                  f"{pct(g['tpot_median_abs_error']):>8}  {sign}")
+        print()
+    sign = f"{s['sign_right']:.0%} of {s['sign_rows']}" if s["sign_rows"] else "-"
+    print(f"rows {s['rows']}, expressible {s['expressible']}; SD speedup median "
+          f"{pct(s['speedup_median_abs_error']).strip()} (p90 {pct(s['speedup_p90_abs_error']).strip()}), "
+          f"throughput {pct(s['throughput_median_abs_error']).strip()}, TPOT {pct(s['tpot_median_abs_error']).strip()}, "
+          f"SD sign right {sign}")
+    return _print_blocked(s, out)

@@ -20,6 +20,8 @@ class StepEntry(Strict):
     spec_round_cpu_ms: float = Field(ge=0)
     cpu_overlap: bool
     sync_ms: float = Field(ge=0)
+    draft_pass_cpu_ms: float = Field(default=0.0, ge=0, description=(
+        "per draft forward pass of a speculative round: the proposer's input preparation and launches"))
     disagg_handoff_ms: float = Field(default=0.0, ge=0, description=(
         "disaggregated serving: a request's fixed cost between prefill and decode beyond the KV bytes "
         "(transfer setup, decode-side polling and admission, the first token's trip)"))

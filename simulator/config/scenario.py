@@ -152,6 +152,8 @@ class Engine(Strict):
     spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0,
                                                     description="extra CPU cost of a speculative round (draft "
                                                                 "bookkeeping, tree build, verification) beyond a plain step")
+    draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0,
+                                                    description="CPU cost per draft forward pass of a speculative round")
     cpu_overlap: Optional[bool] = Field(default=None, description=(
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
     sync_ms: Optional[float] = Field(default=None, ge=0, description="per step, never overlapped (TP broadcast, output copy)")
@@ -168,7 +170,9 @@ class Routing(Strict):
 class Workload(Strict):
     """``vllm bench serve`` names, plus length distributions and trace files."""
 
-    dataset_name: Literal["random", "trace", "fixed"] = "random"
+    dataset_name: Literal["random", "trace", "fixed", "sharegpt"] = Field(default="random", description=(
+        "random (vllm bench's, lengths random_*), fixed, trace (trace_file), or a dataset of "
+        "workloads/datasets.yaml (sharegpt: its measured mean lengths, lognormal spread)"))
     random_input_len: int = Field(default=1024, ge=1, le=MAX_TOKENS)
     random_output_len: int = Field(default=128, ge=1, le=MAX_TOKENS)
     random_range_ratio: float = Field(default=0.0, ge=0, lt=1)

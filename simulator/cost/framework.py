@@ -6,6 +6,9 @@ Pure. ``FrameworkStep.overhead_s`` is what a step adds to its GPU time:
 - with overlap (SGLang's overlap scheduler, vLLM V1 async scheduling, TRT-LLM's overlap scheduler:
   the CPU prepares step n+1 while the GPU runs step n): max(0, CPU - GPU) + sync.
 ``sync`` is what cannot overlap (TP workers' broadcast, output copy back to the host).
+A speculative round adds ``spec_round`` (rejection sampling, tree build and masks, the bookkeeping of
+accepted tokens) and ``draft_pass`` per draft forward pass (the proposer's own input preparation and
+launches): the target's next step needs their result, so they never overlap with the GPU.
 Defaults per framework and version are data (``workloads/frameworks.yaml``), never code.
 """
 
@@ -21,13 +24,19 @@ class FrameworkStep:
     spec_round_cpu_s: float = 0.0       # extra per speculative round (tree build, rejection sampling)
     cpu_overlap: bool = False
     sync_s: float = 0.0
+    draft_pass_cpu_s: float = 0.0       # per draft forward pass of a speculative round
 
-    def cpu_s(self, num_seqs: int, spec_round: bool = False) -> float:
-        return self.step_cpu_s + self.per_seq_cpu_s * num_seqs + (self.spec_round_cpu_s if spec_round else 0.0)
+    def cpu_s(self, num_seqs: int) -> float:
+        return self.step_cpu_s + self.per_seq_cpu_s * num_seqs
 
-    def overhead_s(self, gpu_s: float, num_seqs: int, spec_round: bool = False) -> float:
+    def spec_s(self, draft_passes: int) -> float:
+        """The speculative round's own CPU time (a round with ``draft_passes`` draft forwards)."""
+        return self.spec_round_cpu_s + self.draft_pass_cpu_s * draft_passes
+
+    def overhead_s(self, gpu_s: float, num_seqs: int, spec_round: bool = False, draft_passes: int = 0) -> float:
         """Seconds a step takes beyond ``gpu_s`` of GPU work."""
-        cpu = self.cpu_s(num_seqs, spec_round)
+        cpu = self.cpu_s(num_seqs)
+        spec = self.spec_s(draft_passes) if spec_round else 0.0
         if self.cpu_overlap:
-            return max(0.0, cpu - gpu_s) + self.sync_s
-        return cpu + self.sync_s
+            return max(0.0, cpu - gpu_s) + self.sync_s + spec
+        return cpu + self.sync_s + spec

@@ -93,8 +93,13 @@ class Replica:
         draft_s = self.spec.draft_s(plan, spec, n_spec, ctx_sum, prefill, self.k_now)
         if draft_s is not None:
             cost.draft_s = draft_s
-        cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, nd + len(prefill), n_spec > 0)
+        cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, nd + len(prefill), n_spec > 0,
+                                                          self.draft_passes())
         return cost, batch, counts
+
+    def draft_passes(self) -> int:
+        """Draft forward passes in a speculative round (n-gram lookup runs none)."""
+        return self.k_now if self.cfg.draft_kind in ("model", "head") else 0
 
     # --- the process ---------------------------------------------------------------------
 

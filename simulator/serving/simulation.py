@@ -162,7 +162,7 @@ def step_model(eng) -> FrameworkStep:
     pick = lambda mine, default: default if mine is None else mine  # noqa: E731
     return FrameworkStep(pick(eng.step_overhead_ms, e.step_cpu_ms) / 1e3, pick(eng.per_seq_overhead_ms, e.per_seq_cpu_ms) / 1e3,
                          pick(eng.spec_round_overhead_ms, e.spec_round_cpu_ms) / 1e3, pick(eng.cpu_overlap, e.cpu_overlap),
-                         pick(eng.sync_ms, e.sync_ms) / 1e3)
+                         pick(eng.sync_ms, e.sync_ms) / 1e3, pick(eng.draft_pass_overhead_ms, e.draft_pass_cpu_ms) / 1e3)
 
 
 def _cost_model(hw, framework: str, source: str) -> CostModel:

@@ -55,7 +55,6 @@ class StepTimes:
                  context_len: float, draft_tokens_per_pass: int = 1):
         self.t, self.d = target, draft
         self.step_model = step_model
-        self.spec_round_s = step_model.spec_round_cpu_s
         self.ctx = max(1.0, float(context_len))
         self.draft_q = draft_tokens_per_pass
         self._memo: dict = {}
@@ -85,10 +84,14 @@ class StepTimes:
         if k == 0:
             return 1.0
         return speedup(tokens_per_round(acceptance, k), self.target(batch, 1), self.target(batch, k + 1),
-                       self.draft(batch), k, self.spec_round_s)
+                       self.draft(batch), k, self.spec_round_s(k))
 
     def step_s(self, batch: int, k: int) -> float:
-        return k * self.draft(batch) + self.target(batch, k + 1) + (self.spec_round_s if k else 0.0)
+        return k * self.draft(batch) + self.target(batch, k + 1) + (self.spec_round_s(k) if k else 0.0)
+
+    def spec_round_s(self, k: int) -> float:
+        """The framework's CPU time of a speculative round of k draft passes (none for n-gram)."""
+        return self.step_model.spec_s(k if self.d is not None else 0)
 
     def best_k(self, batch: int, acceptance, k_max: int) -> int:
         """k in 0..k_max with the highest expected tokens per second (0 = SD off)."""

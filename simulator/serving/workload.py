@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.errors import ConfigError
+from ..config.datasets import all_datasets
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,12 @@ def build(wl, rng: np.random.Generator) -> list[RequestSpec]:
 def _build(wl, rng: np.random.Generator) -> list[RequestSpec]:
     if wl.dataset_name == "trace":
         return read_trace(wl.trace_file, wl.trace_format or "vidur", wl.num_prompts, wl.trace_time_scale)
+    if wl.dataset_name in all_datasets():
+        e = all_datasets()[wl.dataset_name]
+        ds = wl.model_copy(update={"random_input_len": int(e["input_len"]), "random_output_len": int(e["output_len"]),
+                                   "random_range_ratio": float(e["spread"]), "input_len_distribution": "lognormal",
+                                   "output_len_distribution": "lognormal"})
+        return random_requests(ds, rng)
     if wl.dataset_name == "fixed":
         return [RequestSpec(r.request_id, r.arrival_s, wl.random_input_len, wl.random_output_len)
                 for r in random_requests(wl, rng)]
