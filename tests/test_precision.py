@@ -259,3 +259,23 @@ def test_framework_entries_pick_by_version_and_scenario_terms_win():
     assert fm.step_cpu_s == pytest.approx(0.25e-3) and fm.cpu_overlap
     assert fm.per_seq_cpu_s == pytest.approx(e.per_seq_cpu_ms / 1e3)
     assert s.cfg.step_model == fm
+
+
+def test_trtllm_runs_mxfp4_experts_with_mxfp8_activations_on_blackwell():
+    """TensorRT-LLM's default MoE backend on Blackwell runs gpt-oss's MXFP4 experts as W4A8 (its own
+    kernel table, w4a8_mxfp4_mxfp8); on Hopper, and in vLLM, they stay W4A16. A scenario's explicit
+    precision wins, and W4A8 MXFP4 off Blackwell is a one-line error."""
+    oss = {"model": "gpt-oss-120b", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 1}}
+    runs = lambda **kw: build(scen(**{**oss, **kw})).files["quantization"]  # noqa: E731
+    assert runs(engine={"framework": "trtllm"}) == {"gemm": "bf16", "moe": "mxfp4_mxfp8"}
+    assert runs(engine={"framework": "vllm"}) == {"gemm": "bf16", "moe": "mxfp4"}
+    assert runs(engine={"framework": "trtllm"}, hardware={"gpu": "h100_sxm", "tensor_parallel_size": 2}) == \
+        {"gemm": "bf16", "moe": "mxfp4"}
+    assert runs(engine={"framework": "trtllm", "quantization": {"moe": "mxfp4"}}) == {"gemm": "bf16", "moe": "mxfp4"}
+    w4a8 = build(scen(**oss, engine={"framework": "trtllm"}))
+    w4a16 = build(scen(**oss, engine={"framework": "trtllm", "quantization": {"moe": "mxfp4"}}))
+    b = Batch(32, 1, 1024.0)
+    assert w4a8.pools[0].target_fm.forward(b).moe_s != w4a16.pools[0].target_fm.forward(b).moe_s
+    with pytest.raises(ConfigError, match="mxfp4_mxfp8 needs FP4 tensor cores"):
+        build(scen(**{**oss, "hardware": {"gpu": "h100_sxm", "tensor_parallel_size": 2}},
+                   engine={"framework": "trtllm", "quantization": {"moe": "w4a8_mxfp4_mxfp8"}}))

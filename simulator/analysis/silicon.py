@@ -83,13 +83,19 @@ def quant_modes(r: dict) -> tuple[str, str] | None:
     if model and g == "nvfp4" and (MODELS_DIR / f"{model}.yaml").is_file():
         native = _arch(model).quantization
         if native.moe == "mxfp4":
-            return native.gemm, native.moe
+            arch = _gpu_arch(str(r.get("system")))
+            return native.gemm, precision.served_as(native.moe, str(r.get("backend")), arch)
     if isinstance(g, str) and isinstance(m, str):
         return g, m
     p = r.get("precision")
     if isinstance(p, str) and p == "bf16":
         return "bf16", "bf16"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_arch(system: str) -> str:
+    return load_gpu(system).architecture if (GPU_SPECS_DIR / f"{system}.yaml").is_file() else ""
 
 
 @functools.lru_cache(maxsize=None)

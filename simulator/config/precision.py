@@ -39,12 +39,29 @@ PRECISIONS = {
                        "NVFP4 W4A4 (ModelOpt), fp8 scale per 16 elements"),
     "mxfp4": Precision("mxfp4", 0.5 + 1.0 / 32, 2.0, "bf16", "w4a16_mxfp4",
                        "MXFP4 weights, 16-bit activations (gpt-oss experts)"),
+    # Blackwell's block-scaled MMA runs MXFP4 x MXFP8 (the fp4 field gates it to Blackwell; the fitted
+    # efficiency absorbs which peak it reaches)
+    "mxfp4_mxfp8": Precision("mxfp4_mxfp8", 0.5 + 1.0 / 32, 1.0 + 1.0 / 32, "fp4", "w4a8_mxfp4_mxfp8",
+                             "MXFP4 weights x MXFP8 activations (W4A8, Blackwell; TRT-LLM's gpt-oss experts)"),
     "int4_wo": Precision("int4_wo", 0.5 + 2.0 / 128, 2.0, "bf16", "int4_wo",
                          "int4 weight-only (AWQ/GPTQ/compressed-tensors W4A16), group 128"),
 }
 ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "none": "bf16", "fp8_blockwise": "fp8_block",
            "fp8_block_scaled": "fp8_block", "modelopt_fp4": "nvfp4", "fp4": "nvfp4", "w4a16_mxfp4": "mxfp4",
+           "w4a8_mxfp4_mxfp8": "mxfp4_mxfp8", "mxfp4_mxfp8_w4a8": "mxfp4_mxfp8",
            "int4": "int4_wo", "awq": "int4_wo", "gptq": "int4_wo", "awq_marlin": "int4_wo", "gptq_marlin": "int4_wo"}
+# How a framework runs a checkpoint precision on an architecture when the scenario does not say:
+# TensorRT-LLM's default MoE backend on Blackwell (TRTLLM) runs MXFP4 experts with MXFP8 activations,
+# on Hopper (Triton) with BF16 ones (TensorRT-LLM deployment guide for GPT-OSS, "MoE Backend Support
+# Matrix": https://nvidia.github.io/TensorRT-LLM/deployment-guide/deployment-guide-for-gpt-oss-on-trtllm.html).
+SERVED_AS = {("trtllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}}
+
+
+def served_as(name: str, framework: str, architecture: str) -> str:
+    """The precision ``framework`` runs checkpoint precision ``name`` in on ``architecture``."""
+    return SERVED_AS.get((framework, architecture), {}).get(name, name)
+
+
 KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}
 KV_ALIASES = {"bfloat16": "bf16", "auto": None, "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 

@@ -357,8 +357,9 @@ def quantization(sc: Scenario, target: model_mod.ModelArch, hw, source: str) -> 
     q = sc.engine.quantization
     native = target.quantization
     field = "engine.quantization"
-    if q is None or q == "auto":
-        quant = native
+    if q is None or q == "auto":     # the checkpoint's, as the framework runs it on this GPU
+        run = lambda n: precision.served_as(n, sc.engine.framework, hw.architecture)  # noqa: E731
+        quant = model_mod.Quantization(gemm=run(native.gemm), moe=run(native.moe))
     elif isinstance(q, dict):
         extra = set(q) - {"gemm", "moe"}
         if extra:
