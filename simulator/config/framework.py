@@ -15,12 +15,12 @@ FRAMEWORKS_FILE = REPO_ROOT / "workloads" / "frameworks.yaml"
 
 class StepEntry(Strict):
     since: str = Field(max_length=64)
-    step_cpu_ms: float = Field(ge=0)
-    per_seq_cpu_ms: float = Field(ge=0)
-    spec_round_cpu_ms: float = Field(ge=0)
+    step_cpu_ms: float = Field(ge=0, le=10_000)
+    per_seq_cpu_ms: float = Field(ge=0, le=10_000)
+    spec_round_cpu_ms: float = Field(ge=0, le=10_000)
     cpu_overlap: bool
-    sync_ms: float = Field(ge=0)
-    draft_pass_cpu_ms: float = Field(default=0.0, ge=0, description=(
+    sync_ms: float = Field(ge=0, le=10_000)
+    draft_pass_cpu_ms: float = Field(default=0.0, ge=0, le=10_000, description=(
         "per draft forward pass of a speculative round: the proposer's input preparation and launches"))
     disagg_handoff_ms: float = Field(default=0.0, ge=0, description=(
         "disaggregated serving: a request's fixed cost between prefill and decode beyond the KV bytes "

@@ -126,6 +126,9 @@ class Disaggregation(Strict):
         "framework's disagg_handoff_ms (workloads/frameworks.yaml)"))
 
 
+MAX_CPU_MS = 10_000.0    # a step-model term past 10 s is a typo, and would overflow the ns clock
+
+
 class Engine(Strict):
     max_num_seqs: int = Field(default=128, ge=1)
     max_num_batched_tokens: int = Field(default=8192, ge=1)
@@ -147,16 +150,19 @@ class Engine(Strict):
         "picks the framework's step-model entry in workloads/frameworks.yaml (the newest at or below it); "
         "default: the newest"))
     # the framework step model (simulator/cost/framework.py); unset = the framework's entry
-    step_overhead_ms: Optional[float] = Field(default=None, ge=0, description="CPU scheduling/sampling per engine step")
-    per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, description="CPU cost per scheduled sequence per step")
-    spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0,
+    step_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
+                                              description="CPU scheduling/sampling per engine step")
+    per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
+                                                 description="CPU cost per scheduled sequence per step")
+    spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
                                                     description="extra CPU cost of a speculative round (draft "
                                                                 "bookkeeping, tree build, verification) beyond a plain step")
-    draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0,
+    draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
                                                     description="CPU cost per draft forward pass of a speculative round")
     cpu_overlap: Optional[bool] = Field(default=None, description=(
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
-    sync_ms: Optional[float] = Field(default=None, ge=0, description="per step, never overlapped (TP broadcast, output copy)")
+    sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
+                                     description="per step, never overlapped (TP broadcast, output copy)")
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 
