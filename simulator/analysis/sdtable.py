@@ -155,6 +155,8 @@ def describe(rows: list[dict]) -> tuple[dict | None, str, str]:
     gpu = GPUS.get(gpu_s.lower(), gpu_s if (GPU_SPECS_DIR / f"{gpu_s}.yaml").is_file() else None)
     if gpu is None:
         return None, f"no GPU spec for {gpu_s}", ""
+    if gpu_s.lower() in ("h100", "a100"):
+        notes.append(f"{gpu_s} read as {gpu} (form factor not stated)")
     arch, prec, why = _model(r["target_model"])
     if arch is None:
         return None, why, ""
@@ -162,11 +164,15 @@ def describe(rows: list[dict]) -> tuple[dict | None, str, str]:
     if method is None:
         return None, f"draft method {r['draft_method']!r}", ""
     k = number(r["k"])
-    if not k:
+    if k is None:
         return None, "k (draft length) not stated", ""
+    if k < 1:
+        return None, f"k = {r['k']}: no draft tokens in the SD run", ""
     conc = number(r["batch_or_concurrency"])
-    if not conc:
+    if conc is None:
         return None, "batch size / concurrency not stated", ""
+    if conc < 1:
+        return None, f"batch_or_concurrency {r['batch_or_concurrency']} is not a client count", ""
     spec = {"method": method, "num_speculative_tokens": int(k)}
     prefix = next(p for key, m, p in DRAFT_METHODS if m == method)
     if prefix:
