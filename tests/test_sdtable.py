@@ -134,11 +134,15 @@ def test_rows_are_blocked_with_their_reason_or_carry_the_assumption(tmp_path):
     sc, why, note = sdtable.describe(recs)
     assert not why and sc["speculative_config"]["acceptance"]["mean_acceptance_length"] == 2.5 and "ITL / TPOT" in note
     # an --assume entry fills only empty cells of its source
-    (tmp_path / "assume.yaml").write_text('- {source: "mi", set: {gpu: H200, tp: "2"}, why: "stated elsewhere"}\n')
-    got, applied = sdtable.load(write_table(tmp_path / "q.csv", rows[:1] + [{**rows[0], "gpu": "B200"}]),
+    (tmp_path / "assume.yaml").write_text('- {source: "mi", set: {gpu: H200, tp: "2"}, why: "stated elsewhere"}\n'
+                                          '- {source: "mi", where: {k: "3.0"}, set: {acceptance_length: "2.2", '
+                                          'dataset: x}, why: "same k elsewhere"}\n')
+    got, applied = sdtable.load(write_table(tmp_path / "q.csv", [{**rows[0], "acceptance_length": ""},
+                                                                  {**rows[0], "gpu": "B200", "k": 4}]),
                                 tmp_path / "assume.yaml")
     assert [r["gpu"] for r in got] == ["H200", "B200"] and [r["tp"] for r in got] == ["1", "1"]
-    assert applied == {1: "gpu=H200 (stated elsewhere)"}
+    assert [r["acceptance_length"] for r in got] == ["2.2", "2.5"]          # where: only the k = 3 row
+    assert applied == {1: "gpu=H200 (stated elsewhere); acceptance_length=2.2, dataset=x (same k elsewhere)"}
 
 
 def test_validate_sd_table_cli_json(tmp_path):

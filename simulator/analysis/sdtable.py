@@ -90,8 +90,9 @@ def read_table(path: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def read_assumptions(path: Path | None) -> list[tuple[str, dict, str]]:
-    """(source prefix, {column: value}, why) per entry of an ``--assume`` YAML file."""
+def read_assumptions(path: Path | None) -> list[tuple[str, dict, dict, str]]:
+    """(source prefix, {column: value} a row must have, {column: value} to fill, why) per entry of an
+    ``--assume`` YAML file; ``where`` is optional."""
     if path is None:
         return []
     data = read_yaml(Path(path))
@@ -100,13 +101,21 @@ def read_assumptions(path: Path | None) -> list[tuple[str, dict, str]]:
         if not (isinstance(e, dict) and isinstance(e.get("source"), str) and isinstance(e.get("set"), dict)
                 and isinstance(e.get("why"), str)):
             raise ConfigError(f"entry {i + 1} needs source (prefix), set (column: value) and why", source=str(path))
-        unknown = [k for k in e["set"] if k not in REQUIRED]
-        if unknown:
-            raise ConfigError(f"entry {i + 1}: unknown columns {unknown}", source=str(path), field="set")
-        out.append((e["source"], {k: str(v) for k, v in e["set"].items()}, " ".join(e["why"].split())))
+        where = e.get("where") or {}
+        for key in ("set", "where"):
+            unknown = [k for k in (e.get(key) or {}) if k not in REQUIRED] if isinstance(e.get(key) or {}, dict) else [key]
+            if unknown:
+                raise ConfigError(f"entry {i + 1}: unknown columns {unknown}", source=str(path), field=key)
+        out.append((e["source"], {k: str(v) for k, v in where.items()}, {k: str(v) for k, v in e["set"].items()},
+                    " ".join(e["why"].split())))
     if not out:
         raise ConfigError("expected a list of {source, set, why} entries", source=str(path))
     return out
+
+
+def _same(cell, value: str) -> bool:
+    a, b = number(cell), number(value)
+    return a == b if a is not None and b is not None else str(cell).strip() == value.strip()
 
 
 def number(v) -> float | None:
@@ -251,12 +260,13 @@ def load(path: Path, assume: Path | None = None, source: str | None = None) -> t
     applied = {}
     entries = read_assumptions(assume)
     for r in rows:
-        for prefix, values, why in entries:
-            if r["source"].startswith(prefix):
+        for prefix, where, values, why in entries:
+            if r["source"].startswith(prefix) and all(_same(r[k], v) for k, v in where.items()):
                 filled = {k: v for k, v in values.items() if not str(r[k]).strip()}
                 r.update(filled)
                 if filled:
-                    applied[r["row"]] = f"{', '.join(f'{k}={v}' for k, v in filled.items())} ({why})"
+                    note = f"{', '.join(f'{k}={v}' for k, v in filled.items())} ({why})"
+                    applied[r["row"]] = f"{applied[r['row']]}; {note}" if r["row"] in applied else note
     return rows, applied
 
 
