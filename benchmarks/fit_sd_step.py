@@ -161,7 +161,7 @@ def main():
           f"{len(sp)} with a measured speedup\n")
     print(f"{'framework':<9} {'source':<44} {'obs':>4} {'setups':>6}  {'fold round ms':>13} {'pass ms':>7}  "
           f"{'LOSO speedup':>12} {'value':>6}  {'in-sample':>9}  {'no cost':>7}  sign")
-    tot = {"loso": [], "ins": [], "zero": [], "val": [], "sign": []}
+    tot = {"loso": [], "ins": [], "zero": [], "val": [], "sign": [], "rows": []}
     for fw in sorted({o["framework"] for o in obs}):
         fo = [o for o in obs if o["framework"] == fw]
         p_all = sdfit.fit(fo) if len({o["setup"] for o in fo}) >= 2 else None
@@ -175,6 +175,9 @@ def main():
             sg = sign(ss, p) if p else []
             tot["loso"] += list(loso); tot["ins"] += list(ins); tot["zero"] += list(zero); tot["val"] += list(val)
             tot["sign"] += sg
+            if p:
+                tot["rows"] += [(abs(sim_speedup(o, p) / o["measured"] - 1), o["source"][7:40], o["row"], o["metric"],
+                                 o["measured"], sim_speedup(o, p)) for o in ss]
             fold = f"{p[0]:>13.2f} {p[1]:>7.3f}" if p else f"{'n/a':>13} {'':>7}"
             print(f"{fw:<9} {s[7:51]:<44} {len(so):>4} {len({o['setup'] for o in so}):>6}  {fold}  {fmt(loso):>12} "
                   f"{fmt(val):>6}  {fmt(ins):>9}  {fmt(zero):>7}  {sum(sg)}/{len(sg)}")
@@ -188,6 +191,9 @@ def main():
           f"{np.percentile(lo, 90) if len(lo) else float('nan'):.1%}; SD-value median {fmt(np.array(tot['val']))}; "
           f"sign right {sum(tot['sign'])}/{len(tot['sign'])}")
     print(f"in-sample speedup median {fmt(np.array(tot['ins']))}; with no round cost {fmt(np.array(tot['zero']))}")
+    print("\nlargest held-out speedup errors (source, row, metric, measured, simulated):")
+    for e, src, row, m, meas, sim in sorted(tot["rows"], key=lambda x: -x[0])[:6]:
+        print(f"  {e:6.1%}  {src:<34} {str(row):<40} {m:<17} {meas:5.2f}  {sim:5.2f}")
 
 
 if __name__ == "__main__":
