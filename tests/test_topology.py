@@ -107,10 +107,17 @@ def _disagg(sets=()):
                   "workload.concurrency=1"] + list(sets))
 
 
-def test_disagg_conserves_requests_and_kv_bytes():
+def test_disagg_conserves_requests_and_kv_bytes(monkeypatch):
+    from simulator.serving.scheduler import Scheduler
+    held, back = [], []
+    hold, give_back = Scheduler.hold, Scheduler.give_back
+    monkeypatch.setattr(Scheduler, "hold", lambda self, i: held.append(hold(self, i)) or held[-1])
+    monkeypatch.setattr(Scheduler, "give_back", lambda self, n: back.append(n) or give_back(self, n))
     setup = _disagg(["workload.concurrency=6", "workload.random_range_ratio=0.5",
                      "disaggregation.decode.max_num_seqs=4"])
     summary, req, log = simulate(setup)
+    # the prefill worker keeps a request's blocks until its KV is across, then has every one back
+    assert len(held) == summary["kv_transfers"] and sum(held) == sum(back) > 0
     steps = log.frame()
     assert summary["completed"] == len(req) == 40
     pre, dec = setup.pools
@@ -122,7 +129,7 @@ def test_disagg_conserves_requests_and_kv_bytes():
     per_tok = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes)
     assert summary["kv_transfer_bytes"] == pytest.approx(per_tok * moved.input_len.sum())
     assert summary["kv_transfers"] == len(moved)
-    assert (steps.groupby("replica").kv_blocks_used.last() == 0).all()   # every block handed back
+    assert steps[steps.replica == 1].kv_blocks_used.iloc[-1] == 0         # the decode side freed all
     assert (req.first_token_time_s > req.start_s).all()
 
 
@@ -208,3 +215,17 @@ def test_validate_silicon_runs_attention_dp_and_disaggregated_rows(tmp_path):
     assert by["dp"]["expressible"] and by["dp"]["sim_tpot_ms"] > 0
     assert by["pd"]["expressible"] and by["pd"]["sim_ttft_ms"] > 0 and by["pd"]["concurrency"] == 8
     assert by["nw"]["blocked_by"] == "ambiguous layout: disagg row states no worker counts"
+
+
+def test_mtp_layer_runs_on_the_target_ep_group_with_every_ranks_tokens():
+    """DeepSeek's MTP layer is one more MoE layer of the target: under attention DP + EP its experts
+    are spread like the target's and each draft pass routes every rank's tokens (a group step)."""
+    from simulator.config.scenario import load_scenario
+    from simulator.cost.forward import Batch
+    from simulator.serving.simulation import build as build_setup
+    p = build_setup(load_scenario("deepseek_v3_mtp_2node_dp16_ep16", ["workload.num_prompts=8"])).pools[-1]
+    assert p.draft_fm.par == p.par and p.par.moe_ep == 16 and p.par.data_parallel_size == 16
+    b = Batch(4, 1, 1024.0)
+    group, rank = p.draft_fm.group_forward(b), p.draft_fm.forward(b)
+    assert group.active_experts > rank.active_experts and group.moe_s > rank.moe_s
+    assert group.attention_s == pytest.approx(rank.attention_s)     # attention stays on the rank's own batch

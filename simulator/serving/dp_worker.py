@@ -71,13 +71,17 @@ class DPWorker(Replica):
             plans = []
             for s in self.ranks:
                 plan = s.schedule(self.k_now)
-                if plan.empty and (len(s.run) or s.waiting):
+                if plan.empty and (len(s.run) or s.waiting) and not s.held:
                     self._fail_head(s)
                 plans.append(plan)
             waiting = sum(len(s.waiting) for s in self.ranks)
             if cfg.stop_waiting is not None and waiting > cfg.stop_waiting and not self.stop.triggered:
                 self.stop.succeed()
             if all(p.empty for p in plans):     # a rank's head request failed: schedule again
+                if any(s.held for s in self.ranks):     # or blocks come back when a KV transfer ends
+                    self.wake = env.event()
+                    yield self.wake
+                    self.wake = None
                 continue
             cost, batch, merged = self.step_cost_dp(plans)
             start = env.now

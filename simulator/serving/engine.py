@@ -67,6 +67,7 @@ class PoolRun:
     draft: ForwardModel | None
     kv_bytes_per_token: float = 0.0    # prefill pool: KV bytes a prompt token sends
     kv_transfer_s: object = None       # prefill pool: KV bytes -> seconds to send them
+    handoff_s: float = 0.0             # prefill pool: the request's fixed cost after its KV has arrived
 
 
 def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round_robin",
@@ -122,17 +123,20 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
     if "decode" in by_role:
         decode, pre = by_role["decode"], pools[0]
 
-        def transfer(i):
+        def transfer(i, sent):
             kv_bytes = pre.kv_bytes_per_token * float(R.computed[i])
             moved[0] += 1
             moved[1] += kv_bytes
             yield env.timeout(pre.kv_transfer_s(kv_bytes))
+            sent()      # the bytes are across: the prefill worker's blocks are free again
+            if pre.handoff_s:
+                yield env.timeout(pre.handoff_s)
             # the client's first token comes with the KV to the decode worker (TTFT includes the transfer)
             R.first_token_s[i] = R.last_token_s[i] = env.now
             min(decode, key=lambda x: (x.outstanding, x.idx)).submit(i)
 
         for rep in entry:
-            rep.handoff = lambda i: env.process(transfer(i))
+            rep.handoff = lambda i, sent: env.process(transfer(i, sent))
     rr = [0]
     conv_replica: dict = {}
 

@@ -116,7 +116,12 @@ class Replica:
             if cfg.stop_waiting is not None and len(sched.waiting) > cfg.stop_waiting and not self.stop.triggered:
                 self.stop.succeed()
             if plan.empty:
-                self._fail_head(sched)
+                if sched.held:          # blocks come back when a KV transfer ends: wait for it
+                    self.wake = env.event()
+                    yield self.wake
+                    self.wake = None
+                else:
+                    self._fail_head(sched)
                 continue
             if self.coast and coastable(self, plan):
                 yield from coast(self, plan)
@@ -203,14 +208,20 @@ class Replica:
         return emitted, drafted, accepted
 
     def _hand_off(self, ids: np.ndarray, sched: Scheduler) -> None:
-        """Prefilled requests leave for the decode pool: their KV blocks here are freed once sent."""
+        """Prefilled requests leave for the decode pool; their KV blocks here stay taken until the
+        transfer has sent them (``handoff`` calls back when it has)."""
         if not len(ids):
             return
         sched.run = sched.run[~np.isin(sched.run, ids)]
         for i in ids.tolist():
-            sched.release(i)
+            n = sched.hold(i)
             self.outstanding -= 1
-            self.handoff(i)
+            self.handoff(i, lambda n=n: self._sent(sched, n))
+
+    def _sent(self, sched: Scheduler, n: int) -> None:
+        sched.give_back(n)
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
 
     def _emit(self, ids: np.ndarray, want: np.ndarray, now: float, first_possible: bool) -> tuple:
         """Emit up to ``want`` tokens per request (capped at its output length); record TTFT or

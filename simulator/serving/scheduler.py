@@ -53,6 +53,7 @@ class Scheduler:
         # allocations eat into them the least recently finished conversations are evicted.
         self.cache: OrderedDict = OrderedDict()
         self.cached_blocks = 0
+        self.held = 0       # blocks of handed-off requests whose KV is still being sent (disaggregated)
 
     def submit(self, i: int) -> None:
         self.waiting.append(i)
@@ -104,6 +105,18 @@ class Scheduler:
         """Give back the KV blocks of request i (finished, failed or dropped)."""
         self.free_blocks += int(self.R.blocks[i])
         self.R.blocks[i] = 0
+
+    def hold(self, i: int) -> int:
+        """Request i leaves (its KV is being sent elsewhere); its blocks stay taken until
+        :meth:`give_back`. Returns how many."""
+        n = int(self.R.blocks[i])
+        self.R.blocks[i] = 0
+        self.held += n
+        return n
+
+    def give_back(self, n: int) -> None:
+        self.held -= n
+        self.free_blocks += n
 
     def _grow(self, i: int, tokens: int) -> bool:
         R = self.R

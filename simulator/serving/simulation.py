@@ -146,7 +146,9 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
     draft_fm = None
     if draft_arch is not None:
-        dpar = Parallel(tp, False, par.cuda_graphs)
+        # an MTP layer is one more layer of the target: its experts sit on the target's EP group and its
+        # tokens go through the same dispatch/combine; a draft model or EAGLE head is TP over the worker
+        dpar = par if spec.method == "mtp" and draft_arch.moe else Parallel(tp, False, par.cuda_graphs)
         # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
         dquant = quant if spec.method == "mtp" and draft is None else None
         draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework, dquant, kv_el)
@@ -214,8 +216,8 @@ def pool_runs(setup: Setup) -> list:
         handoff_s = (d.handoff_ms if d.handoff_ms is not None else
                      framework_mod.step_entry(eng.framework, eng.framework_version).disagg_handoff_ms) / 1e3
         runs[0].kv_bytes_per_token = memory.kv_bytes_per_token(setup.target, 1, pre.target_fm.kv_bytes)
-        runs[0].kv_transfer_s = lambda kv_bytes: handoff_s + network.kv_transfer_s(hw, kv_bytes, senders, receivers,
-                                                                                   same)
+        runs[0].kv_transfer_s = lambda kv_bytes: network.kv_transfer_s(hw, kv_bytes, senders, receivers, same)
+        runs[0].handoff_s = handoff_s
     return runs
 
 

@@ -57,7 +57,8 @@ class Speculation:
             key = (n_spec, round(64 * math.log2(max(ctx_d, 1.0))))
             one_s = self._draft_memo.get(key)
             if one_s is None:
-                one_s = self._draft_memo[key] = self.draft.forward(
+                # group_forward: with attention DP an MTP layer's MoE runs on every rank's tokens
+                one_s = self._draft_memo[key] = self.draft.group_forward(
                     Batch(n_spec, self.cfg.draft_tokens_per_pass, 2 ** (key[1] / 64))).total_s
             draft_s += k_now * one_s
         if prefill:

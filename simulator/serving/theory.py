@@ -74,7 +74,7 @@ class StepTimes:
             return 0.0
         key = ("d", batch)
         if key not in self._memo:
-            self._memo[key] = self.d.forward(Batch(batch, self.draft_q, self.ctx)).total_s
+            self._memo[key] = self.d.group_forward(Batch(batch, self.draft_q, self.ctx)).total_s
         return self._memo[key]
 
     def eta(self, batch: int, k: int) -> float:
