@@ -62,9 +62,7 @@ class DPWorker(Replica):
         env, cfg, R = self.env, self.cfg, self.R
         while True:
             if not any(len(s.run) or s.waiting for s in self.ranks):
-                self.wake = self.env.event()
-                yield self.wake
-                self.wake = None
+                yield from self._sleep()
                 continue
             # adaptive k prices a step by its per-rank batch: the fullest rank's
             self.k_now = self.spec.choose_k(R, max((s.run for s in self.ranks), key=len))
@@ -79,9 +77,7 @@ class DPWorker(Replica):
                 self.stop.succeed()
             if all(p.empty for p in plans):     # a rank's head request failed: schedule again
                 if any(s.held for s in self.ranks):     # or blocks come back when a KV transfer ends
-                    self.wake = env.event()
-                    yield self.wake
-                    self.wake = None
+                    yield from self._sleep()
                 continue
             cost, batch, merged = self.step_cost_dp(plans)
             start = env.now

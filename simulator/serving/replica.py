@@ -61,8 +61,18 @@ class Replica:
         self.R.replica[i] = self.idx
         self.outstanding += 1
         (sched or self.sched).submit(i)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Rouse the loop if it sleeps (new work, or KV blocks back)."""
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
+
+    def _sleep(self):
+        """Sleep until :meth:`_wake`."""
+        self.wake = self.env.event()
+        yield self.wake
+        self.wake = None
 
     # --- pricing -------------------------------------------------------------------------
 
@@ -107,9 +117,7 @@ class Replica:
         env, cfg, R, sched = self.env, self.cfg, self.R, self.sched
         while True:
             if not len(sched.run) and not sched.waiting:
-                self.wake = env.event()
-                yield self.wake
-                self.wake = None
+                yield from self._sleep()
                 continue
             self.k_now = self.spec.choose_k(R, sched.run)
             plan = sched.schedule(self.k_now)
@@ -117,9 +125,7 @@ class Replica:
                 self.stop.succeed()
             if plan.empty:
                 if sched.held:          # blocks come back when a KV transfer ends: wait for it
-                    self.wake = env.event()
-                    yield self.wake
-                    self.wake = None
+                    yield from self._sleep()
                 else:
                     self._fail_head(sched)
                 continue
@@ -220,8 +226,7 @@ class Replica:
 
     def _sent(self, sched: Scheduler, n: int) -> None:
         sched.give_back(n)
-        if self.wake is not None and not self.wake.triggered:
-            self.wake.succeed()
+        self._wake()
 
     def _emit(self, ids: np.ndarray, want: np.ndarray, now: float, first_possible: bool) -> tuple:
         """Emit up to ``want`` tokens per request (capped at its output length); record TTFT or
