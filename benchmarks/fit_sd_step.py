@@ -25,7 +25,7 @@ import numpy as np
 from simulator.analysis import sdfit, sdtable
 from simulator.analysis import validate
 from simulator.analysis.runner import run_many
-from simulator.analysis.sdvalidate import _sim_value, measured_speedup, simulate_setup
+from simulator.analysis.sdvalidate import measured_speedup, sim_value, simulate_setup
 from simulator.common.paths import REPO_ROOT, shared_traces_dir
 
 PROBE_MS = 2.0
@@ -57,8 +57,9 @@ def case_observations(workers: int) -> tuple[list[dict], list[dict]]:
     2x H100, ../shared/traces/e2e/published/sglang_eagle3_*) as observations of their source."""
     cases = validate.load_cases()
     sd = cases[(cases.num_speculative_tokens > 0) & (cases.throughput_kind == "output")]
-    sd = sd[[validate.load_scenario(validate.SCENARIO_DIR / f"{c}.yaml").engine.framework != "trtllm"
-             for c in sd.scenario]]
+    framework = {c: validate.load_scenario(validate.SCENARIO_DIR / f"{c}.yaml").engine.framework
+                 for c in set(sd.scenario)}
+    sd = sd[[framework[c] != "trtllm" for c in sd.scenario]]
     recs = {r["case"]: r for r in cases.to_dict("records")}
     jobs = [{"case": recs[c], "x": x} for c in sd.case for x in (0.0, PROBE_MS)]
     base = sorted({b for b in sd.baseline if b})
@@ -67,8 +68,7 @@ def case_observations(workers: int) -> tuple[list[dict], list[dict]]:
     by = {(j["case"]["case"], j["x"]): r["throughput_tok_s"] for j, r in zip(jobs, res)}
     obs, sp = [], []
     for c in sd.to_dict("records"):
-        tp = validate.load_scenario(validate.SCENARIO_DIR / f"{c['scenario']}.yaml")
-        common = {"source": c["source"], "framework": tp.engine.framework, "setup": c["case"],
+        common = {"source": c["source"], "framework": framework[c["scenario"]], "setup": c["case"],
                   "passes": int(c["num_speculative_tokens"]), "probe_ms": PROBE_MS, "row": c["case"],
                   "metric": "throughput_tok_s", "v0": by[(c["case"], 0.0)], "v1": by[(c["case"], PROBE_MS)]}
         obs.append({**common, "measured": float(c["measured_throughput_tok_s"])})
@@ -102,19 +102,19 @@ def observations(groups, sims) -> tuple[list[dict], list[dict]]:
                 if base is None:
                     continue
                 v = [res[x]["sd"]["throughput_tok_s"] / base["throughput_tok_s"] for x in ("x0", "x1")]
-                meas = measured_speedup(m, None, sdtable.number(r["sd_value"]), unit)
+                meas = measured_speedup(m, None, sdtable.number(r["sd_value"]))
                 o = {**common, "metric": "speedup", "v0": v[0], "v1": v[1], "measured": meas}
                 obs.append(o)
                 sp.append({**o, "kind": "stated"})
                 continue
             sd = sdtable.number(r["sd_value"])
-            v = [_sim_value(res[x]["sd"], m, unit) for x in ("x0", "x1")]
+            v = [sim_value(res[x]["sd"], m, unit) for x in ("x0", "x1")]
             if sd and all(v):
                 obs.append({**common, "v0": v[0], "v1": v[1], "measured": sd})
-                ms = measured_speedup(m, sdtable.number(r["baseline_value"]), sd, unit)
+                ms = measured_speedup(m, sdtable.number(r["baseline_value"]), sd)
                 if ms is not None and base is not None:
                     sp.append({**common, "v0": v[0], "v1": v[1], "measured": ms, "kind": "value",
-                               "sim_base": _sim_value(base, m, unit)})
+                               "sim_base": sim_value(base, m, unit)})
     return obs, sp
 
 

@@ -102,8 +102,10 @@ def read_assumptions(path: Path | None) -> list[tuple[str, dict, dict, str]]:
                 and isinstance(e.get("why"), str)):
             raise ConfigError(f"entry {i + 1} needs source (prefix), set (column: value) and why", source=str(path))
         where = e.get("where") or {}
-        for key in ("set", "where"):
-            unknown = [k for k in (e.get(key) or {}) if k not in REQUIRED] if isinstance(e.get(key) or {}, dict) else [key]
+        if not isinstance(where, dict):
+            raise ConfigError(f"entry {i + 1}: where must map columns to values", source=str(path), field="where")
+        for key, cells in (("set", e["set"]), ("where", where)):
+            unknown = [k for k in cells if k not in REQUIRED]
             if unknown:
                 raise ConfigError(f"entry {i + 1}: unknown columns {unknown}", source=str(path), field=key)
         out.append((e["source"], {k: str(v) for k, v in where.items()}, {k: str(v) for k, v in e["set"].items()},
@@ -124,6 +126,11 @@ def number(v) -> float | None:
     except ValueError:
         return None
     return x if np.isfinite(x) else None
+
+
+def framework_of(name: str) -> str | None:
+    """The simulator's framework name for a table's (``tensorrt-llm (PyTorch backend)`` -> trtllm)."""
+    return next((v for k, v in FRAMEWORKS.items() if name.strip().lower().startswith(k)), None)
 
 
 def setup_key(r: dict) -> tuple:
@@ -155,7 +162,7 @@ def describe(rows: list[dict]) -> tuple[dict | None, str, str]:
     """(scenario with SD, blocked reason, assumptions) of one setup's rows."""
     r = rows[0]
     notes = []
-    fw = next((v for k, v in FRAMEWORKS.items() if r["framework"].strip().lower().startswith(k)), None)
+    fw = framework_of(r["framework"])
     if fw is None:
         return None, f"framework {r['framework']!r} (have vllm, sglang, tensorrt-llm)", ""
     gpu_s = r["gpu"].strip()
@@ -239,12 +246,10 @@ def _workload(r: dict, conc: int, notes: list) -> tuple[dict | None, str]:
     if entry is not None:
         shape = {"input_len_distribution": "lognormal", "output_len_distribution": "lognormal",
                  "random_range_ratio": entry["spread"]}
-    rate = r["request_rate"].strip()
+    rate = number(r["request_rate"])
     wl = {"dataset_name": "random" if shape else "fixed", "random_input_len": max(1, round(isl)),
           "random_output_len": max(1, round(osl)), "num_prompts": n or min(max(8 * conc, 16), 256),
-          "max_concurrency": conc, "request_rate": "inf", **shape}
-    if number(rate):
-        wl["request_rate"] = number(rate)
+          "max_concurrency": conc, "request_rate": rate or "inf", **shape}
     return wl, ""
 
 

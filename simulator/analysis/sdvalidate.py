@@ -13,7 +13,7 @@ from ..config.scenario import parse
 from ..common.errors import ConfigError
 from ..serving.simulation import build, simulate
 from .runner import run_many
-from .sdtable import FRAMEWORKS, HIGHER_BETTER, SPEEDUP_METRICS, number, load, needs_base, setup_key, setups
+from .sdtable import HIGHER_BETTER, SPEEDUP_METRICS, framework_of, load, needs_base, number, setup_key, setups
 
 
 def simulate_setup(job: dict) -> dict:
@@ -36,7 +36,8 @@ def simulate_setup(job: dict) -> dict:
     return out
 
 
-def measured_speedup(metric: str, base, sd, unit: str) -> float | None:
+def measured_speedup(metric: str, base, sd) -> float | None:
+    """SD speedup a row's values state (base/SD for times, SD/base for rates); None for an ITL."""
     if metric == "speedup":
         return sd
     if metric == "slowdown":
@@ -48,7 +49,9 @@ def measured_speedup(metric: str, base, sd, unit: str) -> float | None:
     return sd / base if metric in HIGHER_BETTER else base / sd
 
 
-def _sim_value(sim: dict, metric: str, unit: str):
+def sim_value(sim: dict, metric: str, unit: str):
+    """The simulated figure a row's metric and unit name (mean or median TPOT, request latency or
+    the whole run's time)."""
     if metric == "latency_ms":
         return sim["latency_s"] * 1e3 if "avg" in unit or "mean" in unit else sim["duration_s"] * 1e3
     if metric == "latency_s":
@@ -63,16 +66,16 @@ def compare_row(r: dict, sims: dict) -> dict:
     metric, unit = r["metric"], r["unit"].lower()
     base, sd = number(r["baseline_value"]), number(r["sd_value"])
     out = {"measured_base": base, "measured_sd": sd, "sim_base": None, "sim_sd": None,
-           "measured_speedup": measured_speedup(metric, base, sd, unit), "sim_speedup": None}
+           "measured_speedup": measured_speedup(metric, base, sd), "sim_speedup": None}
     s_sd, s_base = sims.get("sd"), sims.get("base")
     if metric in SPEEDUP_METRICS:
         if s_sd and s_base:
             out["sim_speedup"] = s_sd["throughput_tok_s"] / s_base["throughput_tok_s"]
     else:
-        out["sim_sd"] = _sim_value(s_sd, metric, unit) if s_sd else None
-        out["sim_base"] = _sim_value(s_base, metric, unit) if s_base and base is not None else None
+        out["sim_sd"] = sim_value(s_sd, metric, unit) if s_sd else None
+        out["sim_base"] = sim_value(s_base, metric, unit) if s_base and base is not None else None
         if out["measured_speedup"] is not None and out["sim_base"] and out["sim_sd"]:
-            out["sim_speedup"] = measured_speedup(metric, out["sim_base"], out["sim_sd"], unit)
+            out["sim_speedup"] = measured_speedup(metric, out["sim_base"], out["sim_sd"])
     for arm in ("sd", "base"):
         m, s = out[f"measured_{arm}"], out[f"sim_{arm}"]
         out[f"{arm}_err"] = s / m - 1.0 if (s is not None and m) and metric not in SPEEDUP_METRICS else None
@@ -100,7 +103,7 @@ def validate_sd_table(path: Path, assume: Path | None = None, source: str | None
         sc, blocked, note = described[key]
         res = sims.get(key, {})
         blocked = blocked or res.get("blocked", "")
-        fw = next((v for k, v in FRAMEWORKS.items() if r["framework"].strip().lower().startswith(k)), r["framework"])
+        fw = framework_of(r["framework"]) or r["framework"]
         rec = {"row": r["row"], "source": r["source"], "framework": fw, "gpu": r["gpu"], "model": r["target_model"],
                "draft_method": r["draft_method"], "k": r["k"], "concurrency": r["batch_or_concurrency"],
                "metric": r["metric"], "expressible": not blocked, "blocked_by": blocked,
