@@ -34,8 +34,7 @@ def _row(job: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--silicon", default=str(ROOT.parent / "shared" / "traces" / "e2e" / "aiconfigurator"
-                                            / "silicon_sample_train.csv"))
+    ap.add_argument("--silicon", default=str(silicon.training_file()))
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
     if not Path(args.silicon).is_file():

@@ -149,3 +149,21 @@ def test_new_transferred_specs_say_where_their_efficiencies_come_from(gpu, src):
     assert c.as_dict()["calibration"] == f"uncalibrated, transferred from {src}"
     if gpu == "h100_pcie":
         assert c.latency_s > CostModel("h100_sxm").gemm(16, 8192, 8192).latency_s * 1.3
+
+
+def test_kernel_time_scale_scales_gemm_and_moe_only():
+    """The serving-path scale is exact at every shape (the formulas are homogeneous in their times and
+    rates), on the scalar and the tabulated paths; attention and all-reduce are untouched."""
+    from simulator.config import precision
+    a = CostModel("b200_sxm", framework="trtllm")
+    b = CostModel("b200_sxm", framework="trtllm", kernel_time_scale=0.4)
+    fp4 = precision.get("nvfp4")
+    for m in (1, 64, 8192):
+        assert b.gemm(m, 8192, 8192, fp4).latency_s == pytest.approx(0.4 * a.gemm(m, 8192, 8192, fp4).latency_s)
+    ms = np.array([1, 32, 4096])
+    np.testing.assert_allclose(b.gemm_latency_s(ms, 7168, 2048, fp4), 0.4 * a.gemm_latency_s(ms, 7168, 2048, fp4))
+    for T in (1, 256):
+        assert b.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s == pytest.approx(
+            0.4 * a.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s)
+    assert b.attention_decode(16, 2048, 64, 8, 128).latency_s == a.attention_decode(16, 2048, 64, 8, 128).latency_s
+    assert b.allreduce(1e6, 8).latency_s == a.allreduce(1e6, 8).latency_s

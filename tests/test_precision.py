@@ -261,6 +261,25 @@ def test_framework_entries_pick_by_version_and_scenario_terms_win():
     assert s.cfg.step_model == fm
 
 
+def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a_scenario_wins():
+    from simulator.config import framework
+    oss = {"model": "gpt-oss-120b", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 1}}
+    entry = framework.step_entry("trtllm")
+    s = build(scen(**oss, engine={"framework": "trtllm"}))
+    assert s.cost.kernel_time_scale == entry.kernel_scale("blackwell") == s.files["kernel_time_scale"]
+    assert entry.kernel_scale("cdna3") == 1.0                     # no entry for the architecture: the tables'
+    mine = build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 0.5}))
+    assert mine.cost.kernel_time_scale == 0.5
+    # the step's GEMM and MoE time halves from the tables' (scale 1); attention does not move
+    one = build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 1.0}))
+    b = Batch(num_decode=8, decode_ctx_mean=1024.0)
+    c1, c5 = one.target_fm.forward(b), mine.target_fm.forward(b)
+    assert c5.gemm_s == pytest.approx(0.5 * c1.gemm_s) and c5.moe_s == pytest.approx(0.5 * c1.moe_s)
+    assert c5.attention_s == pytest.approx(c1.attention_s)
+    with pytest.raises(ConfigError, match="kernel_time_scale"):
+        build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 0}))
+
+
 def test_trtllm_runs_mxfp4_experts_with_mxfp8_activations_on_blackwell():
     """TensorRT-LLM's default MoE backend on Blackwell runs gpt-oss's MXFP4 experts as W4A8 (its own
     kernel table, w4a8_mxfp4_mxfp8); on Hopper, and in vLLM, they stay W4A16. A scenario's explicit

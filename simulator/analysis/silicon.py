@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.errors import ConfigError
-from ..common.paths import GPU_SPECS_DIR, MODELS_DIR
+from ..common.paths import GPU_SPECS_DIR, MODELS_DIR, shared_traces_dir
 from ..config import precision
 from ..config.gpu import load as load_gpu
 from ..config.model import load as load_model
@@ -48,6 +48,11 @@ UNSUPPORTED_MODELS = {
     "Qwen/Qwen3.5-397B-A17B": "hybrid linear attention (Gated DeltaNet layers)",
     "zhipuai/GLM-5": "DeepSeek sparse attention (DSA)",
 }
+
+
+def training_file() -> Path:
+    """AIConfigurator's measured serving runs in ../shared (the fits' training set)."""
+    return shared_traces_dir() / "e2e" / "aiconfigurator" / "silicon_sample_train.csv"
 
 
 def load_rows(path: Path) -> pd.DataFrame:

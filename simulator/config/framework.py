@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationError
 
 from ..common.datafiles import read_yaml
@@ -25,7 +27,15 @@ class StepEntry(Strict):
     disagg_handoff_ms: float = Field(default=0.0, ge=0, description=(
         "disaggregated serving: a request's fixed cost between prefill and decode beyond the KV bytes "
         "(transfer setup, decode-side polling and admission, the first token's trip)"))
+    kernel_time_scale: dict[Literal["ampere", "ada", "hopper", "blackwell", "cdna3"], float] = Field(
+        default_factory=dict, description=(
+            "per GPU architecture: the serving path's GEMM and MoE kernel time over what the framework's "
+            "kernel tables time (1 where absent)"))
+    kernel_time_scale_source: str = ""
     source: str
+
+    def kernel_scale(self, architecture: str) -> float:
+        return self.kernel_time_scale.get(architecture, 1.0)
 
 
 def entries(framework: str) -> list[StepEntry]:

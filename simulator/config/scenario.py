@@ -157,8 +157,9 @@ class Engine(Strict):
     spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
                                                     description="extra CPU cost of a speculative round (draft "
                                                                 "bookkeeping, tree build, verification) beyond a plain step")
-    draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
-                                                    description="CPU cost per draft forward pass of a speculative round")
+    draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per draft pass")
+    kernel_time_scale: Optional[float] = Field(default=None, gt=0, le=10, description=(
+        "GEMM/MoE kernel time over the framework tables' (default: workloads/frameworks.yaml, per GPU architecture)"))
     cpu_overlap: Optional[bool] = Field(default=None, description=(
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
     sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,

@@ -61,7 +61,7 @@ class CostModel:
     """Kernel latencies on one GPU. ``l2_warm=True`` reproduces benchmark (trace) conditions."""
 
     def __init__(self, hw: gpu_mod.Hardware | str, l2_warm: bool = False, use_tables: bool = True,
-                 framework: str | None = None):
+                 framework: str | None = None, kernel_time_scale: float = 1.0):
         self.hw = gpu_mod.load(hw) if isinstance(hw, str) else hw
         self.source = gpu_mod.calibrated_source(self.hw)
         cal = self.source.calibration
@@ -76,6 +76,8 @@ class CostModel:
         self._by_precision = ({**cal.precisions, "bf16": {**self.params, **cal.precisions.get("bf16", {})}}
                               if self.framework == base else by_fw)
         self.l2_warm = l2_warm
+        # the serving path's GEMM/MoE time over the tables' (workloads/frameworks.yaml, kernel_time_scale)
+        self.kernel_time_scale = float(kernel_time_scale)
         self.tables = dict(residual_tables(self.source.name)) if use_tables else {}
         self._base = base
         # the other (framework, precision) kernels' residual tables, keyed (op, precision)
@@ -98,7 +100,7 @@ class CostModel:
                 have = sorted(k for k, v in self._by_precision.items() if op in v)
                 raise ConfigError(f"gpu {self.source.name} has no {prec.name} {op} calibration for {self.framework} "
                                   f"(calibrated: {', '.join(have) or 'none'}); run moesd calibrate", field="quantization")
-            return got[op]
+            return kernels.time_scaled(op, got[op], self.kernel_time_scale)
         if op not in self.params:
             raise ConfigError(f"gpu {self.source.name} has no calibration for {op}; run moesd calibrate",
                               field="gpu")

@@ -53,6 +53,20 @@ PARAMS = {
 }
 
 
+# The terms of a GEMM/MoE formula that are times and those that divide a time (efficiencies): scaling
+# the first by s and dividing the second by s makes the kernel take s x the time at every shape.
+_TIME_TERMS = {"gemm": ("overhead_s", "k_loop_s"), "moe": ("overhead_s", "expert_s", "k_loop_s", "ep_overhead_s")}
+_RATE_TERMS = {"gemm": ("eff_compute", "eff_memory"), "moe": ("eff_compute", "eff_memory", "eff_elementwise")}
+
+
+def time_scaled(op: str, p: dict, scale: float) -> dict:
+    """Parameters of a kernel that takes ``scale`` x the time of ``p``'s at every shape (the formula
+    is homogeneous: every term is a time or one over a rate, and the smooth max keeps the scale)."""
+    if scale == 1.0:
+        return p
+    return {**p, **{k: p[k] * scale for k in _TIME_TERMS[op]}, **{k: p[k] / scale for k in _RATE_TERMS[op]}}
+
+
 def _blend(a, b, q):
     """Smooth max: (a^q + b^q)^(1/q), computed without overflow."""
     m = np.maximum(np.maximum(a, b), 1e-30)
