@@ -163,6 +163,11 @@ def test_per_request_counters_add_up_to_the_step_log():
     ["speculative_config=null", "workload.request_rate=2", "routing.distribution=power_law",
      "routing.exponent=1.2", "hardware.enable_expert_parallel=true"],
     ["speculative_config=null", "workload.request_rate=2", "routing.distribution=locality", "routing.locality=0.5"],
+    # a closed loop of users on one replica
+    ["speculative_config=null", "workload.concurrency=8", "workload.request_rate=inf", "workload.dataset_name=fixed"],
+    ["speculative_config=null", "workload.concurrency=5", "workload.request_rate=inf"],
+    ["speculative_config=null", "workload.concurrency=4", "workload.request_rate=inf", "workload.conversation_turns=3",
+     "engine.enable_prefix_caching=true"],
 ])
 def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeypatch):
     """Without SD, runs of identical decode steps skip the scheduler (simulator.serving.coast); taking

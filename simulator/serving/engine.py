@@ -93,8 +93,10 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
     # passes cfg.stop_waiting (the planner's "not sustainable" verdict is then already certain).
     all_done, stop = env.event(), env.event()
     left = [len(specs)]
+    last_finish = [-1.0]
 
     def finished(i):
+        last_finish[0] = env.now
         ev = done_events.pop(i, None)
         if ev is not None:
             ev.succeed()
@@ -106,9 +108,13 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
 
     nxt = [0]      # index of the next request the arrivals process will release
     next_arrival = lambda: specs[nxt[0]].arrival_s if nxt[0] < len(specs) else math.inf  # noqa: E731
-    # With a concurrency cap a finish (here or elsewhere) sends the next request: then arrivals
-    # are not known ahead and no replica runs ahead (see simulator.serving.coast).
-    known = None if (max_concurrency or users) else next_arrival
+    # With a client cap a finish sends the next request: arrivals are not known ahead and no replica
+    # runs ahead (see simulator.serving.coast). Except a closed loop on one replica: a coast ends
+    # before its first finish, so the only sends it can miss are those of a finish at its start
+    # (the user process runs after the replica's).
+    single = len(pools) == 1 and pools[0].workers == 1 and pools[0].dp_ranks == 1
+    closed = lambda: env.now if last_finish[0] == env.now else math.inf  # noqa: E731
+    known = next_arrival if not (max_concurrency or users) else closed if users and single else None
     reps, by_role = [], {}
     for pool in pools:
         for _ in range(pool.workers):
