@@ -37,10 +37,6 @@ SCALES = np.round(np.arange(0.20, 1.501, 0.01), 2)
 LOW = 0.5                 # the second simulated scale
 
 
-def _row(job: dict) -> dict:
-    return silicon.simulate_row(job)
-
-
 def sample(df: pd.DataFrame, framework: str, per_group: int, seed: int = 0) -> pd.DataFrame:
     rows = df[df.backend == framework]
     rows = rows[[silicon.classify(r) == "" for r in rows.to_dict("records")]]
@@ -60,7 +56,7 @@ def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
             sc = silicon.scenario(r)
             sc["engine"]["kernel_time_scale"] = scale
             jobs.append({"id": f"{r['id']}@{scale}", "scenario": sc})
-    res = run_many(_row, jobs, workers, "local", None, None, "rows x 2 scales", True)
+    res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, "rows x 2 scales", True)
     n = len(rows)
     out = rows.copy()
     for i, tag in enumerate(("1", "low")):

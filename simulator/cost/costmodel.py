@@ -73,11 +73,13 @@ class CostModel:
                               f"{', '.join([base, *cal.frameworks])})", field="engine.framework")
         # GEMM and MoE kernels are fitted per (framework, precision); attention and all-reduce per GPU
         by_fw = {} if self.framework == base else cal.frameworks[self.framework].get("precisions", {})
-        self._by_precision = ({**cal.precisions, "bf16": {**self.params, **cal.precisions.get("bf16", {})}}
-                              if self.framework == base else by_fw)
-        self.l2_warm = l2_warm
-        # the serving path's GEMM/MoE time over the tables' (workloads/frameworks.yaml, kernel_time_scale)
+        by_prec = ({**cal.precisions, "bf16": {**self.params, **cal.precisions.get("bf16", {})}}
+                   if self.framework == base else by_fw)
+        # the serving path's GEMM/MoE time over the tables' (frameworks.yaml), applied once to their parameters
         self.kernel_time_scale = float(kernel_time_scale)
+        self._by_precision = {name: {op: kernels.time_scaled(op, p, self.kernel_time_scale) if op in ("gemm", "moe") else p
+                                     for op, p in ops.items()} for name, ops in by_prec.items()}
+        self.l2_warm = l2_warm
         self.tables = dict(residual_tables(self.source.name)) if use_tables else {}
         self._base = base
         # the other (framework, precision) kernels' residual tables, keyed (op, precision)
@@ -100,7 +102,7 @@ class CostModel:
                 have = sorted(k for k, v in self._by_precision.items() if op in v)
                 raise ConfigError(f"gpu {self.source.name} has no {prec.name} {op} calibration for {self.framework} "
                                   f"(calibrated: {', '.join(have) or 'none'}); run moesd calibrate", field="quantization")
-            return kernels.time_scaled(op, got[op], self.kernel_time_scale)
+            return got[op]
         if op not in self.params:
             raise ConfigError(f"gpu {self.source.name} has no calibration for {op}; run moesd calibrate",
                               field="gpu")

@@ -113,8 +113,12 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
     # before its first finish, so the only sends it can miss are those of a finish at its start
     # (the user process runs after the replica's).
     single = len(pools) == 1 and pools[0].workers == 1 and pools[0].dp_ranks == 1
-    closed = lambda: env.now if last_finish[0] == env.now else math.inf  # noqa: E731
-    known = next_arrival if not (max_concurrency or users) else closed if users and single else None
+    if not (max_concurrency or users):
+        known = next_arrival
+    elif users and single:
+        known = lambda: env.now if last_finish[0] == env.now else math.inf  # noqa: E731
+    else:
+        known = None
     reps, by_role = [], {}
     for pool in pools:
         for _ in range(pool.workers):
