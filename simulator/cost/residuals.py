@@ -59,12 +59,20 @@ class ResidualTable:
         out = cls(op)
         if rows.empty:
             return out
+        rows = rows.dropna(subset=["log_residual"])
         grouped = rows.groupby(key_cols) if key_cols else [((), rows)]
         for key, g in grouped:
             key = key if isinstance(key, tuple) else (key,)
-            piv = g.pivot_table(index=size_col, columns=shape_cols, values="log_residual", aggfunc="mean")
-            cols = np.array([c if isinstance(c, tuple) else (c,) for c in piv.columns], dtype=float)
-            out.groups[tuple(key)] = _Group(np.log2(piv.index.values.astype(float)), np.log2(cols), piv.values)
+            # sizes x shapes, each sorted; the mean where a point was measured more than once
+            sizes, si = np.unique(g[size_col].to_numpy(dtype=float), return_inverse=True)
+            shapes, hi = np.unique(g[shape_cols].to_numpy(dtype=float), axis=0, return_inverse=True)
+            vals = g["log_residual"].to_numpy()
+            cell = si.reshape(-1) * len(shapes) + hi.reshape(-1)
+            n = np.bincount(cell, minlength=len(sizes) * len(shapes))
+            with np.errstate(invalid="ignore"):
+                mean = np.bincount(cell, weights=vals, minlength=len(n)) / np.where(n, n, np.nan)
+            table = mean.reshape(len(sizes), len(shapes))
+            out.groups[tuple(key)] = _Group(np.log2(sizes), np.log2(shapes), table)
         return out
 
     def to_frame(self) -> pd.DataFrame:
