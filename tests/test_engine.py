@@ -8,6 +8,10 @@ from simulator.commands.simulate import write_outputs
 from simulator.serving.simulation import build, simulate
 
 
+DP_EP = ["hardware.tensor_parallel_size=1", "hardware.data_parallel_size=4", "hardware.enable_expert_parallel=true"]
+DISAGG = ["disaggregation.prefill.tensor_parallel_size=2", "disaggregation.decode.tensor_parallel_size=2"]
+
+
 def small(overrides=(), base="quickstart"):
     sets = ["workload.num_prompts=60", "workload.request_rate=8"] + list(overrides)
     return build(load_scenario(base, sets))
@@ -168,11 +172,28 @@ def test_per_request_counters_add_up_to_the_step_log():
     ["speculative_config=null", "workload.concurrency=5", "workload.request_rate=inf"],
     ["speculative_config=null", "workload.concurrency=4", "workload.request_rate=inf", "workload.conversation_turns=3",
      "engine.enable_prefix_caching=true"],
+    # attention DP: every rank's plain decode at once, open and closed loop
+    ["speculative_config=null", "workload.request_rate=3"] + DP_EP,
+    ["speculative_config=null", "workload.concurrency=7", "workload.request_rate=inf"] + DP_EP,
+    # disaggregated: decode workers (one, two, or DP ranks) coast until a KV transfer can land
+    ["speculative_config=null", "workload.concurrency=6", "workload.request_rate=inf"] + DISAGG,
+    ["speculative_config=null", "workload.request_rate=4", "disaggregation.decode.num_workers=2",
+     "hardware.num_nodes=2"] + DISAGG,
+    ["speculative_config=null", "workload.concurrency=9", "workload.request_rate=inf",
+     "disaggregation.decode.data_parallel_size=2",
+     "disaggregation.decode.tensor_parallel_size=1", "disaggregation.decode.enable_expert_parallel=true"] + DISAGG[:1],
 ])
 def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeypatch):
     """Without SD, runs of identical decode steps skip the scheduler (simulator.serving.coast); taking
     every step through it must give the same run, byte for byte."""
+    from simulator.serving import coast as coast_mod
     from simulator.serving.replica import Replica
+    coasted = []
+    real = coast_mod.coast
+
+    def counted(rep, plans, merged):
+        coasted.append(len(plans))
+        yield from real(rep, plans, merged)
 
     def go(coast):
         monkeypatch.setattr(Replica, "coast", coast)
@@ -181,7 +202,10 @@ def test_coasting_through_plain_decode_steps_matches_the_scheduler(sets, monkeyp
             s.cfg.num_blocks = 200
         return run(s)
 
+    for mod in ("replica", "dp_worker"):
+        monkeypatch.setattr(f"simulator.serving.{mod}.coast", counted)
     fast, ref = go(True), go(False)
+    assert coasted        # the case does coast
     assert json.dumps(fast[0], sort_keys=True, default=str) == json.dumps(ref[0], sort_keys=True, default=str)
     assert fast[1].equals(ref[1]) and fast[2].equals(ref[2])
     assert fast[0]["completed"] == 60

@@ -73,61 +73,81 @@ class CoastLoads:
 
 
 
-def coastable(rep, plan: Plan) -> bool:
-    """A plain decode step (no SD, no prefill, nobody waiting) whose requests all need more
-    than one more token: the steps after it stay the same until something arrives."""
-    return (rep.next_arrival is not None and rep.cfg.k == 0 and not len(plan.pre) and not rep.sched.waiting
-            and not plan.preempted and len(plan.dec) > 0
-            and int(np.minimum.reduce(rep.R.output_len[plan.dec] - rep.R.generated[plan.dec])) > 2)
+def coastable(rep, plans: list) -> bool:
+    """Plain decode steps on every rank of the replica (no SD, no prefill, nobody waiting or
+    preempted, an idle rank idle for good) whose requests all need more than one more token: the
+    steps after them stay the same until something arrives."""
+    if rep.next_arrival is None or rep.cfg.k:
+        return False
+    live = False
+    for s, p in zip(rep.ranks, plans):
+        if s.waiting or p.preempted or len(p.pre):
+            return False
+        if len(p.dec):
+            if int(np.minimum.reduce(rep.R.output_len[p.dec] - rep.R.generated[p.dec])) <= 2:
+                return False
+            live = True
+        elif len(s.run):
+            return False
+    return live
 
-def coast(rep, plan: Plan):
+
+def coast(rep, plans: list, merged: Plan):
     """Run the scheduled plain-decode step and the identical ones after it in one go.
 
     Without SD each step emits exactly one token per request, so until a request finishes,
     a request arrives or KV blocks run short, the scheduler would pick the same batch with
-    every context one token longer. Each step is priced as step_cost prices it (routing
-    drawn in the same order) and timed by its own SimPy timeout, so the run is the one the
-    scheduler would have produced, byte for byte (tests compare); scheduling and per-request
-    bookkeeping are skipped and applied once at the end."""
-    env, cfg, R, sched = rep.env, rep.cfg, rep.R, rep.sched
-    ids, c0 = plan.dec, plan.dec_ctx
-    bs, B = cfg.block_size, len(ids)
-    blocks0 = int(total(R.blocks[ids]))
-    held = lambda m: int(total((c0 + m + bs - 1) // bs))  # noqa: E731  (blocks held after m steps)
-    # a request with L tokens to go finishes on its L-th step; KV growth must fit (step 0's
-    # blocks are already allocated, so at least one step does)
+    every context one token longer. Each step is priced as the replica prices it (the slowest
+    rank's dense part, the MoE layers on all ranks' tokens, routing drawn in the same order)
+    and timed by its own SimPy timeout, so the run is the one the scheduler would have produced,
+    byte for byte (tests compare); scheduling and per-request bookkeeping are skipped and applied
+    once at the end. ``merged``: all ranks' plans as one (the step's routing)."""
+    env, cfg, R = rep.env, rep.cfg, rep.R
+    bs = cfg.block_size
+    parts = [(s, p.dec, p.dec_ctx) for s, p in zip(rep.ranks, plans) if len(p.dec)]
+    ids, c0 = merged.dec, merged.dec_ctx
+    B = len(ids)
+    sizes = [len(d) for _, d, _ in parts]
+    blocks0 = [int(total(R.blocks[d])) for _, d, _ in parts]
+    # a request with L tokens to go finishes on its L-th step; each rank's KV growth must fit (step
+    # 0's blocks are already allocated, so at least one step does)
     m_max = int(np.minimum.reduce(R.output_len[ids] - R.generated[ids])) - 1
-    if held(m_max) - blocks0 > sched.free_blocks:
-        lo, hi = 1, m_max
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if held(mid) - blocks0 <= sched.free_blocks else (lo, mid)
-        m_max = lo
+    for (s, _, c), b0 in zip(parts, blocks0):
+        held = lambda m, c=c: int(total((c + m + bs - 1) // bs))  # noqa: E731  (blocks held after m steps)
+        if held(m_max) - b0 > s.free_blocks:
+            lo, hi = 1, m_max
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if held(mid) - b0 <= s.free_blocks else (lo, mid)
+            m_max = lo
     t_next = rep.next_arrival()
-    used = cfg.num_blocks - sched.free_blocks
+    used = sum(cfg.num_blocks - s.free_blocks for s in rep.ranks)
     # a request's block count grows on the step after its context reaches a multiple of bs
     phase = np.bincount(c0 % bs, minlength=bs).tolist()
     ctx_sum0 = int(total(c0))
+    rank_ctx0 = [int(total(c)) for _, _, c in parts]
     step_model = cfg.step_model
-    moe = rep.target.m.moe
-    loads = CoastLoads(rep, B) if moe else None
-    price = rep.target.plain_decode(B)
+    fm = rep.target
+    loads = CoastLoads(rep, B) if fm.m.moe else None
+    prices = [fm.plain_decode(n) for n in sizes]
+    seqs = max(sizes)
     starts, ends, priced = [], [], []
     start = env.now
     while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
         m = len(starts)
-        batch = Batch(B, 1, float(ctx_sum0 + m * B) / B, ())
-        if loads is None:
-            cost = price(batch.decode_ctx_mean, None, 0)
-        elif loads.batched:
-            cost = price(batch.decode_ctx_mean, *loads.next(m_max - m, t_next - start, priced))
-        else:
-            cost = price(batch.decode_ctx_mean, *rep.target.moe_loads(rep.route_counts(B, plan)))
-        cost.overhead_s += step_model.overhead_s(cost.total_s, B)
+        # the slowest rank's dense part (the first on a tie, as the replica picks)
+        cost = max((price(float(c + m * n) / n, None, 0) for price, c, n in zip(prices, rank_ctx0, sizes)),
+                   key=lambda x: x.total_s)
+        if loads is not None:
+            lt = (loads.next(m_max - m, t_next - start, priced) if loads.batched
+                  else fm.moe_loads(rep.route_counts(B, merged)))
+            cost.moe_s, cost.expert_weight_bytes, cost.active_experts = fm.moe_part_from_loads(*lt)
+        cost.tokens = B
+        cost.overhead_s += step_model.overhead_s(cost.total_s, seqs)
         end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
         if m:
             used += phase[(-m) % bs]
-        priced.append((cost, batch, used))
+        priced.append((cost, Batch(B, 1, float(ctx_sum0 + m * B) / B, ()), used))
         starts.append(start)
         ends.append(end)
         start = end
@@ -143,14 +163,15 @@ def coast(rep, plan: Plan):
     m = len(starts)
     for j, (a, (cost, batch, kv_used)) in enumerate(zip(starts, priced)):
         # only the last step can end after an arrival, which then waits
-        rep.steps.append(rep.idx, rep._row(a, cost, batch, B, 0, B, 0, 0, kv_used,
-                                           len(sched.waiting) if j == m - 1 else 0, 0))
+        waiting = sum(len(s.waiting) for s in rep.ranks) if j == m - 1 else 0
+        rep.steps.append(rep.idx, rep._row(a, cost, batch, B, 0, B, 0, 0, kv_used, waiting, 0))
     R.itl_log.append(ids, ends[0] - R.last_token_s[ids])
     if m > 1:    # later steps: every request's gap is the step's length (one append, same order)
         R.itl_log.append(np.tile(ids, m - 1), np.repeat(np.subtract(ends[1:], starts[1:]), B))
-    final = (c0 + m + bs - 1) // bs
-    sched.free_blocks -= int(total(final)) - blocks0
-    R.blocks[ids] = final
+    for (s, d, c), b0 in zip(parts, blocks0):
+        final = (c + m + bs - 1) // bs
+        s.free_blocks -= int(total(final)) - b0
+        R.blocks[d] = final
     R.computed[ids] = c0 + m
     R.generated[ids] += m
     R.last_token_s[ids] = ends[-1]

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .coast import coast, coastable
 from .replica import Replica, _cat, plan_batch
 from .requests import EMPTY
 from .scheduler import Plan, Scheduler
 
 
 class DPWorker(Replica):
-    coast = False
-
     def __init__(self, *args, dp: int = 2, **kwargs):
         self.dp = dp
         super().__init__(*args, **kwargs)
@@ -78,6 +77,9 @@ class DPWorker(Replica):
             if all(p.empty for p in plans):     # a rank's head request failed: schedule again
                 if any(s.held for s in self.ranks):     # or blocks come back when a KV transfer ends
                     yield from self._sleep()
+                continue
+            if self.coast and coastable(self, plans):
+                yield from coast(self, plans, _merge(plans))
                 continue
             cost, batch, merged = self.step_cost_dp(plans)
             start = env.now

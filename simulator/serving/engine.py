@@ -14,6 +14,7 @@ operations whatever the batch size: the simulator models steps, not tokens.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -109,10 +110,10 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
     nxt = [0]      # index of the next request the arrivals process will release
     next_arrival = lambda: specs[nxt[0]].arrival_s if nxt[0] < len(specs) else math.inf  # noqa: E731
     # With a client cap a finish sends the next request: arrivals are not known ahead and no replica
-    # runs ahead (see simulator.serving.coast). Except a closed loop on one replica: a coast ends
-    # before its first finish, so the only sends it can miss are those of a finish at its start
-    # (the user process runs after the replica's).
-    single = len(pools) == 1 and pools[0].workers == 1 and pools[0].dp_ranks == 1
+    # runs ahead (see simulator.serving.coast). Except a closed loop on one replica (of any number of
+    # DP ranks): a coast ends before its first finish, so the only sends it can miss are those of a
+    # finish at its start (the user process runs after the replica's).
+    single = len(pools) == 1 and pools[0].workers == 1
     if not (max_concurrency or users):
         known = next_arrival
     elif users and single:
@@ -132,15 +133,33 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
     moved = [0, 0.0]      # KV transfers, bytes sent
     if "decode" in by_role:
         decode, pre = by_role["decode"], pools[0]
+        due = []            # heap: when the transfers under way reach the decode pool
+        fastest_s = pre.kv_transfer_s(0.0)
+
+        def decode_known():
+            # a transfer not started yet starts no sooner than now and takes no less than an empty one
+            soonest = env.now + fastest_s
+            if pre.handoff_s:
+                soonest += pre.handoff_s
+            return min(due[0], soonest) if due else soonest
+
+        for rep in decode:        # a decode worker's requests come only from transfers
+            rep.next_arrival = decode_known
 
         def transfer(i, sent):
             kv_bytes = pre.kv_bytes_per_token * float(R.computed[i])
             moved[0] += 1
             moved[1] += kv_bytes
-            yield env.timeout(pre.kv_transfer_s(kv_bytes))
+            dt = pre.kv_transfer_s(kv_bytes)
+            at = env.now + dt                  # the sums SimPy forms for the two timeouts
+            if pre.handoff_s:
+                at += pre.handoff_s
+            heapq.heappush(due, at)
+            yield env.timeout(dt)
             sent()      # the bytes are across: the prefill worker's blocks are free again
             if pre.handoff_s:
                 yield env.timeout(pre.handoff_s)
+            heapq.heappop(due)                 # this one's (no transfer under way is due earlier)
             # the client's first token comes with the KV to the decode worker (TTFT includes the transfer)
             R.first_token_s[i] = R.last_token_s[i] = env.now
             min(decode, key=lambda x: (x.outstanding, x.idx)).submit(i)

@@ -41,6 +41,7 @@ class Replica:
         self.env, self.idx, self.cfg, self.R = env, idx, cfg, R
         self.target, self.routing, self.rng = target, routing, rng
         self.sched = Scheduler(cfg, R)
+        self.ranks = [self.sched]          # attention-DP ranks (DPWorker); one here
         self.spec = Speculation(cfg, draft, acceptance)
         self.steps, self.on_finish = steps, on_finish
         self.stop = stop
@@ -129,8 +130,8 @@ class Replica:
                 else:
                     self._fail_head(sched)
                 continue
-            if self.coast and coastable(self, plan):
-                yield from coast(self, plan)
+            if self.coast and coastable(self, [plan]):
+                yield from coast(self, [plan], plan)
                 continue
             cost, batch, counts = self.step_cost(plan)
             start = env.now
