@@ -135,9 +135,11 @@ def coast(rep, plans: list, merged: Plan):
     start = env.now
     while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
         m = len(starts)
-        # the slowest rank's dense part (the first on a tie, as the replica picks)
-        cost = max((price(float(c + m * n) / n, None, 0) for price, c, n in zip(prices, rank_ctx0, sizes)),
-                   key=lambda x: x.total_s)
+        if len(prices) == 1:
+            cost = prices[0](float(ctx_sum0 + m * B) / B, None, 0)
+        else:      # the slowest rank's dense part (the first on a tie, as the DP worker picks)
+            cost = max((price(float(c + m * n) / n, None, 0) for price, c, n in zip(prices, rank_ctx0, sizes)),
+                       key=lambda x: x.total_s)
         if loads is not None:
             lt = (loads.next(m_max - m, t_next - start, priced) if loads.batched
                   else fm.moe_loads(rep.route_counts(B, merged)))
