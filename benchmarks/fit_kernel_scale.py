@@ -1,18 +1,24 @@
-"""Fit each framework's serving-path kernel time (``kernel_time_scale`` in workloads/frameworks.yaml)
-on AIConfigurator's measured serving runs, per GPU architecture, scored leaving one model out.
+"""Fit each framework's serving-path kernel time (``kernel_time_scale`` and ``kernel_fixed_scale`` in
+workloads/frameworks.yaml) on AIConfigurator's measured serving runs, per GPU architecture, scored
+leaving one model out.
 
-Why a scale: a framework's kernel tables time each GEMM and fused MoE as a separate op; its serving
-path may run the same layers faster (TensorRT-LLM picks tactics with its autotuner and fuses the
-activation quantisation into the op before; its collector times fixed tactics, e.g. NVFP4 GEMMs at
-~21 us for any N at K=8192 and 4 tokens on B200). The scale multiplies every GEMM and MoE kernel time
-of the framework on that architecture; attention, communication and the CPU side are untouched.
+Why: a framework's kernel tables time each GEMM and fused MoE as a separate op; its serving path may
+run the same layers faster (TensorRT-LLM picks tactics with its autotuner and fuses the activation
+quantisation into the op before; its collector times fixed tactics, e.g. NVFP4 GEMMs at ~21 us for
+any N at K=8192 and 4 tokens on B200). ``kernel_time_scale`` multiplies every GEMM and MoE kernel
+time of the framework on that architecture; ``kernel_fixed_scale`` replaces it for the kernels' fixed
+terms alone (launch and setup, k-loop and per-expert latency: what a standalone op pays at any size
+and a CUDA-graph serving path largely does not), so few-token steps and large ones can differ.
+Attention, communication and the CPU side are untouched.
 
 How: each expressible row of the framework (a stratified sample: up to --per-group rows per (model,
-mode, GPU), seeded) is simulated at scale 1 and 0.5; a row's TPOT is linear in the scale between and
-around them (its batch is set by the client's concurrency). Per architecture, the scale minimises the
-median |log(simulated / measured TPOT)|; each model's rows are predicted by a fit that never saw
-that model (same-architecture checkpoints, e.g. DeepSeek-R1 and its NVFP4 release, are one model).
-An architecture with rows of fewer than two models gets no scale (nothing to hold out).
+mode, GPU), seeded) is simulated at (time, fixed) scales (1, 1), (0.5, 0.5) and (0.5, 1); a kernel's
+time is its fixed part x the fixed scale + the rest x the time scale, and a row's TPOT is taken as
+linear in both (its batch is set by the client's concurrency). Per architecture the scales minimise
+the median |log(simulated / measured TPOT)| over a grid, once with the fixed terms on the time scale
+(one scale) and once apart; each model's rows are predicted by a fit that never saw that model
+(same-architecture checkpoints, e.g. DeepSeek-R1 and its NVFP4 release, are one model). An
+architecture with rows of fewer than two models gets no scale (nothing to hold out).
 
     python benchmarks/fit_kernel_scale.py [--framework trtllm,sglang] [--per-group 12] [--workers N]
 """
@@ -34,7 +40,9 @@ from simulator.analysis.runner import run_many          # noqa: E402
 from simulator.config.gpu import load as load_gpu       # noqa: E402
 
 SCALES = np.round(np.arange(0.20, 1.501, 0.01), 2)
-LOW = 0.5                 # the second simulated scale
+FIXED = np.round(np.arange(0.0, 1.501, 0.02), 2)
+# (time scale, fixed-term scale) of the three simulations of a row
+RUNS = {"11": (1.0, 1.0), "55": (0.5, 0.5), "51": (0.5, 1.0)}
 
 
 def sample(df: pd.DataFrame, framework: str, per_group: int, seed: int = 0) -> pd.DataFrame:
@@ -51,66 +59,93 @@ def sample(df: pd.DataFrame, framework: str, per_group: int, seed: int = 0) -> p
 
 def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
     jobs = []
-    for scale in (1.0, LOW):
+    for tag, (scale, fixed) in RUNS.items():
         for r in rows.to_dict("records"):
             sc = silicon.scenario(r)
             sc["engine"]["kernel_time_scale"] = scale
-            jobs.append({"id": f"{r['id']}@{scale}", "scenario": sc})
-    res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, "rows x 2 scales", True)
+            sc["engine"]["kernel_fixed_scale"] = fixed
+            jobs.append({"id": f"{r['id']}@{tag}", "scenario": sc})
+    res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, f"rows x {len(RUNS)} scales", True)
     n = len(rows)
     out = rows.copy()
-    for i, tag in enumerate(("1", "low")):
+    cols = []
+    for i, tag in enumerate(RUNS):
         part = res[i * n:(i + 1) * n]
-        out[f"tpot_{tag}"] = [p.get("sim_tpot_ms") for p in part]
-        out[f"ttft_{tag}"] = [p.get("sim_ttft_ms") for p in part]
-    ok = out[["tpot_1", "tpot_low", "ttft_1", "ttft_low"]].notna().all(axis=1) & (out.silicon_tpot_ms > 0)
+        for metric in ("tpot", "ttft"):
+            out[f"{metric}_{tag}"] = [p.get(f"sim_{metric}_ms") for p in part]
+            cols.append(f"{metric}_{tag}")
+    ok = out[cols].notna().all(axis=1) & (out.silicon_tpot_ms > 0)
     return out[ok].reset_index(drop=True)
 
 
-def at(t: pd.DataFrame, metric: str, scale: float) -> np.ndarray:
-    hi, lo = t[f"{metric}_1"].to_numpy(float), t[f"{metric}_low"].to_numpy(float)
-    return hi + (scale - 1.0) * (hi - lo) / (1.0 - LOW)
+def at(t: pd.DataFrame, metric: str, scale, fixed) -> np.ndarray:
+    """A row's metric at (scale, fixed): the kernels' fixed and scaled parts are each linear in their
+    own scale (a time or one over a rate), the rest (attention, collectives, CPU) stays. Broadcasts
+    over arrays of scales (the grid) against the rows."""
+    t11, t55, t51 = (t[f"{metric}_{k}"].to_numpy(float) for k in RUNS)
+    var = 2.0 * (t11 - t51)                  # the part that goes with the time scale
+    fix = 2.0 * (t11 - t55) - var            # the fixed terms' part
+    rest = t11 - var - fix
+    return rest + np.multiply.outer(scale, var) + np.multiply.outer(fixed, fix)
 
 
-def loss(t: pd.DataFrame, scale: float) -> float:
-    return float(np.median(np.abs(np.log(np.maximum(at(t, "tpot", scale), 1e-6) / t.silicon_tpot_ms.to_numpy(float)))))
+def losses(t: pd.DataFrame, one: bool) -> np.ndarray:
+    """Median |log(simulated / measured TPOT)| over the grid: [scales] with the fixed terms on the
+    same scale (``one``), else [scales, fixed scales]."""
+    meas = t.silicon_tpot_ms.to_numpy(float)
+    if one:
+        pred = at(t, "tpot", SCALES, SCALES)
+    else:
+        pred = at(t, "tpot", SCALES[:, None] + 0 * FIXED[None, :], FIXED[None, :] + 0 * SCALES[:, None])
+    return np.median(np.abs(np.log(np.maximum(pred, 1e-6) / meas)), axis=-1)
 
 
-def fit(t: pd.DataFrame) -> float:
-    return float(min(SCALES, key=lambda s: loss(t, s)))
+def fit(t: pd.DataFrame, one: bool) -> tuple:
+    """(time scale, fixed-term scale) minimising the loss (the first minimum, in grid order)."""
+    L = losses(t, one)
+    if one:
+        s = float(SCALES[int(np.argmin(L))])
+        return s, s
+    i, j = np.unravel_index(int(np.argmin(L)), L.shape)
+    return float(SCALES[i]), float(FIXED[j])
 
 
-def err(t: pd.DataFrame, metric: str, scale: float) -> np.ndarray:
+def err(t: pd.DataFrame, metric: str, scale: float, fixed: float) -> np.ndarray:
     meas = t[f"silicon_{metric}_ms"].to_numpy(float)
-    return at(t, metric, scale) / meas - 1.0
+    return at(t, metric, scale, fixed) / meas - 1.0
 
 
 def report(fw: str, t: pd.DataFrame) -> None:
     for arch, g in t.groupby("gpu_arch", sort=True):
         models = sorted(g.arch_model.unique())
-        base = np.abs(err(g, "tpot", 1.0))
+        base = np.abs(err(g, "tpot", 1.0, 1.0))
         print(f"\n{fw} on {arch}: {len(g)} rows, {len(models)} models ({', '.join(models)})")
         if len(models) < 2:
             print(f"  one model only: no scale (median TPOT error at 1.0: {np.median(base):.1%})")
             continue
-        s_all = fit(g)
-        held = np.zeros(len(g))
+        held = {True: np.zeros(len(g)), False: np.zeros(len(g))}
         held_ttft = np.full(len(g), np.nan)
-        print(f"  {'held-out model':<22} {'rows':>4} {'scale':>6} {'TPOT at 1.0':>12} {'held out':>9} {'signed':>7}")
+        print(f"  {'held-out model':<22} {'rows':>4} {'at 1.0':>7} | {'scale':>5} {'held out':>8} | "
+              f"{'scale':>5} {'fixed':>5} {'held out':>8} {'signed':>7}")
         for m in models:
             te = (g.arch_model == m).to_numpy()
-            s = fit(g[~te])
-            e = err(g[te], "tpot", s)
-            held[te] = e
-            held_ttft[te] = err(g[te], "ttft", s)
-            print(f"  {m:<22} {te.sum():>4} {s:>6.2f} {np.median(base[te]):>12.1%} {np.median(np.abs(e)):>9.1%} "
-                  f"{np.median(e):>+7.1%}")
-        a = np.abs(held)
-        tt0 = np.abs(err(g, "ttft", 1.0))
-        print(f"  leave-one-model-out TPOT: median {np.median(a):.1%}, p90 {np.percentile(a, 90):.1%} "
-              f"(at 1.0: {np.median(base):.1%}, p90 {np.percentile(base, 90):.1%}); TTFT median "
+            s1 = fit(g[~te], True)
+            s2 = fit(g[~te], False)
+            for one, s in ((True, s1), (False, s2)):
+                held[one][te] = err(g[te], "tpot", *s)
+            held_ttft[te] = err(g[te], "ttft", *s2)
+            e1, e2 = held[True][te], held[False][te]
+            print(f"  {m:<22} {te.sum():>4} {np.median(base[te]):>7.1%} | {s1[0]:>5.2f} {np.median(np.abs(e1)):>8.1%} | "
+                  f"{s2[0]:>5.2f} {s2[1]:>5.2f} {np.median(np.abs(e2)):>8.1%} {np.median(e2):>+7.1%}")
+        tt0 = np.abs(err(g, "ttft", 1.0, 1.0))
+        for one, label in ((True, "one scale"), (False, "time + fixed scales")):
+            a = np.abs(held[one])
+            print(f"  leave-one-model-out TPOT, {label}: median {np.median(a):.1%}, p90 {np.percentile(a, 90):.1%}")
+        print(f"  (at 1.0: {np.median(base):.1%}, p90 {np.percentile(base, 90):.1%}); TTFT held out "
               f"{np.nanmedian(np.abs(held_ttft)):.1%} (at 1.0: {np.median(tt0):.1%})")
-        print(f"  adopted: kernel_time_scale {arch}: {s_all:.2f} (fitted on all {len(g)} rows, {len(models)} models)")
+        s1, s2 = fit(g, True), fit(g, False)
+        print(f"  fitted on all {len(g)} rows, {len(models)} models: one scale {s1[0]:.2f}; "
+              f"kernel_time_scale {arch}: {s2[0]:.2f}, kernel_fixed_scale {arch}: {s2[1]:.2f}")
 
 
 def main() -> int:

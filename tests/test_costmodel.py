@@ -167,3 +167,21 @@ def test_kernel_time_scale_scales_gemm_and_moe_only():
             0.4 * a.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s)
     assert b.attention_decode(16, 2048, 64, 8, 128).latency_s == a.attention_decode(16, 2048, 64, 8, 128).latency_s
     assert b.allreduce(1e6, 8).latency_s == a.allreduce(1e6, 8).latency_s
+
+
+def test_kernel_fixed_scale_scales_the_fixed_terms_apart():
+    """With the fixed terms on their own scale f and the rest on s, a kernel takes f x its fixed part
+    + s x the rest, at every shape: the fixed part is what is left at f = 0 taken from f = 1."""
+    from simulator.config import precision
+    fp4 = precision.get("nvfp4")
+    cm = lambda s, f: CostModel("b200_sxm", framework="trtllm", kernel_time_scale=s, kernel_fixed_scale=f)  # noqa: E731
+    one, rest, mix = cm(1.0, 1.0), cm(1.0, 0.0), cm(0.4, 0.7)
+    for m in (1, 64, 8192):
+        full, var = one.gemm(m, 7168, 2048, fp4).latency_s, rest.gemm(m, 7168, 2048, fp4).latency_s
+        assert 0 < var < full
+        assert mix.gemm(m, 7168, 2048, fp4).latency_s == pytest.approx(0.7 * (full - var) + 0.4 * var)
+    for T in (1, 256):
+        full, var = (c.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s for c in (one, rest))
+        assert mix.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s == pytest.approx(0.7 * (full - var) + 0.4 * var)
+    # unset, the fixed terms follow the time scale
+    assert CostModel("b200_sxm", framework="trtllm", kernel_time_scale=0.4).kernel_fixed_scale == 0.4

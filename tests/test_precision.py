@@ -278,6 +278,12 @@ def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a
     assert c5.attention_s == pytest.approx(c1.attention_s)
     with pytest.raises(ConfigError, match="kernel_time_scale"):
         build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 0}))
+    # the fixed terms: the entry's per architecture, a scenario's time scale carries them, its own wins
+    assert s.cost.kernel_fixed_scale == entry.kernel_fixed("blackwell") == s.files["kernel_fixed_scale"]
+    assert mine.cost.kernel_fixed_scale == 0.5
+    own = build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 0.5, "kernel_fixed_scale": 0.2}))
+    assert (own.cost.kernel_time_scale, own.cost.kernel_fixed_scale) == (0.5, 0.2)
+    assert own.target_fm.forward(b).gemm_s < c5.gemm_s
 
 
 def test_trtllm_runs_mxfp4_experts_with_mxfp8_activations_on_blackwell():

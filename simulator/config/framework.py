@@ -31,11 +31,18 @@ class StepEntry(Strict):
         default_factory=dict, description=(
             "per GPU architecture: the serving path's GEMM and MoE kernel time over what the framework's "
             "kernel tables time (1 where absent)"))
+    kernel_fixed_scale: dict[Literal["ampere", "ada", "hopper", "blackwell", "cdna3"], float] = Field(
+        default_factory=dict, description=(
+            "per GPU architecture: the fixed per-kernel terms (launch and setup, k-loop and per-expert "
+            "latency) over the tables' (kernel_time_scale where absent)"))
     kernel_time_scale_source: str = ""
     source: str
 
     def kernel_scale(self, architecture: str) -> float:
         return self.kernel_time_scale.get(architecture, 1.0)
+
+    def kernel_fixed(self, architecture: str) -> float:
+        return self.kernel_fixed_scale.get(architecture, self.kernel_scale(architecture))
 
 
 def entries(framework: str) -> list[StepEntry]:

@@ -150,16 +150,16 @@ class Engine(Strict):
         "picks the framework's step-model entry in workloads/frameworks.yaml (the newest at or below it); "
         "default: the newest"))
     # the framework step model (simulator/cost/framework.py); unset = the framework's entry
-    step_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
-                                              description="CPU scheduling/sampling per engine step")
-    per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
-                                                 description="CPU cost per scheduled sequence per step")
+    step_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per engine step")
+    per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per sequence")
     spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
                                                     description="extra CPU cost of a speculative round (draft "
                                                                 "bookkeeping, tree build, verification) beyond a plain step")
     draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per draft pass")
     kernel_time_scale: Optional[float] = Field(default=None, gt=0, le=10, description=(
         "GEMM/MoE kernel time over the framework tables' (default: workloads/frameworks.yaml, per GPU architecture)"))
+    kernel_fixed_scale: Optional[float] = Field(default=None, ge=0, le=10, description=(
+        "the same for their fixed per-kernel terms alone (default: the framework entry's, else kernel_time_scale)"))
     cpu_overlap: Optional[bool] = Field(default=None, description=(
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
     sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,

@@ -61,11 +61,10 @@ class CostModel:
     """Kernel latencies on one GPU. ``l2_warm=True`` reproduces benchmark (trace) conditions."""
 
     def __init__(self, hw: gpu_mod.Hardware | str, l2_warm: bool = False, use_tables: bool = True,
-                 framework: str | None = None, kernel_time_scale: float = 1.0):
+                 framework: str | None = None, kernel_time_scale: float = 1.0, kernel_fixed_scale: float | None = None):
         self.hw = gpu_mod.load(hw) if isinstance(hw, str) else hw
         self.source = gpu_mod.calibrated_source(self.hw)
-        cal = self.source.calibration
-        self.params = cal.params
+        cal, self.params = self.source.calibration, self.source.calibration.params
         base = (cal.framework.split() or ["vllm"])[0]
         self.framework = framework or base
         if self.framework != base and self.framework not in cal.frameworks:
@@ -75,9 +74,10 @@ class CostModel:
         by_fw = {} if self.framework == base else cal.frameworks[self.framework].get("precisions", {})
         by_prec = ({**cal.precisions, "bf16": {**self.params, **cal.precisions.get("bf16", {})}}
                    if self.framework == base else by_fw)
-        # the serving path's GEMM/MoE time over the tables' (frameworks.yaml), applied once to their parameters
-        self.kernel_time_scale = float(kernel_time_scale)
-        self._by_precision = {name: {op: kernels.time_scaled(op, p, self.kernel_time_scale) if op in ("gemm", "moe") else p
+        # the serving path's GEMM/MoE time over the tables' (frameworks.yaml), once into their parameters
+        self.kernel_time_scale = s = float(kernel_time_scale)
+        self.kernel_fixed_scale = f = s if kernel_fixed_scale is None else float(kernel_fixed_scale)
+        self._by_precision = {name: {op: kernels.time_scaled(op, p, s, f) if op in ("gemm", "moe") else p
                                      for op, p in ops.items()} for name, ops in by_prec.items()}
         self.l2_warm = l2_warm
         self.tables = dict(residual_tables(self.source.name)) if use_tables else {}

@@ -59,12 +59,16 @@ _TIME_TERMS = {"gemm": ("overhead_s", "k_loop_s"), "moe": ("overhead_s", "expert
 _RATE_TERMS = {"gemm": ("eff_compute", "eff_memory"), "moe": ("eff_compute", "eff_memory", "eff_elementwise")}
 
 
-def time_scaled(op: str, p: dict, scale: float) -> dict:
+def time_scaled(op: str, p: dict, scale: float, fixed_scale: float | None = None) -> dict:
     """Parameters of a kernel that takes ``scale`` x the time of ``p``'s at every shape (the formula
-    is homogeneous: every term is a time or one over a rate, and the smooth max keeps the scale)."""
-    if scale == 1.0:
+    is homogeneous: every term is a time or one over a rate, and the smooth max keeps the scale).
+    ``fixed_scale`` (default ``scale``) scales the fixed terms alone (launch and setup, the k-loop and
+    per-expert latency): those that do not grow with the tokens, e.g. a collector's per-op setup
+    that a serving path under CUDA graphs with fused quantisation does not pay."""
+    fixed = scale if fixed_scale is None else fixed_scale
+    if scale == 1.0 and fixed == 1.0:
         return p
-    return {**p, **{k: p[k] * scale for k in _TIME_TERMS[op]}, **{k: p[k] / scale for k in _RATE_TERMS[op]}}
+    return {**p, **{k: p[k] * fixed for k in _TIME_TERMS[op]}, **{k: p[k] / scale for k in _RATE_TERMS[op]}}
 
 
 def _blend(a, b, q):

@@ -69,9 +69,9 @@ def build(sc, source: str = "scenario") -> Setup:
     eng = sc.engine
     quant = scenario_mod.quantization(sc, target, hw, source)
     kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, source)
-    scale = kernel_time_scale(eng, hw)
-    cost = _shared(("cost", hw.model_dump_json(), eng.framework, scale),
-                   lambda: _cost_model(hw, eng.framework, source, scale))
+    scales = kernel_scales(eng, hw)
+    cost = _shared(("cost", hw.model_dump_json(), eng.framework, scales),
+                   lambda: _cost_model(hw, eng.framework, source, *scales))
     _check_calibrated(cost, target, quant, source)
     plans = topology.check(sc, target, hw, source)
     spec = sc.speculative_config
@@ -108,7 +108,7 @@ def build(sc, source: str = "scenario") -> Setup:
         cfg.k_policy = _shared(("adaptive", main.key, cfg.step_model, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     files = {**(files or {}), "framework": eng.framework, "kernel_tables": cost.tables_label,
-             "kernel_time_scale": cost.kernel_time_scale,
+             "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
                  files, pools)
@@ -146,7 +146,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
     target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, cost.kernel_time_scale,
-                  quant, kv_el)
+                  cost.kernel_fixed_scale, quant, kv_el)
     target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
     draft_fm = None
     if draft_arch is not None:
@@ -156,7 +156,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
         dquant = quant if spec.method == "mtp" and draft is None else None
         draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework,
-                     cost.kernel_time_scale, dquant, kv_el)
+                     cost.kernel_time_scale, cost.kernel_fixed_scale, dquant, kv_el)
         draft_fm = _shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar, dquant, kv_el))
         target_key = (target_key, draft_key)
     return PoolSetup(pp.role, pp.workers, pp.dp_ranks, pp.gpus, par, cfg, target_fm, draft_fm, target_key)
@@ -172,17 +172,21 @@ def step_model(eng) -> FrameworkStep:
                          pick(eng.sync_ms, e.sync_ms) / 1e3, pick(eng.draft_pass_overhead_ms, e.draft_pass_cpu_ms) / 1e3)
 
 
-def kernel_time_scale(eng, hw) -> float:
-    """The serving path's GEMM/MoE time over the kernel tables': the scenario's, else its framework
-    entry's for this GPU architecture."""
-    if eng.kernel_time_scale is not None:
-        return eng.kernel_time_scale
-    return framework_mod.step_entry(eng.framework, eng.framework_version).kernel_scale(hw.architecture)
+def kernel_scales(eng, hw) -> tuple:
+    """(time scale, fixed-term scale) of the serving path's GEMM/MoE kernels over the tables': the
+    scenario's, else its framework entry's for this GPU architecture; the fixed terms follow the
+    time scale unless one sets them."""
+    e = framework_mod.step_entry(eng.framework, eng.framework_version)
+    if eng.kernel_time_scale is None:
+        scale, fixed = e.kernel_scale(hw.architecture), e.kernel_fixed(hw.architecture)
+    else:
+        scale = fixed = eng.kernel_time_scale
+    return scale, (fixed if eng.kernel_fixed_scale is None else eng.kernel_fixed_scale)
 
 
-def _cost_model(hw, framework: str, source: str, scale: float = 1.0) -> CostModel:
+def _cost_model(hw, framework: str, source: str, scale: float = 1.0, fixed: float | None = None) -> CostModel:
     try:
-        return CostModel(hw, framework=framework, kernel_time_scale=scale)
+        return CostModel(hw, framework=framework, kernel_time_scale=scale, kernel_fixed_scale=fixed)
     except ConfigError as exc:
         raise ConfigError(exc.message, source=source, field="engine.framework") from None
 
