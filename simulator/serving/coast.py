@@ -1,4 +1,5 @@
-"""Coasting: a replica's run of identical plain-decode steps taken in one go.
+"""Coasting: a replica's run of identical plain-decode steps taken in one go (every rank's at once
+on an attention-DP worker).
 
 Without SD each decode step emits exactly one token per request, so until a request finishes, a
 request arrives or KV blocks run short, the scheduler would pick the same batch with every context
