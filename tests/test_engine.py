@@ -172,6 +172,9 @@ def test_per_request_counters_add_up_to_the_step_log():
     ["speculative_config=null", "workload.concurrency=5", "workload.request_rate=inf"],
     ["speculative_config=null", "workload.concurrency=4", "workload.request_rate=inf", "workload.conversation_turns=3",
      "engine.enable_prefix_caching=true"],
+    # a client cap (vllm bench serve --max-concurrency) on one replica
+    ["speculative_config=null", "workload.max_concurrency=6", "workload.request_rate=5"],
+    ["speculative_config=null", "workload.max_concurrency=4", "workload.request_rate=inf"],
     # attention DP: every rank's plain decode at once, open and closed loop
     ["speculative_config=null", "workload.request_rate=3"] + DP_EP,
     ["speculative_config=null", "workload.concurrency=7", "workload.request_rate=inf"] + DP_EP,

@@ -118,6 +118,9 @@ def run(specs, pools: list, acceptance, routing, seed: int, router: str = "round
         known = next_arrival
     elif users and single:
         known = lambda: env.now if last_finish[0] == env.now else math.inf  # noqa: E731
+    elif single:
+        # a client cap sends at an arrival with a free slot, or at a finish (its slot passes on)
+        known = lambda: env.now if last_finish[0] == env.now else next_arrival()  # noqa: E731
     else:
         known = None
     reps, by_role = [], {}
