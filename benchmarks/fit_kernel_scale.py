@@ -96,7 +96,7 @@ def losses(t: pd.DataFrame, one: bool) -> np.ndarray:
     if one:
         pred = at(t, "tpot", SCALES, SCALES)
     else:
-        pred = at(t, "tpot", SCALES[:, None] + 0 * FIXED[None, :], FIXED[None, :] + 0 * SCALES[:, None])
+        pred = at(t, "tpot", SCALES[:, None], FIXED[None, :])   # [scales, fixed, rows]
     return np.median(np.abs(np.log(np.maximum(pred, 1e-6) / meas)), axis=-1)
 
 

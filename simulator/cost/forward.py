@@ -328,15 +328,11 @@ class ForwardModel:
 
     def plain_decode(self, num_decode: int):
         """Pricer of plain decode steps of ``num_decode`` sequences (one query token each, no prefill):
-        ``price(ctx_mean, loads, active)`` equals ``forward(Batch(num_decode, 1, ctx_mean), counts)`` for
-        counts with these ``moe_loads`` (``loads=None`` for a dense model), the context-free part
-        computed once."""
+        ``price(ctx_mean)`` equals ``dense_part(Batch(num_decode, 1, ctx_mean))``, the context-free part
+        computed once (the caller adds the MoE layers: ``moe_part_from_loads``)."""
         gemm_s, comm_s, overhead_s = self._token_part(num_decode, num_decode)
 
-        def price(ctx_mean: float, loads, active: int) -> StepCost:
-            c = StepCost(attention_s=self._attention_all_layers(num_decode, 1, ctx_mean), gemm_s=gemm_s,
-                         comm_s=comm_s, overhead_s=overhead_s, tokens=num_decode)
-            if loads is not None:
-                c.moe_s, c.expert_weight_bytes, c.active_experts = self.moe_part_from_loads(loads, active)
-            return c
+        def price(ctx_mean: float) -> StepCost:
+            return StepCost(attention_s=self._attention_all_layers(num_decode, 1, ctx_mean), gemm_s=gemm_s,
+                            comm_s=comm_s, overhead_s=overhead_s, tokens=num_decode)
         return price

@@ -136,10 +136,11 @@ def coast(rep, plans: list, merged: Plan):
     start = env.now
     while len(starts) < m_max and (not starts or start < t_next):   # stop before a step an arrival precedes
         m = len(starts)
+        ctx = float(ctx_sum0 + m * B) / B
         if len(prices) == 1:
-            cost = prices[0](float(ctx_sum0 + m * B) / B, None, 0)
+            cost = prices[0](ctx)
         else:      # the slowest rank's dense part (the first on a tie, as the DP worker picks)
-            cost = max((price(float(c + m * n) / n, None, 0) for price, c, n in zip(prices, rank_ctx0, sizes)),
+            cost = max((price(float(c + m * n) / n) for price, c, n in zip(prices, rank_ctx0, sizes)),
                        key=lambda x: x.total_s)
         if loads is not None:
             lt = (loads.next(m_max - m, t_next - start, priced) if loads.batched
@@ -150,7 +151,7 @@ def coast(rep, plans: list, merged: Plan):
         end = start + cost.total_s            # the sum SimPy forms for a timeout from `start`
         if m:
             used += phase[(-m) % bs]
-        priced.append((cost, Batch(B, 1, float(ctx_sum0 + m * B) / B, ()), used))
+        priced.append((cost, Batch(B, 1, ctx, ()), used))
         starts.append(start)
         ends.append(end)
         start = end
