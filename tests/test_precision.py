@@ -286,14 +286,16 @@ def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a
     assert own.target_fm.forward(b).gemm_s < c5.gemm_s
 
 
-def test_trtllm_runs_mxfp4_experts_with_mxfp8_activations_on_blackwell():
-    """TensorRT-LLM's default MoE backend on Blackwell runs gpt-oss's MXFP4 experts as W4A8 (its own
-    kernel table, w4a8_mxfp4_mxfp8); on Hopper, and in vLLM, they stay W4A16. A scenario's explicit
-    precision wins, and W4A8 MXFP4 off Blackwell is a one-line error."""
+def test_mxfp4_experts_run_with_mxfp8_activations_on_blackwell():
+    """TensorRT-LLM's default MoE backend on Blackwell, and vLLM's GPT-OSS recipe there, run gpt-oss's
+    MXFP4 experts as W4A8 (each framework's own kernel table, w4a8_mxfp4_mxfp8); on Hopper they stay
+    W4A16. A scenario's explicit precision wins, and W4A8 MXFP4 off Blackwell is a one-line error."""
     oss = {"model": "gpt-oss-120b", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 1}}
     runs = lambda **kw: build(scen(**{**oss, **kw})).files["quantization"]  # noqa: E731
     assert runs(engine={"framework": "trtllm"}) == {"gemm": "bf16", "moe": "mxfp4_mxfp8"}
-    assert runs(engine={"framework": "vllm"}) == {"gemm": "bf16", "moe": "mxfp4"}
+    assert runs(engine={"framework": "vllm"}) == {"gemm": "bf16", "moe": "mxfp4_mxfp8"}
+    assert runs(engine={"framework": "vllm"}, hardware={"gpu": "h100_sxm", "tensor_parallel_size": 2}) == \
+        {"gemm": "bf16", "moe": "mxfp4"}
     assert runs(engine={"framework": "trtllm"}, hardware={"gpu": "h100_sxm", "tensor_parallel_size": 2}) == \
         {"gemm": "bf16", "moe": "mxfp4"}
     assert runs(engine={"framework": "trtllm", "quantization": {"moe": "mxfp4"}}) == {"gemm": "bf16", "moe": "mxfp4"}

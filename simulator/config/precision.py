@@ -54,7 +54,10 @@ ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "none": "bf16", "fp8_blockwise": 
 # TensorRT-LLM's default MoE backend on Blackwell (TRTLLM) runs MXFP4 experts with MXFP8 activations,
 # on Hopper (Triton) with BF16 ones (TensorRT-LLM deployment guide for GPT-OSS, "MoE Backend Support
 # Matrix": https://nvidia.github.io/TensorRT-LLM/deployment-guide/deployment-guide-for-gpt-oss-on-trtllm.html).
-SERVED_AS = {("trtllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}}
+# vLLM's GPT-OSS recipe for Blackwell sets VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 (FlashInfer's
+# MXFP4 x MXFP8 MoE; vllm-project/recipes OpenAI/GPT-OSS.md, "Recipe for NVIDIA Blackwell & Hopper
+# Hardware"); AIConfigurator's measured vLLM gpt-oss-120b runs on B200 decode at that kernel's speed.
+SERVED_AS = {("trtllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}, ("vllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}}
 
 
 def served_as(name: str, framework: str, architecture: str) -> str:
