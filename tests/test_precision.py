@@ -306,3 +306,25 @@ def test_mxfp4_experts_run_with_mxfp8_activations_on_blackwell():
     with pytest.raises(ConfigError, match="mxfp4_mxfp8 needs FP4 tensor cores"):
         build(scen(**{**oss, "hardware": {"gpu": "h100_sxm", "tensor_parallel_size": 2}},
                    engine={"framework": "trtllm", "quantization": {"moe": "w4a8_mxfp4_mxfp8"}}))
+
+
+def test_silicon_rows_average_as_the_benchmark_does():
+    """A row's TTFT/TPOT is the benchmark's average over 10 rounds: the first round (all users at
+    once) counts once, the steady rounds nine times; with no steady round, the first alone."""
+    from simulator.analysis.silicon import REQUESTS_PER_USER, protocol_means
+    from simulator.serving.simulation import simulate
+    sc = parse({"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h100_sxm"},
+                "workload": {"dataset_name": "fixed", "random_input_len": 2048, "random_output_len": 32,
+                             "concurrency": 8, "num_prompts": 24, "measurement": "steady"}}, "t")
+    _, req, _ = simulate(build(sc))
+    first = req.groupby("user").start_s.transform("min") == req.start_s
+    assert first.sum() == 8 and req.start_s[first].max() == 0.0        # every user's first leaves at t=0
+    steady = req.measured & ~first
+    got = protocol_means(req)
+    for m in ("ttft", "tpot"):
+        f, r = req[f"{m}_s"][first].mean(), req[f"{m}_s"][steady].mean()
+        assert got[f"sim_{m}_ms"] == pytest.approx((f + (REQUESTS_PER_USER - 1) * r) / REQUESTS_PER_USER * 1e3)
+    # the burst queues: 8 prompts of 2048 tokens share 8192-token steps, so the first round waits longer
+    assert req.ttft_s[first].mean() > req.ttft_s[steady].mean()
+    alone = protocol_means(req.assign(measured=False))
+    assert alone["sim_ttft_ms"] == pytest.approx(req.ttft_s[first].mean() * 1e3)
