@@ -229,3 +229,22 @@ def test_mtp_layer_runs_on_the_target_ep_group_with_every_ranks_tokens():
     group, rank = p.draft_fm.group_forward(b), p.draft_fm.forward(b)
     assert group.active_experts > rank.active_experts and group.moe_s > rank.moe_s
     assert group.attention_s == pytest.approx(rank.attention_s)     # attention stays on the rank's own batch
+
+
+def test_qk_norm_over_all_heads_adds_one_small_all_reduce_a_layer():
+    """MiniMax-M2 normalises q and k over all heads: under TP each rank sums its heads' squares and
+    the group all-reduces two floats a token, once a layer (nothing at TP 1)."""
+    from simulator.config import gpu, model
+    from simulator.cost.costmodel import CostModel
+    from simulator.cost.forward import Batch, ForwardModel, Parallel
+    mm = model.load("MiniMax-M2")
+    assert mm.qk_norm_across_heads
+    plain = mm.model_copy(update={"qk_norm_across_heads": False})
+    cm = CostModel(gpu.load("b200_sxm"))
+    b = Batch(16, 1, 2048.0)
+    for tp in (1, 4):
+        par = Parallel(tensor_parallel_size=tp)
+        extra = ForwardModel(mm, cm, par).forward(b).comm_s - ForwardModel(plain, cm, par).forward(b).comm_s
+        want = 0.0 if tp == 1 else mm.num_hidden_layers * float(cm.allreduce_latency_s(np.array([16 * 8.0]), tp)[0])
+        assert extra == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert want > 0

@@ -87,6 +87,9 @@ class ModelArch(BaseModel):
     num_sliding_window_layers: int = Field(default=0, ge=0, description=(
         "layers attending over the last sliding_window tokens only (gpt-oss: every other layer)"))
     attention_sinks: bool = Field(default=False, description="learned per-head sink logits (gpt-oss); cost negligible")
+    qk_norm_across_heads: bool = Field(default=False, description=(
+        "RMSNorm of q and k over all heads at once (config.json qk_norm_type per_layer, MiniMax-M2): "
+        "under TP each rank holds some heads, so the squared sums are all-reduced, one call a layer"))
     num_nextn_predict_layers: int = Field(default=0, ge=0, description="MTP layers shipped with the checkpoint")
     notes: str = ""
 

@@ -254,7 +254,8 @@ class ForwardModel:
 
     def _comm(self, N: np.ndarray) -> np.ndarray:
         """Collectives of the whole stack for N tokens on this rank. Without attention DP: two
-        all-reduces per layer over the TP group (after attention and after the FFN/MoE). With it:
+        all-reduces per layer over the TP group (after attention and after the FFN/MoE), a third,
+        of two floats a token, where q and k are normalised over all heads. With it:
         one after attention (TP group), one after a dense FFN; each MoE layer's tokens go to their
         experts and back, a dispatch + combine over the EP group (an all-gather + reduce-scatter,
         priced as one all-reduce of all ranks' tokens, when the experts are tensor parallel)."""
@@ -262,8 +263,10 @@ class ForwardModel:
         h, layers, graphs = m.hidden_size, m.num_hidden_layers, par.cuda_graphs
         ar = lambda S, n: (cm.allreduce_latency_s(S, n, graphs) + network.inter_node_allreduce_s(cm.hw, S, n)  # noqa: E731
                            if n > 1 else 0.0 * S)
+        # q and k norms over all heads: each token's two fp32 squared sums, summed over the TP group
+        norm = layers * ar(N * 8.0, tp) if m.qk_norm_across_heads else 0.0 * N
         if par.data_parallel_size == 1 or not m.moe:
-            return 2 * layers * ar(N * h * 2.0, tp)
+            return 2 * layers * ar(N * h * 2.0, tp) + norm
         moe_layers = m.num_moe_layers
         comm = (2 * layers - moe_layers) * ar(N * h * 2.0, tp)
         if par.moe_ep > 1:
@@ -273,7 +276,7 @@ class ForwardModel:
                 comm = comm + moe_layers * ar(N * h * 2.0, par.moe_tp)
         else:
             comm = comm + moe_layers * ar(N * par.data_parallel_size * h * 2.0, par.moe_group)
-        return comm
+        return comm + norm
 
     def moe_loads(self, counts: np.ndarray) -> tuple:
         """(``CostModel._moe_loads`` of one layer's per-expert tokens, experts active on any rank)."""
