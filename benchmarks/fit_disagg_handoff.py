@@ -57,7 +57,7 @@ def main() -> int:
     for r in kept:
         sc = silicon.scenario(r)
         sc["disaggregation"]["handoff_ms"] = 0.0
-        jobs.append({"id": str(r["id"]), "scenario": sc})
+        jobs.append({"id": str(r["id"]), "scenario": sc, "warm_up": silicon.warmed_up(r)})
     res = run_many(_row, jobs, args.workers, "local", None, None, "disagg rows", False)
     t = pd.DataFrame([{"backend": r["backend"], "group": f"{r['model_path']} {r['system']}",
                        "meas": r["silicon_ttft_ms"], "sim": x.get("sim_ttft_ms")} for r, x in zip(kept, res)])

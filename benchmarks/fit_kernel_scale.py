@@ -64,7 +64,7 @@ def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
             sc = silicon.scenario(r)
             sc["engine"]["kernel_time_scale"] = scale
             sc["engine"]["kernel_fixed_scale"] = fixed
-            jobs.append({"id": f"{r['id']}@{tag}", "scenario": sc})
+            jobs.append({"id": f"{r['id']}@{tag}", "scenario": sc, "warm_up": silicon.warmed_up(r)})
     res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, f"rows x {len(RUNS)} scales", True)
     n = len(rows)
     out = rows.copy()

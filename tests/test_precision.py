@@ -310,7 +310,9 @@ def test_mxfp4_experts_run_with_mxfp8_activations_on_blackwell():
 
 def test_silicon_rows_average_as_the_benchmark_does():
     """A row's TTFT/TPOT is the benchmark's average over 10 rounds: the first round (all users at
-    once) counts once, the steady rounds nine times; with no steady round, the first alone."""
+    once) counts once, the steady rounds nine times; with no steady round, the first alone; after
+    a warm-up, the steady rounds alone."""
+    from simulator.analysis import silicon
     from simulator.analysis.silicon import REQUESTS_PER_USER, protocol_means
     from simulator.serving.simulation import simulate
     sc = parse({"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h100_sxm"},
@@ -328,3 +330,8 @@ def test_silicon_rows_average_as_the_benchmark_does():
     assert req.ttft_s[first].mean() > req.ttft_s[steady].mean()
     alone = protocol_means(req.assign(measured=False))
     assert alone["sim_ttft_ms"] == pytest.approx(req.ttft_s[first].mean() * 1e3)
+    # after a warm-up (genai-perf's, in AIConfigurator's gap-analysis runs) the steady rounds alone
+    warm = protocol_means(req, warm_up=True)
+    assert warm["sim_ttft_ms"] == pytest.approx(req.ttft_s[steady].mean() * 1e3)
+    assert silicon.warmed_up({"silicon_data_source": "source_file=/x/aic-auto-gap-analysis/data/a.csv"})
+    assert not silicon.warmed_up({"silicon_data_source": "db-dump/2026-04-27; config_id=759"})
