@@ -22,6 +22,7 @@ from ..config.gpu import load as load_gpu
 from ..config.model import load as load_model
 from ..config.scenario import parse
 from ..cost.costmodel import CostModel
+from ..serving.metrics import first_sent
 from ..serving.simulation import build, missing_kernels, simulate
 from .runner import run_many
 
@@ -272,9 +273,9 @@ def protocol_means(req: pd.DataFrame, warm_up: bool = False) -> dict:
     """Mean TTFT/TPOT (ms) of a closed-loop run as the benchmark averages them over
     ``REQUESTS_PER_USER`` rounds: the first round's mean once (never after a warm-up), the steady
     rounds' (``measured``) for the rest; the first round's alone when no steady round finished."""
-    done = req[req.completed]
-    first = done.sort_values(["start_s", "request_id"]).groupby("user").head(1)
-    steady = done[done.measured & ~done.index.isin(first.index)]
+    first_mask = first_sent(req)
+    first = req[first_mask & req.completed.values]
+    steady = req[req.measured.values & ~first_mask & req.completed.values]
     out = {}
     for m in ("ttft", "tpot"):
         f = float(np.nanmean(first[f"{m}_s"].values)) if first[f"{m}_s"].notna().any() else np.nan

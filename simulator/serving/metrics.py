@@ -36,6 +36,15 @@ def requests_frame(outcome) -> pd.DataFrame:
         "draft_tokens": R.drafted, "accepted_tokens": R.accepted})
 
 
+def first_sent(req: pd.DataFrame) -> np.ndarray:
+    """Mask of each closed-loop user's first request (by send time, then request id)."""
+    rank = np.argsort(np.lexsort((req.request_id.values, req.start_s.values)))
+    mask = np.zeros(len(req), dtype=bool)
+    if len(req):
+        mask[pd.Series(rank).groupby(req.user.values).idxmin().values] = True
+    return mask
+
+
 def measured(req: pd.DataFrame, wl) -> np.ndarray:
     """Which requests the metrics cover: all but the first ``warmup_requests`` sent, and in a steady
     closed loop also each user's first request and those sent after the first user ran out."""
@@ -45,8 +54,7 @@ def measured(req: pd.DataFrame, wl) -> np.ndarray:
     order = np.lexsort((req.request_id.values, req.start_s.values))
     keep[order[:wl.warmup_requests]] = False
     if wl.measurement == "steady":          # a closed loop: every request has its user
-        first = req.assign(o=np.argsort(order)).groupby("user").o.idxmin().values
-        keep[first] = False
+        keep &= ~first_sent(req)
         done_at = req.groupby("user").finish_time_s.max()       # when each user sent nothing more
         keep &= req.start_s.values < float(done_at.min())
     return keep
