@@ -170,6 +170,9 @@ def test_per_request_counters_add_up_to_the_step_log():
     # a closed loop of users on one replica
     ["speculative_config=null", "workload.concurrency=8", "workload.request_rate=inf", "workload.dataset_name=fixed"],
     ["speculative_config=null", "workload.concurrency=5", "workload.request_rate=inf"],
+    # SGLang's prefill-only steps (decodes paused), open and closed loop
+    ["speculative_config=null", "workload.request_rate=3", "engine.enable_mixed_chunk=false"],
+    ["speculative_config=null", "workload.concurrency=6", "workload.request_rate=inf", "engine.enable_mixed_chunk=false"],
     ["speculative_config=null", "workload.concurrency=4", "workload.request_rate=inf", "workload.conversation_turns=3",
      "engine.enable_prefix_caching=true"],
     # a client cap (vllm bench serve --max-concurrency) on one replica
@@ -224,3 +227,25 @@ def test_a_prompt_over_the_token_budget_fails_for_that_reason():
     assert failed.fail_reason.str.startswith("prompt of").all()
     assert failed.fail_reason.str.contains("max_num_batched_tokens 600 with chunked prefill off").all()
     assert (req[req.completed].input_len <= 600).all() and summary["completed"] > 0
+
+
+def test_prefill_first_keeps_a_closed_loop_in_step():
+    """SGLang runs every prefill batch alone, decodes paused: a cohort of users sent together starts
+    decoding at one step, finishes at one step and comes back together, so every request of a round
+    has the same TPOT and the rounds repeat. Mixing prefill chunks into decode steps (vLLM) staggers
+    the cohort instead: the first prompts start decoding while later ones still prefill."""
+    sets = ["speculative_config=null", "workload.concurrency=8", "workload.request_rate=inf",
+            "workload.dataset_name=fixed", "workload.random_input_len=1000", "workload.random_output_len=40",
+            "workload.num_prompts=24", "engine.max_num_batched_tokens=2048"]
+    _, first, _ = run(small(sets + ["engine.enable_mixed_chunk=false"]))
+    _, mixed, _ = run(small(sets + ["engine.enable_mixed_chunk=true"]))
+    assert first.completed.all() and mixed.completed.all()
+    for rnd in range(3):
+        ids = first[first.request_id // 8 == rnd]
+        assert ids.finish_time_s.nunique() == 1          # one cohort: one finishing step
+        # two prompts a 2048-token step: first tokens at 4 distinct prefill-only steps
+        assert ids.first_token_time_s.nunique() == 4
+    # the steady rounds repeat one pattern
+    r1, r2 = (first[first.request_id // 8 == k].ttft_s.values for k in (1, 2))
+    assert np.allclose(np.sort(r1), np.sort(r2), rtol=0.01)      # (up to sampled expert loads)
+    assert mixed[mixed.request_id < 8].finish_time_s.nunique() > 1

@@ -83,6 +83,34 @@ def test_chunked_prefill_off_takes_whole_prompts():
     assert plan.pre_n.tolist() == [400]          # the second prompt does not fit what is left
 
 
+def test_prefill_first_steps_pause_decodes():
+    """Without mixed chunks (SGLang's default) a step with prefill work carries only prefill: the
+    chunked prompt's next chunk first, then waiting prompts, up to the budget; decodes run only in
+    steps with no prefill to do. Blocks stay conserved throughout."""
+    cfg = _cfg(mixed_prefill=False)
+    R = _requests([(100, 20), (700, 20), (200, 20)])
+    s = Scheduler(cfg, R)
+    s.submit(0)
+    plan = s.schedule(0)
+    assert plan.pre.tolist() == [0] and len(plan.dec) == 0
+    _apply(s, R, plan)
+    R.generated[0] = 1                       # its first token
+    plan = s.schedule(0)
+    assert plan.dec.tolist() == [0] and len(plan.pre) == 0        # nothing to prefill: a decode step
+    _apply(s, R, plan)
+    s.submit(1)
+    s.submit(2)
+    plan = s.schedule(0)
+    assert len(plan.dec) == 0 and plan.pre.tolist() == [1] and plan.pre_n.tolist() == [512]
+    _apply(s, R, plan)
+    plan = s.schedule(0)                    # the rest of prompt 1, then prompt 2; request 0 waits
+    assert len(plan.dec) == 0 and plan.pre.tolist() == [1, 2] and plan.pre_n.tolist() == [188, 200]
+    assert s.free_blocks + int(R.blocks.sum()) == cfg.num_blocks
+    _apply(s, R, plan)
+    plan = s.schedule(0)
+    assert sorted(plan.dec.tolist()) == [0, 1, 2] and len(plan.pre) == 0
+
+
 def test_speculation_counts_are_conserved():
     cfg = _cfg(k=3, verify_tokens=4)
     R = _requests([(100, 100)] * 50)

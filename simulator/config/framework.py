@@ -27,6 +27,10 @@ class StepEntry(Strict):
     disagg_handoff_ms: float = Field(default=0.0, ge=0, description=(
         "disaggregated serving: a request's fixed cost between prefill and decode beyond the KV bytes "
         "(transfer setup, decode-side polling and admission, the first token's trip)"))
+    mixed_prefill: bool = Field(default=True, description=(
+        "prefill chunks ride in the same step as the running decodes (vLLM chunked prefill, TRT-LLM "
+        "in-flight batching); false: a step is prefill-only whenever a prefill batch can be formed, "
+        "decodes paused (SGLang without --enable-mixed-chunk)"))
     kernel_time_scale: dict[Literal["ampere", "ada", "hopper", "blackwell", "cdna3"], float] = Field(
         default_factory=dict, description=(
             "per GPU architecture: the serving path's GEMM and MoE kernel time over what the framework's "

@@ -152,9 +152,8 @@ class Engine(Strict):
     # the framework step model (simulator/cost/framework.py); unset = the framework's entry
     step_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per engine step")
     per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per sequence")
-    spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
-                                                    description="extra CPU cost of a speculative round (draft "
-                                                                "bookkeeping, tree build, verification) beyond a plain step")
+    spec_round_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description=(
+        "extra CPU cost of a speculative round (draft bookkeeping, tree build, verification) beyond a plain step"))
     draft_pass_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per draft pass")
     kernel_time_scale: Optional[float] = Field(default=None, gt=0, le=10, description=(
         "GEMM/MoE kernel time over the framework tables' (default: workloads/frameworks.yaml, per GPU architecture)"))
@@ -162,8 +161,9 @@ class Engine(Strict):
         "the same for their fixed per-kernel terms alone (default: the framework entry's, else kernel_time_scale)"))
     cpu_overlap: Optional[bool] = Field(default=None, description=(
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
-    sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS,
-                                     description="per step, never overlapped (TP broadcast, output copy)")
+    sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="per step, never overlapped")
+    enable_mixed_chunk: Optional[bool] = Field(default=None, description=(
+        "prefill chunks share steps with decodes (SGLang's flag; default: the framework entry's mixed_prefill)"))
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 

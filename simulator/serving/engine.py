@@ -45,6 +45,7 @@ class EngineConfig:
     k_policy: object = None            # adaptive k: (batch, mean ctx, reached, accepted per position) -> k
     stop_waiting: int | None = None    # end the run once a replica queues more requests than this
     prefix_caching: bool = False       # keep a finished turn's full KV blocks for its conversation's next turn
+    mixed_prefill: bool = True         # prefill chunks share a step with decodes (else SGLang's prefill-only steps)
 
 
 @dataclass

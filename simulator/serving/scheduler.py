@@ -171,6 +171,52 @@ class Scheduler:
         """Tree verification (more query tokens than k + 1) at full k."""
         return self.cfg.k_policy is None and self.cfg.verify_tokens != self.cfg.k + 1
 
+    def _admit(self, budget: int) -> list:
+        """Waiting requests admitted, in order, while sequence slots, the token budget left and free KV
+        blocks allow: (request, prompt tokens this step) pairs."""
+        cfg, R = self.cfg, self.R
+        adm = []
+        slots = cfg.max_num_seqs - len(self.run)
+        while self.waiting and len(adm) < slots and budget > 0:
+            r = self.waiting[0]
+            taken = self._hit(r) if self.cache and not R.computed[r] else None
+            left = int(R.prefill_target[r] - R.computed[r])
+            nn = min(left, budget) if cfg.enable_chunked_prefill else left
+            if nn > budget or not self._grow(r, int(R.computed[r]) + nn):
+                if taken is not None:
+                    self._unhit(r, taken)
+                break
+            self.waiting.popleft()
+            budget -= nn
+            adm.append((r, nn))
+        return adm
+
+    def _prefill_step(self) -> Plan | None:
+        """A prefill-only step, as SGLang runs one whenever it can form a prefill batch (without
+        ``--enable-mixed-chunk``): the next chunks of prompts under way, then waiting prompts, up to the
+        token budget; running decodes wait. None when no prefill batch can be formed."""
+        R, ids = self.R, self.run
+        mid = ids[R.computed[ids] < R.prefill_target[ids]]
+        if not len(mid) and not self.waiting:
+            return None
+        budget = self.cfg.max_num_batched_tokens
+        pre = []
+        for r in mid.tolist():
+            nn, _ = self._wants_one(r, budget, 0)
+            if nn <= 0 or not self._grow(r, int(R.computed[r]) + nn):
+                break
+            budget -= nn
+            pre.append((r, nn))
+        adm = self._admit(budget)
+        if not pre and not adm:
+            return None
+        if adm:
+            self.run = np.concatenate([self.run, np.array([r for r, _ in adm], dtype=np.int64)])
+        a = np.array(pre + adm, dtype=np.int64)
+        if self.cached_blocks:
+            self.evict()
+        return Plan(EMPTY, EMPTY, EMPTY, EMPTY, a[:, 0], a[:, 1], R.computed[a[:, 0]])
+
     def schedule(self, kn: int) -> Plan:
         """Running requests first, in order, preempting from the back when KV blocks run out; then
         admit waiting requests. The leading running requests that fit the token budget and free
@@ -178,6 +224,8 @@ class Scheduler:
         cfg, R = self.cfg, self.R
         if self.waiting and R.computed[self.waiting[0]] and R.computed[self.waiting[0]] >= R.prefill_target[self.waiting[0]]:
             self._admit_prefilled()
+        elif not cfg.mixed_prefill and (plan := self._prefill_step()) is not None:
+            return plan
         budget = cfg.max_num_batched_tokens
         bs = cfg.block_size
         ids = self.run
@@ -231,21 +279,7 @@ class Scheduler:
             ids, n, k = np.concatenate([ids[:j], t[:, 0]]), np.concatenate([n[:j], t[:, 1]]), np.concatenate([k[:j], t[:, 2]])
             comp = R.computed[ids]
             any_pre = True
-        adm = []
-        if self.waiting:
-            slots = cfg.max_num_seqs - len(self.run)
-            while self.waiting and len(adm) < slots and budget > 0 and not preempted:
-                r = self.waiting[0]
-                taken = self._hit(r) if self.cache and not R.computed[r] else None
-                left = int(R.prefill_target[r] - R.computed[r])
-                nn = min(left, budget) if cfg.enable_chunked_prefill else left
-                if nn > budget or not self._grow(r, int(R.computed[r]) + nn):
-                    if taken is not None:
-                        self._unhit(r, taken)
-                    break
-                self.waiting.popleft()
-                budget -= nn
-                adm.append((r, nn))
+        adm = self._admit(budget) if not preempted else []
         if any_pre:
             d = k >= 0
             plan = Plan(ids[d], n[d], k[d], comp[d], ids[~d], n[~d], comp[~d], preempted)
