@@ -26,12 +26,13 @@ def test_every_case_runs_and_nothing_fails(result):
 def test_sd_sign_right_on_most_cases(result):
     """SD loses on these SGLang runs (0.72-0.93x). The round cost is fitted jointly on three sources
     (benchmarks/fit_sd_step.py), not on one of these cases: six of eight come out below 1.0, the other
-    two at break-even (1.00-1.05x) where SD loses least or the draft is a chain at batch 1."""
+    two at break-even (1.00-1.07x; refitted after SGLang's prefill-only steps, 1.81 ms a round where
+    it was 1.89) where SD loses least or the draft is a chain at batch 1."""
     t, s = result
     sd = t[t.family == "moe_sd"]
     assert len(sd) == 8 and (sd.measured_speedup < 1).all()
     assert sd.sd_sign_right.astype(bool).sum() >= 6
-    assert (sd.sim_speedup < 1.06).all()
+    assert (sd.sim_speedup < 1.07).all()
 
 
 def test_error_bounds_that_hold_today(result):
