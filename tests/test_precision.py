@@ -261,6 +261,50 @@ def test_framework_entries_pick_by_version_and_scenario_terms_win():
     assert s.cfg.step_model == fm
 
 
+def test_a_build_known_by_its_date_takes_the_entry_released_by_then():
+    from simulator.analysis.sdtable import _version
+    from simulator.config import framework
+    dated = [e for e in framework.entries("vllm") if e.released]
+    assert len(dated) >= 2
+    first, last = dated[0], dated[-1]
+    assert framework.step_entry("vllm", first.released).since == first.since
+    assert framework.step_entry("vllm", last.released).since == last.since
+    day_before = f"{int(last.released[:4]) - 1}{last.released[4:]}"
+    assert framework.step_entry("vllm", day_before).since != last.since
+    assert _version("V1 engine (main, 2025-04)") == "2025-04-01"
+    assert _version("V1 engine (main, mid-2025)") == "2025-07-01"
+    assert _version("0.1.dev1+g9 (main 2026-02-04, async scheduling)") == "2026-02-04"
+    assert _version("v0.9.2") == "0.9.2" and _version("PR branch") is None
+
+
+def test_older_versions_are_priced_with_their_own_kernel_tables():
+    """A run on an older release uses the fits of the nearest collected version at or below it (the
+    version's own tables), the newest for a newer, unset, nightly or pre-collection release; a
+    kernel the older tables do not time comes from the newest fits."""
+    hw = gpu.load("h100_sxm")
+    older = sorted(k.split("@")[1] for k in hw.calibration.frameworks if k.startswith("vllm@"))
+    if not older:
+        pytest.skip("no per-version vLLM calibration on h100_sxm")
+    newest = CostModel(hw, framework="vllm")
+    lo = older[0]
+    assert gpu.versioned_key(hw.calibration, "vllm", lo) == f"vllm@{lo}"
+    assert gpu.versioned_key(hw.calibration, "vllm", lo + ".post9") == f"vllm@{lo}"
+    for v in (None, "0.1.0", "nightly", "2025-07-01", hw.calibration.framework.split()[1]):
+        assert gpu.versioned_key(hw.calibration, "vllm", v) is None
+    old = CostModel(hw, framework="vllm", version=lo)
+    assert old.tables_label == f"vllm {lo}" and newest.tables_label.startswith("vllm ")
+    fp8 = precision.get("fp8")
+    a = old.moe(64, 4096, 1536, 128, 8, distribution="balanced", prec=fp8).latency_s
+    b = newest.moe(64, 4096, 1536, 128, 8, distribution="balanced", prec=fp8).latency_s
+    assert a != b                                    # its own MoE fit
+    mine = hw.calibration.frameworks[f"vllm@{lo}"]["precisions"]
+    missing = [p for p, ops in newest._by_precision.items() if "moe" in ops and "moe" not in mine.get(p, {})]
+    for p in missing:                                # what it never timed: the newest fit, not a refusal
+        assert old._p("moe", precision.get(p)) == newest._p("moe", precision.get(p))
+    s = build(scen(engine={"framework": "vllm", "framework_version": lo}))
+    assert s.files["kernel_tables"] == f"vllm {lo}"
+
+
 def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a_scenario_wins():
     from simulator.config import framework
     oss = {"model": "gpt-oss-120b", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 1}}

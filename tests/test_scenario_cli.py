@@ -118,3 +118,14 @@ def test_model_and_gpu_files_by_path_resolve_from_the_scenario_folder(tmp_path):
     s.write_text("name: bypath\nmodel: my-model\nworkload: {num_prompts: 5}\n")
     p = cli("simulate", str(s), "--out", str(out), "--quiet", cwd=str(tmp_path / "m"))
     assert p.returncode == 2 and "unknown model 'my-model'" in p.stderr
+
+
+def test_calibrate_version_needs_a_framework_and_a_collected_table(tmp_path):
+    r = cli("calibrate", "--gpu", "h100_sxm", "--version", "0.19.0")
+    assert r.returncode != 0 and "--version" in r.stderr and "--framework" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    (tmp_path / "h100_sxm").mkdir()       # a trace folder with no table of that version
+    r = cli("calibrate", "--gpu", "h100_sxm", "--framework", "vllm", "--version", "9.9.9", "--dry-run",
+            "--traces", str(tmp_path))
+    assert r.returncode != 0 and "no vllm 9.9.9 GEMM or MoE tables" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -153,9 +153,17 @@ def _model(name: str) -> tuple[str | None, str | None, str]:
 
 
 def _version(v: str) -> str | None:
-    """A release number the step-model table can order; dev builds, branches and 'main' take the newest."""
+    """A release number the step-model table can order; a build known by its date (``main
+    2026-02-04``, ``main, 2025-04``, ``mid-2025``) as that date (YYYY-MM-DD; a month's first day,
+    mid-year July 1st); other dev builds and branches take the newest."""
     m = re.fullmatch(r"v?(\d+\.\d+(?:\.\d+)?(?:\.post\d+)?)", v.strip())
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    d = re.search(r"\b(20\d\d-\d\d)(-\d\d)?\b", v)
+    if d:
+        return d.group(1) + (d.group(2) or "-01")
+    y = re.search(r"\bmid-(20\d\d)\b", v)
+    return f"{y.group(1)}-07-01" if y else None
 
 
 def describe(rows: list[dict]) -> tuple[dict | None, str, str]:

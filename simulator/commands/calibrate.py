@@ -43,34 +43,36 @@ def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = Tr
     return calib
 
 
-def run_precisions(traces_dir, gpu_name: str, framework: str, log=print, write: bool = True) -> dict:
+def run_precisions(traces_dir, gpu_name: str, framework: str, log=print, write: bool = True,
+                   version: str | None = None) -> dict:
     """Fit GEMM and MoE per weight precision on ``framework``'s tables and store them in the spec:
     the base framework's (the one the bf16 calibration came from) under ``precisions``, another's
-    (all precisions, bf16 included) under ``frameworks.<name>``. Returns {precision: {op: fit}}."""
+    (all precisions, bf16 included) under ``frameworks.<name>``, one collected ``version``'s alone
+    (all precisions) under ``frameworks.<name>@<version>``. Returns {precision: {op: fit}}."""
     hw = gpu_mod.load(gpu_name)
     if hw.calibration is None:
         raise ConfigError(f"{gpu_name} has no bf16 calibration yet; run moesd calibrate --gpu {gpu_name} first",
                           field="--framework")
     base = (hw.calibration.framework.split() or ["vllm"])[0]
-    precs = [p for p in precision.PRECISIONS.values() if framework != base or p.name != "bf16"]
+    precs = [p for p in precision.PRECISIONS.values() if framework != base or p.name != "bf16" or version]
     params, fits, residuals = calibration.calibrate_precisions(traces_dir, hw, precs, framework,
-                                                               lambda w: log(f"  fitted {w}"))
+                                                               lambda w: log(f"  fitted {w}"), version)
     if not params:
-        raise ConfigError(f"no {framework} GEMM or MoE tables for {gpu_name}", source=str(traces_dir),
-                          field="--framework")
+        raise ConfigError(f"no {framework}{' ' + version if version else ''} GEMM or MoE tables for {gpu_name}",
+                          source=str(traces_dir), field="--version" if version else "--framework")
+    key = f"{framework}@{version}" if version else framework
     if write:
         spec_file = gpu_mod.spec_path(gpu_name)
         data = yaml.safe_load(spec_file.read_text())
         cal = data["calibration"]
-        if framework == base:
+        if framework == base and not version:
             cal["precisions"] = _plain(params)
             cal["precision_fit"] = _plain(fits)
         else:
-            version = calibration.fitted_version(fits)
-            cal.setdefault("frameworks", {})[framework] = _plain({"version": version, "precisions": params,
-                                                                  "fit": fits})
+            cal.setdefault("frameworks", {})[key] = _plain({"version": version or calibration.fitted_version(fits),
+                                                            "precisions": params, "fit": fits})
         gpu_mod.Hardware.model_validate(data)
-        _write_parquet(GPU_SPECS_DIR / "calibration" / precision_residuals_name(gpu_name, framework), residuals)
+        _write_parquet(GPU_SPECS_DIR / "calibration" / precision_residuals_name(gpu_name, key), residuals)
         write_text(spec_file, yaml.safe_dump(data, sort_keys=False, width=120))
     return fits
 
@@ -144,6 +146,11 @@ def main(args) -> int:
         return 0
     if not args.gpu:
         raise ConfigError("give the GPU to fit (a gpu_specs/ name), or --alltoall", field="--gpu")
+    if args.version and not args.framework:
+        raise ConfigError("--version picks one collected version of a framework's tables: give --framework too",
+                          field="--version")
+    if args.version:
+        check_safe_name(args.version, "--version")
     check_safe_name(args.gpu, "--gpu")
     gpu_mod.load(args.gpu, field="--gpu")                  # a catalog GPU: its spec file is rewritten
     traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
@@ -152,8 +159,9 @@ def main(args) -> int:
     report = Path(args.report) if args.report else REPORTS_DIR / f"calibration_{args.gpu}.html"
     check_report_path(report)
     if args.framework:
-        print(f"calibrating {args.gpu} {args.framework} GEMM/MoE per precision from {traces_dir}")
-        fits = run_precisions(traces_dir, args.gpu, args.framework, write=not args.dry_run)
+        what = f"{args.framework} {args.version}" if args.version else args.framework
+        print(f"calibrating {args.gpu} {what} GEMM/MoE per precision from {traces_dir}")
+        fits = run_precisions(traces_dir, args.gpu, args.framework, write=not args.dry_run, version=args.version)
         for prec, ops in fits.items():
             for op, r in ops.items():
                 print(f"  {prec:<10} {op:<6} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "

@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="fit and report, leave gpu_specs/ unchanged")
     p.add_argument("--framework", choices=["vllm", "sglang", "trtllm"], default=None,
                    help="(re)fit only GEMM and MoE per weight precision on this framework's kernel tables")
+    p.add_argument("--version", default=None,
+                   help="with --framework: fit that collected version's tables alone, kept beside the newest "
+                        "(runs on that version or older are priced with them)")
     p.add_argument("--alltoall", action="store_true",
                    help="fit expert-parallel dispatch/combine on every GPU with DeepEP tables "
                         "(gpu_specs/calibration/alltoall.yaml)")

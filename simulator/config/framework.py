@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, Optional
 
 from pydantic import Field, ValidationError
 
@@ -17,6 +18,9 @@ FRAMEWORKS_FILE = REPO_ROOT / "workloads" / "frameworks.yaml"
 
 class StepEntry(Strict):
     since: str = Field(max_length=64)
+    released: Optional[str] = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description=(
+        "the release date of `since` (YYYY-MM-DD): a build known only by its date (a main-branch build) "
+        "takes the newest entry released by then"))
     step_cpu_ms: float = Field(ge=0, le=10_000)
     per_seq_cpu_ms: float = Field(ge=0, le=10_000)
     spec_round_cpu_ms: float = Field(ge=0, le=10_000)
@@ -60,8 +64,12 @@ def entries(framework: str) -> list[StepEntry]:
 
 
 def step_entry(framework: str, version: str | None = None) -> StepEntry:
-    """The newest entry at or below ``version`` (the newest overall when None)."""
+    """The newest entry at or below ``version`` (the newest overall when None); for a date
+    (YYYY-MM-DD: a build known by its date), the newest entry released by then."""
     es = entries(framework)
+    if version is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(version)):
+        by_then = [e for e in es if e.released is None or e.released <= str(version)]
+        return by_then[-1] if by_then else es[0]
     if version is None or not str(version)[:1].isdigit():    # unset, or a nightly build: the newest
         return es[-1]
     ok = [e for e in es if version_key(e.since) <= version_key(str(version))]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..common.datafiles import read_yaml
 from ..common.errors import ConfigError, pydantic_error
 from ..common.paths import GPU_SPECS_DIR, data_file
+from ..common.versions import version_key
 
 
 class Calibration(BaseModel):
@@ -109,3 +110,33 @@ def calibrated_source(hw: Hardware) -> Hardware:
         raise ConfigError(f"transfer_from {hw.transfer_from!r} is not calibrated; run moesd calibrate",
                           source=str(spec_path(hw.name)), field="transfer_from")
     return src
+
+
+def versioned_key(cal, framework: str, version: str | None) -> str | None:
+    """The ``<framework>@<version>`` calibration that prices ``version``: the nearest collected version
+    at or below it, where that is an older one fitted on its own tables; None (the framework's own,
+    newest fits) for the newest, for an unset or nightly version, and for a version older than every
+    collection (no table times its kernels; the step models of those releases were fitted with the
+    newest)."""
+    older = {k.split("@", 1)[1]: k for k in cal.frameworks if k.startswith(f"{framework}@")}
+    if not older or version is None or not str(version)[:1].isdigit() or "-" in str(version):
+        return None             # unset, a nightly, or a build known by its date
+    newest = (cal.framework.split() + [""])[1] if framework == (cal.framework.split() or ["vllm"])[0] \
+        else str(cal.frameworks.get(framework, {}).get("version", ""))
+    cands = {**older, **({newest: None} if newest else {})}
+    at_or_below = [v for v in cands if version_key(v) <= version_key(str(version))]
+    return cands[max(at_or_below, key=version_key)] if at_or_below else None
+
+
+def kernel_params(cal, framework: str, version: str | None = None) -> tuple[dict, str | None]:
+    """({precision: {op: parameters}} of ``framework``'s GEMM/MoE (and MLA decode) fits, the
+    ``<framework>@<version>`` key whose fits override them): the base framework's bf16 fit comes
+    with the GPU's own parameters; an older version's own fits, where there are some, win."""
+    base = (cal.framework.split() or ["vllm"])[0]
+    if framework == base:
+        by_prec = {**cal.precisions, "bf16": {**cal.params, **cal.precisions.get("bf16", {})}}
+    else:
+        by_prec = dict(cal.frameworks[framework].get("precisions", {}))
+    key = versioned_key(cal, framework, version)
+    older = cal.frameworks[key]["precisions"] if key else {}
+    return {name: {**by_prec.get(name, {}), **older.get(name, {})} for name in dict.fromkeys([*by_prec, *older])}, key

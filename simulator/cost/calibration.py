@@ -283,15 +283,17 @@ def sample_rows(df: pd.DataFrame, n: int = MAX_PRECISION_ROWS, seed: int = 0) ->
     return df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))].reset_index(drop=True)
 
 
-def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision = BF16) -> pd.DataFrame | None:
+def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision = BF16,
+                   version: str | None = None) -> pd.DataFrame | None:
     """The fitted rows of one (op, framework, precision): the newest collected version that times
-    the precision, sampled (``sample_rows``); None when no version has enough."""
-    tables = (select_rows(op, t, prec) for t in traces.load_versions(traces_dir, gpu, op, framework))
+    the precision (or ``version``'s table alone), sampled (``sample_rows``); None when none has enough."""
+    tables = (select_rows(op, t, prec) for t in traces.load_versions(traces_dir, gpu, op, framework, version))
     df = next((t for t in tables if len(t) >= MIN_ROWS), None)
     return None if df is None else sample_rows(df)
 
 
-def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", progress=None) -> tuple:
+def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", progress=None,
+                         version: str | None = None) -> tuple:
     """Fit GEMM and MoE of each weight precision on its own rows of ``framework``'s tables:
     ({precision: {op: params}}, {precision: {op: in-sample fit summary}}, residual frame with a
     ``precision`` column). A precision or op the tables do not measure is simply absent (the cost
@@ -300,7 +302,7 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
     # and MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
     jobs = [(prec, op) for prec in precisions for op in PRECISION_OPS] + [(BF16, "mla_generation")]
     for prec, op in jobs:
-        df = precision_rows(traces_dir, hw.name, op, framework, prec)
+        df = precision_rows(traces_dir, hw.name, op, framework, prec, version)
         if df is None:
             continue
         p = fit(op, hw, df, prec)

@@ -43,9 +43,8 @@ class KernelCost:
 
     def as_dict(self) -> dict:
         d = {"op": self.op, "gpu": self.gpu, "latency_ms": self.latency_s * 1e3,
-             "compute_ms": self.compute_s * 1e3, "memory_ms": self.memory_s * 1e3,
-             "overhead_ms": self.overhead_s * 1e3, "flops": self.flops, "bytes": self.bytes,
-             "path": self.path,
+             "compute_ms": self.compute_s * 1e3, "memory_ms": self.memory_s * 1e3, "overhead_ms": self.overhead_s * 1e3,
+             "flops": self.flops, "bytes": self.bytes, "path": self.path,
              "calibration": (f"uncalibrated, transferred from {self.calibrated_on}" if self.transferred
                              else f"calibrated on {self.calibrated_on}")}
         d.update(self.extra)
@@ -61,38 +60,39 @@ class CostModel:
     """Kernel latencies on one GPU. ``l2_warm=True`` reproduces benchmark (trace) conditions."""
 
     def __init__(self, hw: gpu_mod.Hardware | str, l2_warm: bool = False, use_tables: bool = True,
-                 framework: str | None = None, kernel_time_scale: float = 1.0, kernel_fixed_scale: float | None = None):
+                 framework: str | None = None, kernel_time_scale: float = 1.0, kernel_fixed_scale: float | None = None,
+                 version: str | None = None):
         self.hw = gpu_mod.load(hw) if isinstance(hw, str) else hw
         self.source = gpu_mod.calibrated_source(self.hw)
         cal, self.params = self.source.calibration, self.source.calibration.params
         base = (cal.framework.split() or ["vllm"])[0]
         self.framework = framework or base
         if self.framework != base and self.framework not in cal.frameworks:
-            raise ConfigError(f"gpu {self.source.name} has no {self.framework} kernel calibration (has: "
-                              f"{', '.join([base, *cal.frameworks])})", field="engine.framework")
-        # GEMM and MoE kernels are fitted per (framework, precision); attention and all-reduce per GPU
-        by_fw = {} if self.framework == base else cal.frameworks[self.framework].get("precisions", {})
-        by_prec = ({**cal.precisions, "bf16": {**self.params, **cal.precisions.get("bf16", {})}}
-                   if self.framework == base else by_fw)
+            have = ", ".join([base, *(k for k in cal.frameworks if "@" not in k)])
+            raise ConfigError(f"gpu {self.source.name} has no {self.framework} kernel calibration (has: {have})",
+                              field="engine.framework")
+        # GEMM and MoE kernels are fitted per (framework[, version], precision); attention and all-reduce per GPU
+        by_prec, self.version_key = gpu_mod.kernel_params(cal, self.framework, version)
+        older = cal.frameworks[self.version_key]["precisions"] if self.version_key else {}
+        self._versioned = {(op, name) for name, ops in older.items() for op in ops}
         # the serving path's GEMM/MoE time over the tables' (frameworks.yaml), once into their parameters
         self.kernel_time_scale = s = float(kernel_time_scale)
         self.kernel_fixed_scale = f = s if kernel_fixed_scale is None else float(kernel_fixed_scale)
         self._by_precision = {name: {op: kernels.time_scaled(op, p, s, f) if op in ("gemm", "moe") else p
                                      for op, p in ops.items()} for name, ops in by_prec.items()}
-        self.l2_warm = l2_warm
+        self.l2_warm, self._base, self._cache, self._lookups = l2_warm, base, {}, {}
         self.tables = dict(residual_tables(self.source.name)) if use_tables else {}
-        self._base = base
-        # the other (framework, precision) kernels' residual tables, keyed (op, precision)
-        self.tables.update(precision_tables(self.source.name, self.framework) if use_tables else {})
-        self._cache = {}
-        self._lookups = {}
+        # the other (framework, precision) kernels' residual tables, keyed (op, precision); an older
+        # version's own override the newest's
+        for key in (self.framework, self.version_key):
+            self.tables.update(precision_tables(self.source.name, key) if use_tables and key else {})
 
     @property
     def tables_label(self) -> str:
         """Whose kernel tables the GEMM/MoE parameters were fitted on, e.g. ``sglang 0.5.14``."""
-        cal = self.source.calibration
-        if self.framework in cal.frameworks:
-            return f"{self.framework} {cal.frameworks[self.framework].get('version', '')}".strip()
+        cal, key = self.source.calibration, self.version_key or self.framework
+        if key in cal.frameworks:
+            return f"{self.framework} {cal.frameworks[key].get('version', '')}".strip()
         return cal.framework or self.framework
 
     def _p(self, op, prec: Precision = BF16):
@@ -111,7 +111,8 @@ class CostModel:
     def _table_op(self, op, prec: Precision = BF16):
         """Which residual table corrects this kernel: ``op`` for the base framework's bf16 kernels,
         ``(op, precision)`` for the per-precision / per-framework ones."""
-        return op if self.framework == self._base and prec.name == "bf16" else (op, prec.name)
+        own = self.framework == self._base and prec.name == "bf16" and (op, "bf16") not in self._versioned
+        return op if own else (op, prec.name)
 
     def _factor(self, op, shape, key, size) -> tuple[float, str]:
         """Measured/roofline factor and path for one query. Residuals vary slowly along the size
@@ -164,8 +165,7 @@ class CostModel:
     # --- ops -------------------------------------------------------------------------------
 
     def gemm(self, m: int, n: int, k: int, prec: Precision = BF16) -> KernelCost:
-        for name, v in (("m", m), ("n", n), ("k", k)):
-            _pos(name, v)
+        _pos("m", m), _pos("n", n), _pos("k", k)
 
         def run():
             t = kernels.gemm(self.hw, self._p("gemm", prec), m, n, k, prec, self.l2_warm)

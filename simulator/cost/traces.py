@@ -174,15 +174,19 @@ def framework_table(gpu_dir: Path, op: str, framework: str = "vllm", version: st
     return tables[0] if tables else None
 
 
-def load_versions(traces_dir: Path, gpu: str, op: str, framework: str = "vllm") -> list[pd.DataFrame]:
+def load_versions(traces_dir: Path, gpu: str, op: str, framework: str = "vllm",
+                  version: str | None = None) -> list[pd.DataFrame]:
     """Each collected version's table of ``op``, newest first (vLLM's flat first-release table leads):
-    a newer collection may time only some precisions, so a fit looks back for the ones it lacks."""
+    a newer collection may time only some precisions, so a fit looks back for the ones it lacks.
+    With ``version``, that version's table alone (the one it reuses, if it borrows one)."""
     traces_dir = Path(traces_dir)
     frames = []
     for base in (traces_dir / gpu, traces_dir / "kernels" / "aiconfigurator" / gpu):
-        if framework == "vllm" and (base / _AIC_FILES[op][0]).exists():
+        if version is None and framework == "vllm" and (base / _AIC_FILES[op][0]).exists():
             frames.append(read_aiconfigurator(base, op, gpu))
-        frames += [read_aiconfigurator_table(t, op, gpu, base) for t in framework_tables(base, op, framework)]
+        tables = framework_tables(base, op, framework) if version is None else \
+            [t for t in [framework_table(base, op, framework, version)] if t is not None]
+        frames += [read_aiconfigurator_table(t, op, gpu, base) for t in tables]
     return frames
 
 

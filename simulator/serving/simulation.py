@@ -70,8 +70,8 @@ def build(sc, source: str = "scenario") -> Setup:
     quant = scenario_mod.quantization(sc, target, hw, source)
     kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, source)
     scales = kernel_scales(eng, hw)
-    cost = _shared(("cost", hw.model_dump_json(), eng.framework, scales),
-                   lambda: _cost_model(hw, eng.framework, source, *scales))
+    cost = _shared(("cost", hw.model_dump_json(), eng.framework, eng.framework_version, scales),
+                   lambda: _cost_model(hw, eng.framework, source, *scales, version=eng.framework_version))
     _check_calibrated(cost, target, quant, source)
     plans = topology.check(sc, target, hw, source)
     spec = sc.speculative_config
@@ -147,8 +147,8 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         mixed_prefill=limit(eng.enable_mixed_chunk, entry.mixed_prefill),
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
-    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, cost.kernel_time_scale,
-                  cost.kernel_fixed_scale, quant, kv_el)
+    target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, cost.version_key,
+                  cost.kernel_time_scale, cost.kernel_fixed_scale, quant, kv_el)
     target_fm = _shared(target_key, lambda: ForwardModel(target, cost, par, quant, kv_el))
     draft_fm = None
     if draft_arch is not None:
@@ -157,7 +157,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         dpar = par if spec.method == "mtp" and draft_arch.moe else Parallel(tp, False, par.cuda_graphs)
         # an MTP layer is part of the target checkpoint (its precision); a draft model or EAGLE head keeps its own
         dquant = quant if spec.method == "mtp" and draft is None else None
-        draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework,
+        draft_key = ("fm", draft_arch.model_dump_json(), hw.model_dump_json(), dpar, eng.framework, cost.version_key,
                      cost.kernel_time_scale, cost.kernel_fixed_scale, dquant, kv_el)
         draft_fm = _shared(draft_key, lambda: ForwardModel(draft_arch, cost, dpar, dquant, kv_el))
         target_key = (target_key, draft_key)
@@ -186,9 +186,10 @@ def kernel_scales(eng, hw) -> tuple:
     return scale, (fixed if eng.kernel_fixed_scale is None else eng.kernel_fixed_scale)
 
 
-def _cost_model(hw, framework: str, source: str, scale: float = 1.0, fixed: float | None = None) -> CostModel:
+def _cost_model(hw, framework: str, source: str, scale: float = 1.0, fixed: float | None = None,
+                version: str | None = None) -> CostModel:
     try:
-        return CostModel(hw, framework=framework, kernel_time_scale=scale, kernel_fixed_scale=fixed)
+        return CostModel(hw, framework=framework, kernel_time_scale=scale, kernel_fixed_scale=fixed, version=version)
     except ConfigError as exc:
         raise ConfigError(exc.message, source=source, field="engine.framework") from None
 
