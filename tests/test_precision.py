@@ -172,6 +172,9 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     assert by["e"]["blocked_by"].startswith("nvfp4 gemm kernels on h100_sxm")
     # gpt-oss exists only in MXFP4: the sample's generic 4-bit label is read as its checkpoint
     assert by["f"]["expressible"] and by["f"]["precision"] == "bf16/mxfp4"
+    # each row states whose kernel tables priced it: vLLM 0.19.0 on H100 has its own fit
+    want = "vllm 0.19.0" if "vllm@0.19.0" in gpu.load("h100_sxm").calibration.frameworks else "vllm "
+    assert by["a"]["kernel_tables"].startswith(want) and by["c"]["kernel_tables"] == ""
     errs = sorted(abs(by[i]["sim_tpot_ms"] / 8 - 1) for i in "af")
     assert s["tpot_median_abs_error"] == pytest.approx(sum(errs) / 2)
     assert (out / "silicon.csv").exists() and (out / "summary.json").exists()

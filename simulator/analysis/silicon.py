@@ -292,7 +292,7 @@ def simulate_row(job: dict) -> dict:
     except ConfigError as exc:
         return {"blocked": exc.message}
     _, req, _ = simulate(setup)
-    return protocol_means(req, job.get("warm_up", False))
+    return {**protocol_means(req, job.get("warm_up", False)), "kernel_tables": setup.files.get("kernel_tables", "")}
 
 
 def validate_silicon(path: Path, sample: int | None = None, workers=None, executor="local", address=None,
@@ -314,6 +314,7 @@ def validate_silicon(path: Path, sample: int | None = None, workers=None, execut
                "precision": "/".join(q) if (q := quant_modes(r)) else "checkpoint (row states none)",
                "isl": r["isl"], "osl": r["osl"], "concurrency": concurrency(r), "tp": r["tp_size"],
                "moe_ep": r["moe_ep_size"], "expressible": not b, "blocked_by": b,
+               "kernel_tables": res.get("kernel_tables", ""),
                "assumption": "" if b else assumption(r),
                "measured_ttft_ms": r["silicon_ttft_ms"], "measured_tpot_ms": r["silicon_tpot_ms"],
                "sim_ttft_ms": res.get("sim_ttft_ms"), "sim_tpot_ms": res.get("sim_tpot_ms")}
