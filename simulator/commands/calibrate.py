@@ -53,7 +53,7 @@ def run_precisions(traces_dir, gpu_name: str, framework: str, log=print, write: 
     if hw.calibration is None:
         raise ConfigError(f"{gpu_name} has no bf16 calibration yet; run moesd calibrate --gpu {gpu_name} first",
                           field="--framework")
-    base = (hw.calibration.framework.split() or ["vllm"])[0]
+    base = gpu_mod.base_framework(hw.calibration)[0]
     precs = [p for p in precision.PRECISIONS.values() if framework != base or p.name != "bf16" or version]
     params, fits, residuals = calibration.calibrate_precisions(traces_dir, hw, precs, framework,
                                                                lambda w: log(f"  fitted {w}"), version)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal, Optional
 
 from pydantic import Field, ValidationError
@@ -10,7 +9,7 @@ from pydantic import Field, ValidationError
 from ..common.datafiles import read_yaml
 from ..common.errors import ConfigError, pydantic_error
 from ..common.paths import REPO_ROOT
-from ..common.versions import version_key
+from ..common.versions import is_dated, version_key
 from .schema import Strict
 
 FRAMEWORKS_FILE = REPO_ROOT / "workloads" / "frameworks.yaml"
@@ -67,7 +66,7 @@ def step_entry(framework: str, version: str | None = None) -> StepEntry:
     """The newest entry at or below ``version`` (the newest overall when None); for a date
     (YYYY-MM-DD: a build known by its date), the newest entry released by then."""
     es = entries(framework)
-    if version is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(version)):
+    if is_dated(version):
         by_then = [e for e in es if e.released is None or e.released <= str(version)]
         return by_then[-1] if by_then else es[0]
     if version is None or not str(version)[:1].isdigit():    # unset, or a nightly build: the newest

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..common.datafiles import read_yaml
 from ..common.errors import ConfigError, pydantic_error
 from ..common.paths import GPU_SPECS_DIR, data_file
-from ..common.versions import version_key
+from ..common.versions import is_dated, version_key
 
 
 class Calibration(BaseModel):
@@ -112,6 +112,12 @@ def calibrated_source(hw: Hardware) -> Hardware:
     return src
 
 
+def base_framework(cal) -> tuple[str, str]:
+    """(framework, version) of the tables a GPU's own (bf16) calibration was fitted on."""
+    parts = cal.framework.split()
+    return (parts[0] if parts else "vllm"), (parts[1] if len(parts) > 1 else "")
+
+
 def versioned_key(cal, framework: str, version: str | None) -> str | None:
     """The ``<framework>@<version>`` calibration that prices ``version``: the nearest collected version
     at or below it, where that is an older one fitted on its own tables; None (the framework's own,
@@ -119,10 +125,10 @@ def versioned_key(cal, framework: str, version: str | None) -> str | None:
     collection (no table times its kernels; the step models of those releases were fitted with the
     newest)."""
     older = {k.split("@", 1)[1]: k for k in cal.frameworks if k.startswith(f"{framework}@")}
-    if not older or version is None or not str(version)[:1].isdigit() or "-" in str(version):
+    if not older or version is None or not str(version)[:1].isdigit() or is_dated(version):
         return None             # unset, a nightly, or a build known by its date
-    newest = (cal.framework.split() + [""])[1] if framework == (cal.framework.split() or ["vllm"])[0] \
-        else str(cal.frameworks.get(framework, {}).get("version", ""))
+    base, base_version = base_framework(cal)
+    newest = base_version if framework == base else str(cal.frameworks.get(framework, {}).get("version", ""))
     cands = {**older, **({newest: None} if newest else {})}
     at_or_below = [v for v in cands if version_key(v) <= version_key(str(version))]
     return cands[max(at_or_below, key=version_key)] if at_or_below else None
@@ -132,8 +138,7 @@ def kernel_params(cal, framework: str, version: str | None = None) -> tuple[dict
     """({precision: {op: parameters}} of ``framework``'s GEMM/MoE (and MLA decode) fits, the
     ``<framework>@<version>`` key whose fits override them): the base framework's bf16 fit comes
     with the GPU's own parameters; an older version's own fits, where there are some, win."""
-    base = (cal.framework.split() or ["vllm"])[0]
-    if framework == base:
+    if framework == base_framework(cal)[0]:
         by_prec = {**cal.precisions, "bf16": {**cal.params, **cal.precisions.get("bf16", {})}}
     else:
         by_prec = dict(cal.frameworks[framework].get("precisions", {}))

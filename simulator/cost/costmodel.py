@@ -65,7 +65,7 @@ class CostModel:
         self.hw = gpu_mod.load(hw) if isinstance(hw, str) else hw
         self.source = gpu_mod.calibrated_source(self.hw)
         cal, self.params = self.source.calibration, self.source.calibration.params
-        base = (cal.framework.split() or ["vllm"])[0]
+        base = gpu_mod.base_framework(cal)[0]
         self.framework = framework or base
         if self.framework != base and self.framework not in cal.frameworks:
             have = ", ".join([base, *(k for k in cal.frameworks if "@" not in k)])
