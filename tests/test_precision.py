@@ -308,6 +308,27 @@ def test_older_versions_are_priced_with_their_own_kernel_tables():
     assert s.files["kernel_tables"] == f"vllm {lo}"
 
 
+def test_v1_releases_older_than_every_collection_take_the_oldest_tables():
+    """A vLLM V1 release older than every collected table version is priced on the oldest collection
+    (the nearest in time); a V0 release keeps the newest fits, which V0's step terms were fitted with."""
+    from simulator.common.versions import version_key
+    from simulator.config import framework
+    hw = gpu.load("h100_sxm")
+    older = sorted((k.split("@")[1] for k in hw.calibration.frameworks if k.startswith("vllm@")), key=version_key)
+    if not older:
+        pytest.skip("no per-version vLLM calibration on h100_sxm")
+    v1, v0 = "0.8.5", "0.5.3"
+    assert version_key(v1) < version_key(older[0])
+    assert gpu.versioned_key(hw.calibration, "vllm", v1, "oldest") == f"vllm@{older[0]}"
+    assert gpu.versioned_key(hw.calibration, "vllm", v1) is None
+    assert framework.step_entry("vllm", v1).kernels_before_collections == "oldest"
+    assert framework.step_entry("vllm", v0).kernels_before_collections == "newest"
+    newest = CostModel(hw, framework="vllm").tables_label
+    assert build(scen(engine={"framework": "vllm", "framework_version": v1})).files["kernel_tables"] == f"vllm {older[0]}"
+    assert build(scen(engine={"framework": "vllm", "framework_version": v0})).files["kernel_tables"] == newest
+    assert newest != f"vllm {older[0]}"
+
+
 def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a_scenario_wins():
     from simulator.config import framework
     oss = {"model": "gpt-oss-120b", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 1}}

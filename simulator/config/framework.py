@@ -34,6 +34,9 @@ class StepEntry(Strict):
         "prefill chunks ride in the same step as the running decodes (vLLM chunked prefill, TRT-LLM "
         "in-flight batching); false: a step is prefill-only whenever a prefill batch can be formed, "
         "decodes paused (SGLang without --enable-mixed-chunk)"))
+    kernels_before_collections: Literal["newest", "oldest"] = Field(default="newest", description=(
+        "which kernel fits price a release older than every collected table version: the newest (what "
+        "this entry's step terms were fitted with) or the oldest collection (the nearest in time)"))
     kernel_time_scale: dict[Literal["ampere", "ada", "hopper", "blackwell", "cdna3"], float] = Field(
         default_factory=dict, description=(
             "per GPU architecture: the serving path's GEMM and MoE kernel time over what the framework's "

@@ -118,12 +118,12 @@ def base_framework(cal) -> tuple[str, str]:
     return (parts[0] if parts else "vllm"), (parts[1] if len(parts) > 1 else "")
 
 
-def versioned_key(cal, framework: str, version: str | None) -> str | None:
+def versioned_key(cal, framework: str, version: str | None, before_all: str = "newest") -> str | None:
     """The ``<framework>@<version>`` calibration that prices ``version``: the nearest collected version
     at or below it, where that is an older one fitted on its own tables; None (the framework's own,
-    newest fits) for the newest, for an unset or nightly version, and for a version older than every
-    collection (no table times its kernels; the step models of those releases were fitted with the
-    newest)."""
+    newest fits) for the newest and for an unset or nightly version. A version older than every
+    collection (no table times its kernels) takes ``before_all``: the newest fits (what the step
+    model of such releases was fitted with) or the oldest collection (the nearest in time)."""
     older = {k.split("@", 1)[1]: k for k in cal.frameworks if k.startswith(f"{framework}@")}
     if not older or version is None or not str(version)[:1].isdigit() or is_dated(version):
         return None             # unset, a nightly, or a build known by its date
@@ -131,10 +131,12 @@ def versioned_key(cal, framework: str, version: str | None) -> str | None:
     newest = base_version if framework == base else str(cal.frameworks.get(framework, {}).get("version", ""))
     cands = {**older, **({newest: None} if newest else {})}
     at_or_below = [v for v in cands if version_key(v) <= version_key(str(version))]
-    return cands[max(at_or_below, key=version_key)] if at_or_below else None
+    if not at_or_below:
+        return cands[min(cands, key=version_key)] if before_all == "oldest" else None
+    return cands[max(at_or_below, key=version_key)]
 
 
-def kernel_params(cal, framework: str, version: str | None = None) -> tuple[dict, str | None]:
+def kernel_params(cal, framework: str, version: str | None = None, before_all: str = "newest") -> tuple[dict, str | None]:
     """({precision: {op: parameters}} of ``framework``'s GEMM/MoE (and MLA decode) fits, the
     ``<framework>@<version>`` key whose fits override them): the base framework's bf16 fit comes
     with the GPU's own parameters; an older version's own fits, where there are some, win."""
@@ -142,6 +144,6 @@ def kernel_params(cal, framework: str, version: str | None = None) -> tuple[dict
         by_prec = {**cal.precisions, "bf16": {**cal.params, **cal.precisions.get("bf16", {})}}
     else:
         by_prec = dict(cal.frameworks[framework].get("precisions", {}))
-    key = versioned_key(cal, framework, version)
+    key = versioned_key(cal, framework, version, before_all)
     older = cal.frameworks[key]["precisions"] if key else {}
     return {name: {**by_prec.get(name, {}), **older.get(name, {})} for name in dict.fromkeys([*by_prec, *older])}, key

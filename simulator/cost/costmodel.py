@@ -61,7 +61,7 @@ class CostModel:
 
     def __init__(self, hw: gpu_mod.Hardware | str, l2_warm: bool = False, use_tables: bool = True,
                  framework: str | None = None, kernel_time_scale: float = 1.0, kernel_fixed_scale: float | None = None,
-                 version: str | None = None):
+                 version: str | None = None, before_all: str = "newest"):
         self.hw = gpu_mod.load(hw) if isinstance(hw, str) else hw
         self.source = gpu_mod.calibrated_source(self.hw)
         cal, self.params = self.source.calibration, self.source.calibration.params
@@ -72,7 +72,7 @@ class CostModel:
             raise ConfigError(f"gpu {self.source.name} has no {self.framework} kernel calibration (has: {have})",
                               field="engine.framework")
         # GEMM and MoE kernels are fitted per (framework[, version], precision); attention and all-reduce per GPU
-        by_prec, self.version_key = gpu_mod.kernel_params(cal, self.framework, version)
+        by_prec, self.version_key = gpu_mod.kernel_params(cal, self.framework, version, before_all)
         older = cal.frameworks[self.version_key]["precisions"] if self.version_key else {}
         self._versioned = {(op, name) for name, ops in older.items() for op in ops}
         # the serving path's GEMM/MoE time over the tables' (frameworks.yaml), once into their parameters

@@ -70,8 +70,10 @@ def build(sc, source: str = "scenario") -> Setup:
     quant = scenario_mod.quantization(sc, target, hw, source)
     kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, source)
     scales = kernel_scales(eng, hw)
-    cost = _shared(("cost", hw.model_dump_json(), eng.framework, eng.framework_version, scales),
-                   lambda: _cost_model(hw, eng.framework, source, *scales, version=eng.framework_version))
+    before_all = framework_mod.step_entry(eng.framework, eng.framework_version).kernels_before_collections
+    cost = _shared(("cost", hw.model_dump_json(), eng.framework, eng.framework_version, scales, before_all),
+                   lambda: _cost_model(hw, eng.framework, source, *scales, version=eng.framework_version,
+                                       before_all=before_all))
     _check_calibrated(cost, target, quant, source)
     plans = topology.check(sc, target, hw, source)
     spec = sc.speculative_config
@@ -187,9 +189,10 @@ def kernel_scales(eng, hw) -> tuple:
 
 
 def _cost_model(hw, framework: str, source: str, scale: float = 1.0, fixed: float | None = None,
-                version: str | None = None) -> CostModel:
+                version: str | None = None, before_all: str = "newest") -> CostModel:
     try:
-        return CostModel(hw, framework=framework, kernel_time_scale=scale, kernel_fixed_scale=fixed, version=version)
+        return CostModel(hw, framework=framework, kernel_time_scale=scale, kernel_fixed_scale=fixed, version=version,
+                         before_all=before_all)
     except ConfigError as exc:
         raise ConfigError(exc.message, source=source, field="engine.framework") from None
 
