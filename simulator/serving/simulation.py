@@ -69,11 +69,11 @@ def build(sc, source: str = "scenario") -> Setup:
     eng = sc.engine
     quant = scenario_mod.quantization(sc, target, hw, source)
     kv_name, kv_el = precision.kv_bytes(eng.kv_cache_dtype, source)
-    scales = kernel_scales(eng, hw)
-    before_all = framework_mod.step_entry(eng.framework, eng.framework_version).kernels_before_collections
-    cost = _shared(("cost", hw.model_dump_json(), eng.framework, eng.framework_version, scales, before_all),
+    entry = framework_mod.step_entry(eng.framework, eng.framework_version)   # looked up once per build
+    scales = kernel_scales(eng, hw, entry)
+    cost = _shared(("cost", hw.model_dump_json(), eng.framework, eng.framework_version, scales),
                    lambda: _cost_model(hw, eng.framework, source, *scales, version=eng.framework_version,
-                                       before_all=before_all))
+                                       before_all=entry.kernels_before_collections))
     _check_calibrated(cost, target, quant, source)
     plans = topology.check(sc, target, hw, source)
     spec = sc.speculative_config
@@ -96,7 +96,7 @@ def build(sc, source: str = "scenario") -> Setup:
     for pp in plans:
         sd = pp.role != "prefill" and bool(spec and k)        # a prefill pool never speculates
         pools.append(_pool(sc, pp, target, draft, draft_arch if sd else None, draft_kind if sd else "none",
-                           k if sd else 0, hw, cost, quant, kv_el, source))
+                           k if sd else 0, hw, cost, quant, kv_el, source, entry))
     main = pools[-1]
     cfg, target_fm, draft_fm = main.cfg, main.target_fm, main.draft_fm
     acceptance = acc_mod.build(spec.acceptance, k) if spec and k else acc_mod.IID(0.0)
@@ -130,7 +130,7 @@ class PoolSetup:
     key: tuple
 
 
-def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_el, source) -> PoolSetup:
+def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_el, source, entry) -> PoolSetup:
     eng, lay, spec = sc.engine, pp.layout, sc.speculative_config
     tp = lay.tensor_parallel_size
     par = Parallel(tensor_parallel_size=tp, enable_expert_parallel=lay.enable_expert_parallel,
@@ -140,12 +140,11 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
                               expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size")
     limit = lambda mine, default: default if mine is None else mine  # noqa: E731
-    entry = framework_mod.step_entry(eng.framework, eng.framework_version)
     cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
         max_num_seqs=limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs),
         max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), eng.max_num_batched_tokens),
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
-        max_model_len=eng.max_model_len or target.max_position_embeddings, step_model=step_model(eng),
+        max_model_len=eng.max_model_len or target.max_position_embeddings, step_model=step_model(eng, entry),
         mixed_prefill=limit(eng.enable_mixed_chunk, entry.mixed_prefill),
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
@@ -166,21 +165,20 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     return PoolSetup(pp.role, pp.workers, pp.dp_ranks, pp.gpus, par, cfg, target_fm, draft_fm, target_key)
 
 
-def step_model(eng) -> FrameworkStep:
+def step_model(eng, entry=None) -> FrameworkStep:
     """The framework step model of a scenario's engine: its framework's entry for its version
-    (workloads/frameworks.yaml), with any term the scenario sets itself."""
-    e = framework_mod.step_entry(eng.framework, eng.framework_version)
+    (workloads/frameworks.yaml; ``entry`` when the caller has it), with any term the scenario sets itself."""
+    e = entry or framework_mod.step_entry(eng.framework, eng.framework_version)
     pick = lambda mine, default: default if mine is None else mine  # noqa: E731
     return FrameworkStep(pick(eng.step_overhead_ms, e.step_cpu_ms) / 1e3, pick(eng.per_seq_overhead_ms, e.per_seq_cpu_ms) / 1e3,
                          pick(eng.spec_round_overhead_ms, e.spec_round_cpu_ms) / 1e3, pick(eng.cpu_overlap, e.cpu_overlap),
                          pick(eng.sync_ms, e.sync_ms) / 1e3, pick(eng.draft_pass_overhead_ms, e.draft_pass_cpu_ms) / 1e3)
 
 
-def kernel_scales(eng, hw) -> tuple:
+def kernel_scales(eng, hw, e) -> tuple:
     """(time scale, fixed-term scale) of the serving path's GEMM/MoE kernels over the tables': the
-    scenario's, else its framework entry's for this GPU architecture; the fixed terms follow the
-    time scale unless one sets them."""
-    e = framework_mod.step_entry(eng.framework, eng.framework_version)
+    scenario's, else its framework entry ``e``'s for this GPU architecture; the fixed terms follow
+    the time scale unless one sets them."""
     if eng.kernel_time_scale is None:
         scale, fixed = e.kernel_scale(hw.architecture), e.kernel_fixed(hw.architecture)
     else:
