@@ -6,6 +6,7 @@ left out of the fit and of the residual table (built per framework and precision
 simulator prices a run), then predicted.
 
     python benchmarks/precision_accuracy.py [--gpus h100_sxm,h200_sxm,b200_sxm] [--frameworks vllm,sglang,trtllm]
+        [--ops gemm,moe,mla_generation]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main():
     ap.add_argument("--gpus", default="h100_sxm,h200_sxm,b200_sxm")
     ap.add_argument("--frameworks", default="vllm,sglang,trtllm")
     ap.add_argument("--folds", type=int, default=8)
+    ap.add_argument("--ops", default=None, help="comma-separated subset of gemm,moe,mla_generation")
     args = ap.parse_args()
     print(f"{'gpu':<9} {'framework':<8} {'precision':<10} {'op':<5} {'rows':>5} {'in-sample med':>13} "
           f"{'LOSO med':>9} {'p90':>6}  target")
@@ -36,6 +38,8 @@ def main():
         for fw in args.frameworks.split(","):
             for prec in precision.PRECISIONS.values():
                 for op in calibration.PRECISION_OPS + (("mla_generation",) if prec.name == "bf16" else ()):
+                    if args.ops and op not in args.ops.split(","):
+                        continue
                     t0 = time.time()
                     df = calibration.precision_rows(shared_traces_dir(), g, op, fw, prec)
                     if df is None:

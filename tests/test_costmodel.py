@@ -185,3 +185,22 @@ def test_kernel_fixed_scale_scales_the_fixed_terms_apart():
         assert mix.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s == pytest.approx(0.7 * (full - var) + 0.4 * var)
     # unset, the fixed terms follow the time scale
     assert CostModel("b200_sxm", framework="trtllm", kernel_time_scale=0.4).kernel_fixed_scale == 0.4
+
+
+def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_correction():
+    """A measured shape gets its own residual back; an unmeasured one the inverse-distance mean of
+    its neighbours', shrunk to 3/4 for MoE (GEMM keeps it whole)."""
+    import pandas as pd
+    from simulator.cost.residuals import ResidualTable
+    rows = pd.DataFrame({"hidden_size": [2048, 8192], "inter_size": [1024, 1024], "num_experts": [64, 64],
+                         "topk": [8, 8], "moe_tp_size": [1, 1], "moe_ep_size": [1, 1],
+                         "distribution": ["balanced"] * 2, "num_tokens": [64, 64], "log_residual": [0.2, 0.6]})
+    t = ResidualTable.build("moe", rows)
+    key = (1, 1, "balanced")
+    assert t.lookup((2048, 1024, 64, 8), key, 64) == (pytest.approx(0.2), "table")
+    # 4096 sits halfway (in log2) between the two: equal weights, mean 0.4
+    corr, path = t.lookup((4096, 1024, 64, 8), key, 64)
+    assert path == "roofline+neighbours" and corr == pytest.approx(0.75 * 0.4)
+    g = ResidualTable.build("gemm", pd.DataFrame({"n": [1024, 4096], "k": [1024, 1024], "m": [8, 8],
+                                                  "log_residual": [0.2, 0.6]}))
+    assert g.lookup((2048, 1024), (), 8)[0] == pytest.approx(0.4)
