@@ -403,3 +403,22 @@ def test_silicon_rows_average_as_the_benchmark_does():
     assert warm["sim_ttft_ms"] == pytest.approx(req.ttft_s[steady].mean() * 1e3)
     assert silicon.warmed_up({"silicon_data_source": "source_file=/x/aic-auto-gap-analysis/data/a.csv"})
     assert not silicon.warmed_up({"silicon_data_source": "db-dump/2026-04-27; config_id=759"})
+
+
+def test_silicon_rows_take_the_generators_token_budget():
+    """AIConfigurator's generator launches vLLM with max_batch_size + isl + 1500 tokens a step (agg);
+    TensorRT-LLM and SGLang rows keep the simulator's 8,192 (see silicon.GENERATOR_TOKEN_BUDGET)."""
+    import csv
+    import io
+    from simulator.analysis import silicon
+    rows = list(csv.DictReader(io.StringIO(
+        SILICON_HEADER
+        + "a,Qwen/Qwen3-32B,vllm,0.12.0,h100_sxm,bf16,agg,1024,1024,,,8,2,1,1,1,1,154,15.9\n"
+        + "b,Qwen/Qwen3-32B,trtllm,1.2.0rc5,h100_sxm,bf16,agg,4096,512,,,16,2,1,1,1,1,700,20\n"
+        + "c,Qwen/Qwen3-32B,sglang,0.5.9,h100_sxm,bf16,agg,1024,128,,,16,2,1,1,1,1,841,17\n")))
+    for r in rows:
+        r["silicon_data_source"] = f"x; silicon_concurrency={r['batch_size']}"
+    eng = {r["id"]: silicon.scenario(r)["engine"] for r in rows}
+    assert eng["a"]["max_num_seqs"] == 8 and eng["a"]["max_num_batched_tokens"] == 8 + 1024 + 1500
+    assert eng["b"]["max_num_batched_tokens"] == 8192
+    assert eng["c"]["max_num_batched_tokens"] == 8192

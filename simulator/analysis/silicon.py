@@ -210,6 +210,17 @@ def assumption(r: dict) -> str:
     return "; ".join(n for p in pre if (n := layout(r, p, dense)[1]))
 
 
+# AIConfigurator's generator launches vLLM with --max-num-batched-tokens max_batch_size + isl + 1500
+# (agg) and isl + 1500 (prefill workers): src/aiconfigurator/generator/rule_plugin/benchmark/vllm.rule,
+# rendered by its vLLM templates from 0.14.1 (the 0.12.0 template omits it, but AIConfigurator's
+# vLLM 0.12.0 runs fit it far better: 94 rows, TTFT 41.3% -> 23.3%, TPOT 7.0% -> 4.4%). So a closed
+# loop's users cannot all prefill in one step, as they could under vLLM's 8,192 default.
+# Not applied to TensorRT-LLM, whose rule sets the same budget (README, "Closed-loop TTFT": its
+# measured runs fit neither), nor to SGLang, whose --max-prefill-tokens isl + 1500 SGLang raises to
+# the model's context length (its server-args help).
+GENERATOR_TOKEN_BUDGET = ("vllm",)
+
+
 def scenario(r: dict) -> dict:
     """The scenario that reproduces one row: its closed loop, lengths, backend, precisions, layout."""
     conc = concurrency(r)
@@ -234,6 +245,8 @@ def scenario(r: dict) -> dict:
         data["hardware"].update(lay)
         # each attention-DP rank batches its share of the users
         data["engine"]["max_num_seqs"] = max(1, -(-conc // lay["data_parallel_size"]))
+        if str(r["backend"]) in GENERATOR_TOKEN_BUDGET:
+            data["engine"]["max_num_batched_tokens"] = data["engine"]["max_num_seqs"] + isl + 1500
     else:
         pools = {}
         for role in ("prefill", "decode"):
@@ -243,7 +256,8 @@ def scenario(r: dict) -> dict:
         # the decode pool holds every user (some sources state decode_batch_size 1 at any concurrency)
         dec = pools["decode"]
         dec["max_num_seqs"] = max(dec["max_num_seqs"], -(-conc // (dec["num_workers"] * dec["data_parallel_size"])))
-        pools["prefill"]["max_num_batched_tokens"] = max(8192, isl * pools["prefill"]["max_num_seqs"])
+        pools["prefill"]["max_num_batched_tokens"] = (isl + 1500 if str(r["backend"]) in GENERATOR_TOKEN_BUDGET
+                                                      else max(8192, isl * pools["prefill"]["max_num_seqs"]))
         data["disaggregation"] = pools
     return data
 
