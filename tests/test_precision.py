@@ -422,3 +422,20 @@ def test_silicon_rows_take_the_generators_token_budget():
     assert eng["a"]["max_num_seqs"] == 8 and eng["a"]["max_num_batched_tokens"] == 8 + 1024 + 1500
     assert eng["b"]["max_num_batched_tokens"] == 8192
     assert eng["c"]["max_num_batched_tokens"] == 8192
+
+
+def test_tensorrt_llm_sizes_kv_from_the_memory_left_free():
+    """vLLM/SGLang: utilization x GPU memory, less activations and weights; TensorRT-LLM
+    (kv_memory: free): utilization x (GPU memory less activations and weights)."""
+    from simulator.config.framework import step_entry
+    from simulator.config.model import load as load_model
+    from simulator.serving import memory
+    hw, m = gpu.load("h100_sxm"), load_model("Qwen3-32B")
+    assert step_entry("trtllm").kv_memory == "free" and step_entry("vllm").kv_memory == "total"
+    w = m.weight_bytes() / 2
+    per_block = memory.kv_bytes_per_token(m, 2) * 16
+    total = memory.kv_blocks(m, None, hw, 2, 0.8, 16)
+    free = memory.kv_blocks(m, None, hw, 2, 0.8, 16, of_free=True)
+    assert total == int((hw.memory_bytes * 0.8 - memory.ACTIVATION_RESERVE_BYTES - w) // per_block)
+    assert free == int(((hw.memory_bytes - memory.ACTIVATION_RESERVE_BYTES - w) * 0.8) // per_block)
+    assert free > total

@@ -233,7 +233,10 @@ def scenario(r: dict) -> dict:
         "engine": {"framework": str(r["backend"]),
                    "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
                    "quantization": dict(zip(("gemm", "moe"), q)) if q else None,
-                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl)},
+                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl),
+                   # the generator's TensorRT-LLM engine templates: free_gpu_memory_fraction 0.80
+                   # (generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2)
+                   **({"gpu_memory_utilization": 0.8} if str(r["backend"]) == "trtllm" else {})},
         "workload": {"dataset_name": "fixed", "random_input_len": isl, "random_output_len": _int(r["osl"]),
                      # three rounds per user (the first, all users at once, weighted as protocol_means
                      # says); two past 256 users, which keeps the largest runs to a minute

@@ -34,6 +34,10 @@ class StepEntry(Strict):
         "prefill chunks ride in the same step as the running decodes (vLLM chunked prefill, TRT-LLM "
         "in-flight batching); false: a step is prefill-only whenever a prefill batch can be formed, "
         "decodes paused (SGLang without --enable-mixed-chunk)"))
+    kv_memory: Literal["total", "free"] = Field(default="total", description=(
+        "what engine.gpu_memory_utilization is a fraction of: the GPU's memory, weights and activations "
+        "then taken out (vLLM --gpu-memory-utilization, SGLang --mem-fraction-static), or the memory "
+        "still free once weights and activations are in (TensorRT-LLM kv_cache_config.free_gpu_memory_fraction)"))
     kernels_before_collections: Literal["newest", "oldest"] = Field(default="newest", description=(
         "which kernel fits price a release older than every collected table version: the newest (what "
         "this entry's step terms were fitted with) or the oldest collection (the nearest in time)"))

@@ -21,11 +21,12 @@ def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
 
 def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,
               kv_bytes_per_el: float = 2.0, source: str | None = None, quant=None, expert_gpus: int | None = None,
-              field: str = "hardware.tensor_parallel_size") -> int:
+              field: str = "hardware.tensor_parallel_size", of_free: bool = False) -> int:
     """KV blocks per replica (per attention-DP rank); a ConfigError when the weights do not fit.
     ``quant``: the target's weight precision (default its checkpoint's); a draft model keeps its own.
     ``expert_gpus``: the GPUs the routed experts are spread over (default ``tp``; tp x dp with
-    attention data parallel)."""
+    attention data parallel). ``of_free``: ``gpu_memory_utilization`` is a fraction of the memory
+    left once weights and activations are in (TensorRT-LLM), not of the GPU's (vLLM, SGLang)."""
     weights = target.weight_bytes(quant) / tp
     if expert_gpus and expert_gpus != tp and target.moe:
         experts = target.expert_weight_bytes(quant)
@@ -34,12 +35,17 @@ def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_s
     if draft is not None:
         weights += draft.weight_bytes() / tp
         per_tok += kv_bytes_per_token(draft, tp, kv_bytes_per_el)
-    budget = hw.memory_bytes * gpu_memory_utilization - ACTIVATION_RESERVE_BYTES
-    free = budget - weights
+    if of_free:
+        budget = hw.memory_bytes - ACTIVATION_RESERVE_BYTES
+        free = (budget - weights) * gpu_memory_utilization
+    else:
+        budget = hw.memory_bytes * gpu_memory_utilization - ACTIVATION_RESERVE_BYTES
+        free = budget - weights
     if free <= 0:
         raise ConfigError(
             f"model {target.name}{' + ' + draft.name if draft else ''} needs {weights / 2**30:.1f} GiB of "
-            f"{_label(quant or target.quantization)} weights per GPU but {hw.name} offers {budget / 2**30:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}; "
+            f"{_label(quant or target.quantization)} weights per GPU but {hw.name} offers {budget / 2**30:.1f} GiB"
+            f"{'' if of_free else f' at gpu_memory_utilization={gpu_memory_utilization}'}; "
             f"raise tensor_parallel_size", source=source, field=field)
     blocks = int(free // (per_tok * block_size))
     if blocks < 1:

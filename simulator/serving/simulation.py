@@ -138,7 +138,8 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
                    moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0)
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
-                              expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size")
+                              expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size",
+                              of_free=entry.kv_memory == "free")
     limit = lambda mine, default: default if mine is None else mine  # noqa: E731
     cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
         max_num_seqs=limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs),
