@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--folds", type=int, default=8)
     ap.add_argument("--ops", default=None, help="comma-separated subset of gemm,moe,mla_generation")
     args = ap.parse_args()
+    ops = args.ops.split(",") if args.ops else None
     print(f"{'gpu':<9} {'framework':<8} {'precision':<10} {'op':<5} {'rows':>5} {'in-sample med':>13} "
           f"{'LOSO med':>9} {'p90':>6}  target")
     for g in args.gpus.split(","):
@@ -38,7 +39,7 @@ def main():
         for fw in args.frameworks.split(","):
             for prec in precision.PRECISIONS.values():
                 for op in calibration.PRECISION_OPS + (("mla_generation",) if prec.name == "bf16" else ()):
-                    if args.ops and op not in args.ops.split(","):
+                    if ops and op not in ops:
                         continue
                     t0 = time.time()
                     df = calibration.precision_rows(shared_traces_dir(), g, op, fw, prec)

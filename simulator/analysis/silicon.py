@@ -226,29 +226,32 @@ def scenario(r: dict) -> dict:
     conc = concurrency(r)
     q = quant_modes(r)
     isl = _int(r["isl"])
+    backend = str(r["backend"])
+    budgeted = backend in GENERATOR_TOKEN_BUDGET
     dense = _arch(MODELS[str(r["model_path"])]).moe is None
     data = {
         "name": "silicon_row", "model": MODELS[str(r["model_path"])],
         "hardware": {"gpu": str(r["system"])},
-        "engine": {"framework": str(r["backend"]),
+        "engine": {"framework": backend,
                    "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
                    "quantization": dict(zip(("gemm", "moe"), q)) if q else None,
-                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl),
-                   # the generator's TensorRT-LLM engine templates: free_gpu_memory_fraction 0.80
-                   # (generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2)
-                   **({"gpu_memory_utilization": 0.8} if str(r["backend"]) == "trtllm" else {})},
+                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl)},
         "workload": {"dataset_name": "fixed", "random_input_len": isl, "random_output_len": _int(r["osl"]),
                      # three rounds per user (the first, all users at once, weighted as protocol_means
                      # says); two past 256 users, which keeps the largest runs to a minute
                      "concurrency": conc, "num_prompts": max(3 * conc, 8) if conc <= 256 else 2 * conc + 64,
                      "measurement": "steady"},
     }
+    if backend == "trtllm":
+        # the generator's TensorRT-LLM engine templates: free_gpu_memory_fraction 0.80
+        # (generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2)
+        data["engine"]["gpu_memory_utilization"] = 0.8
     if str(r["mode"]) == "agg":
         lay = layout(r, "", dense)[0]
         data["hardware"].update(lay)
         # each attention-DP rank batches its share of the users
         data["engine"]["max_num_seqs"] = max(1, -(-conc // lay["data_parallel_size"]))
-        if str(r["backend"]) in GENERATOR_TOKEN_BUDGET:
+        if budgeted:
             data["engine"]["max_num_batched_tokens"] = data["engine"]["max_num_seqs"] + isl + 1500
     else:
         pools = {}
@@ -259,7 +262,7 @@ def scenario(r: dict) -> dict:
         # the decode pool holds every user (some sources state decode_batch_size 1 at any concurrency)
         dec = pools["decode"]
         dec["max_num_seqs"] = max(dec["max_num_seqs"], -(-conc // (dec["num_workers"] * dec["data_parallel_size"])))
-        pools["prefill"]["max_num_batched_tokens"] = (isl + 1500 if str(r["backend"]) in GENERATOR_TOKEN_BUDGET
+        pools["prefill"]["max_num_batched_tokens"] = (isl + 1500 if budgeted
                                                       else max(8192, isl * pools["prefill"]["max_num_seqs"]))
         data["disaggregation"] = pools
     return data
