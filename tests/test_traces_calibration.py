@@ -84,3 +84,64 @@ def test_per_framework_layout_picks_the_newest_version_and_follows_reuse(tmp_pat
     assert len(df) > 1000 and df.source.iloc[0] == "aiconfigurator/x100/gemm/vllm/0.24.0/gemm_perf.parquet"
     # every version, newest first: a fit looks back for a precision the newest did not time
     assert [f.source.iloc[0].split("/")[-2] for f in traces.load_versions(tmp_path, "x100", "gemm")] == ["0.24.0", "0.9.0"]
+
+
+def _allreduce_table(path, dtype="bfloat16"):
+    sizes = [2 ** i for i in range(7, 27, 2)]
+    rows = [{"framework": "vLLM", "version": "0.24.0", "device": "x", "op_name": "all_reduce",
+             "kernel_source": "vLLM_custom_graph", "allreduce_dtype": dtype, "num_gpus": n, "message_size": s,
+             "latency": 0.005 + 2.0 * s * 2 * (n - 1) / n / 300e9 * 1e3, "backend": "vllm_graph"}
+            for n in (2, 4, 8) for s in sizes]
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path / "custom_allreduce_perf.parquet")
+
+
+def test_allreduce_message_size_is_bytes_not_elements(tmp_path):
+    """AIConfigurator's collective tables count elements ("count, not size in bytes"); the schema and
+    the serving path count bytes, so a bf16 row of S elements is a 2S-byte message."""
+    _allreduce_table(tmp_path / "x100" / "comm")
+    df = traces.read_aiconfigurator(tmp_path / "x100", "allreduce")
+    src = pd.read_parquet(tmp_path / "x100" / "comm" / "custom_allreduce_perf.parquet")
+    assert np.array_equal(df.message_size.values, 2.0 * src.message_size.values)
+    # a fit on the converted rows prices the measured latency at the message's bytes
+    hw = load("h100_sxm")
+    params = calibration.fit_op("allreduce", hw, df)
+    big = df[(df.num_gpus == 8)].iloc[-1]
+    pred = calibration.kernels.allreduce(hw, params["8:vllm_graph"], big.message_size, 8)["latency_s"]
+    assert pred * 1e3 == pytest.approx(big.latency_ms, rel=0.05)
+
+
+def test_unknown_collective_element_type_is_one_line_error(tmp_path):
+    _allreduce_table(tmp_path / "x100" / "comm", dtype="float8_e9")
+    with pytest.raises(ConfigError, match="unknown element type 'float8_e9'"):
+        traces.read_aiconfigurator(tmp_path / "x100", "allreduce")
+
+
+def test_calibrate_ops_refits_only_those_ops_and_keeps_the_rest(tmp_path, monkeypatch):
+    """``moesd calibrate --gpu G --ops allreduce``: the all-reduce parameters and residual rows are
+    replaced; every other op, and the per-precision fits of ``--framework``, stay byte for byte."""
+    import shutil
+    import yaml
+    from simulator.commands import calibrate
+    from simulator.common.paths import GPU_SPECS_DIR
+    from simulator.config import gpu as gpu_mod
+    specs = tmp_path / "specs"
+    (specs / "calibration").mkdir(parents=True)
+    shutil.copy(GPU_SPECS_DIR / "h100_sxm.yaml", specs / "h100_sxm.yaml")
+    shutil.copy(GPU_SPECS_DIR / "calibration" / "h100_sxm_residuals.parquet", specs / "calibration")
+    monkeypatch.setattr(gpu_mod, "GPU_SPECS_DIR", specs)
+    monkeypatch.setattr(calibrate, "GPU_SPECS_DIR", specs)
+    _allreduce_table(tmp_path / "traces" / "h100_sxm" / "comm")
+    before = yaml.safe_load((specs / "h100_sxm.yaml").read_text())["calibration"]
+    res_before = pd.read_parquet(specs / "calibration" / "h100_sxm_residuals.parquet")
+    calibrate.run(tmp_path / "traces", "h100_sxm", log=lambda *_: None, ops=["allreduce"])
+    after = yaml.safe_load((specs / "h100_sxm.yaml").read_text())["calibration"]
+    res_after = pd.read_parquet(specs / "calibration" / "h100_sxm_residuals.parquet")
+    assert after["params"]["allreduce"] != before["params"]["allreduce"]
+    for k in ("precisions", "frameworks", "framework"):
+        assert after[k] == before[k]
+    for op in ("gemm", "moe", "attention_generation", "attention_context"):
+        assert after["params"][op] == before["params"][op] and after["fit"][op] == before["fit"][op]
+        a, b = (r[r.op == op].reset_index(drop=True) for r in (res_after, res_before))
+        pd.testing.assert_frame_equal(a, b)
+    assert not res_after[res_after.op == "allreduce"].equals(res_before[res_before.op == "allreduce"])

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from ..common.atomic import write_text
@@ -20,20 +21,44 @@ from ..reports import page
 from ..reports.calibration import write_report
 
 
-def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = True) -> dict:
-    """Fit ``gpu_name`` from ``traces_dir``; with ``write`` replace its spec's calibration."""
+# What `moesd calibrate --framework` adds to a spec's calibration: a base refit keeps it.
+_OTHER_FITS = ("precisions", "precision_fit", "frameworks")
+
+
+def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = True, ops=None) -> dict:
+    """Fit ``gpu_name`` from ``traces_dir``; with ``write`` replace its spec's calibration. With ``ops``
+    only those base ops are refitted (their parameters, fit summary and residual rows); the rest of
+    the calibration stays as it was. The per-precision fits (``--framework``) are kept either way."""
     hw = gpu_mod.load(gpu_name)
-    calib, residuals, rows = calibration.calibrate_gpu(traces_dir, hw, progress=lambda op: log(f"  fitted {op}"))
+    if ops and hw.calibration is None:
+        raise ConfigError(f"{gpu_name} has no calibration to refit ops of; run moesd calibrate --gpu {gpu_name} first",
+                          field="--ops")
+    calib, residuals, rows = calibration.calibrate_gpu(traces_dir, hw, progress=lambda op: log(f"  fitted {op}"),
+                                                       **({"ops": tuple(ops)} if ops else {}))
     if not write:
         if report_path:
             write_report(report_path, gpu_name, rows)
         return calib
     res_path = GPU_SPECS_DIR / "calibration" / f"{gpu_name}_residuals.parquet"
+    spec_file = gpu_mod.spec_path(gpu_name)
+    data = yaml.safe_load(spec_file.read_text())
+    old = data.get("calibration") or {}
+    if ops:
+        merged = dict(old)
+        for part in ("params", "fit"):
+            merged[part] = {**old.get(part, {}), **calib[part]}
+        merged["kept"] = [op for op in old.get("kept", []) if op not in calib["fit"]] + calib.get("kept", [])
+        if not merged["kept"]:
+            merged.pop("kept")
+        merged["date"] = calib["date"]
+        calib = merged
+        prev = pd.read_parquet(res_path)
+        residuals = pd.concat([prev[~prev["op"].isin(ops)], residuals], ignore_index=True)
+    else:
+        calib.update({k: old[k] for k in _OTHER_FITS if k in old})
     calib["residuals_file"] = f"calibration/{res_path.name}"
     # where the traces were, as the repository sees it (no machine-specific absolute path in a committed spec)
     calib["traces"] = os.path.relpath(Path(traces_dir).absolute(), REPO_ROOT)
-    spec_file = gpu_mod.spec_path(gpu_name)
-    data = yaml.safe_load(spec_file.read_text())
     data["calibration"] = _plain(calib)
     gpu_mod.Hardware.model_validate(data)  # validate before anything is replaced
     _write_parquet(res_path, residuals)
@@ -151,6 +176,13 @@ def main(args) -> int:
                           field="--version")
     if args.version:
         check_safe_name(args.version, "--version")
+    ops = [o for o in (args.ops or "").split(",") if o]
+    bad = [o for o in ops if o not in calibration.BASE_OPS]
+    if bad:
+        raise ConfigError(f"unknown op {bad[0]!r} (allowed: {', '.join(calibration.BASE_OPS)})", field="--ops")
+    if ops and args.framework:
+        raise ConfigError("--ops refits base ops; --framework refits GEMM and MoE per precision: give one",
+                          field="--ops")
     check_safe_name(args.gpu, "--gpu")
     gpu_mod.load(args.gpu, field="--gpu")                  # a catalog GPU: its spec file is rewritten
     traces_dir = Path(args.traces) if args.traces else shared_traces_dir()
@@ -169,8 +201,10 @@ def main(args) -> int:
         print("dry run: nothing written" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml")
         return 0
     print(f"calibrating {args.gpu} from {traces_dir}")
-    calib = run(traces_dir, args.gpu, report, write=not args.dry_run)
+    calib = run(traces_dir, args.gpu, report, write=not args.dry_run, ops=ops)
     for op, f in calib["fit"].items():
+        if ops and op not in ops:
+            continue
         r = f["roofline"]
         print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
               f"p90 {r['p90_abs_err']*100:5.1f}%")

@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--version", default=None,
                    help="with --framework: fit that collected version's tables alone, kept beside the newest "
                         "(runs on that version or older are priced with them)")
+    p.add_argument("--ops", default=None,
+                   help="comma-separated base ops to refit (gemm, moe, attention_generation, attention_context, "
+                        "allreduce); the rest of the calibration is kept")
     p.add_argument("--alltoall", action="store_true",
                    help="fit expert-parallel dispatch/combine on every GPU with DeepEP tables "
                         "(gpu_specs/calibration/alltoall.yaml)")

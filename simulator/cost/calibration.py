@@ -225,8 +225,10 @@ def summarize(err: np.ndarray) -> dict:
 MIN_ROWS = 10      # fewer measured rows than this cannot pin an op's handful of parameters
 
 
-def calibrate_gpu(traces_dir, hw, ops=("gemm", "moe", "attention_generation", "attention_context", "allreduce"),
-                  progress=None):
+BASE_OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce")
+
+
+def calibrate_gpu(traces_dir, hw, ops=BASE_OPS, progress=None):
     """Fit every op of one GPU: returns (calibration dict, residual frame, per-row report frame).
 
     An op without traces (all-reduce on a one-GPU box) keeps the parameters of the GPU's current

@@ -46,6 +46,10 @@ _AIC_FILES = {
 }
 
 
+# AIConfigurator's collective tables give message_size as an element count ("count, not size in
+# bytes": its collector builds a [size // 4096, 4096] tensor of the dtype); the schema keeps bytes.
+_ELEMENT_BYTES = {"bfloat16": 2, "half": 2, "float16": 2, "int8": 1, "fp8": 1, "float32": 4, "float": 4}
+
 # Columns older collectors did not write, and the value they implied.
 _OPTIONAL_DEFAULTS = {"window_size": 0}
 
@@ -67,6 +71,12 @@ def _tidy(df: pd.DataFrame, op: str, gpu: str, dtype_col: str, source: str) -> p
             out[col] = df["op_name"].astype(str)
         else:
             out[col] = df[col].values
+    if "message_size" in SHAPE_COLUMNS[op]:
+        unknown = sorted(set(out["dtype"]) - set(_ELEMENT_BYTES))
+        if unknown:
+            raise ConfigError(f"unknown element type {unknown[0]!r} (known: {', '.join(_ELEMENT_BYTES)})",
+                              source=source, field=dtype_col)
+        out["message_size"] = out["message_size"].astype(float) * out["dtype"].map(_ELEMENT_BYTES).values
     return out.reset_index(drop=True)
 
 
