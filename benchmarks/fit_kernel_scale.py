@@ -48,8 +48,14 @@ RUNS = {"11": (1.0, 1.0), "55": (0.5, 0.5), "51": (0.5, 1.0)}
 def sample(df: pd.DataFrame, framework: str, per_group: int, seed: int = 0) -> pd.DataFrame:
     rows = df[df.backend == framework]
     rows = rows[[silicon.classify(r) == "" for r in rows.to_dict("records")]]
+    return stratified(rows, ["model_path", "mode", "system"], per_group, seed)
+
+
+def stratified(rows: pd.DataFrame, keys: list, per_group: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_group`` rows of each ``keys`` group (seeded), with their catalog model and GPU
+    architecture (what leave-one-model-out and the per-architecture fits group by)."""
     keep = []
-    for _, g in rows.groupby(["model_path", "mode", "system"], sort=True):
+    for _, g in rows.groupby(keys, sort=True, dropna=False):
         keep += list(g.sample(min(len(g), per_group), random_state=seed).index)
     out = rows.loc[sorted(keep)].copy()
     out["arch_model"] = [silicon.MODELS[m] for m in out.model_path]
@@ -148,18 +154,27 @@ def report(fw: str, t: pd.DataFrame) -> None:
               f"kernel_time_scale {arch}: {s2[0]:.2f}, kernel_fixed_scale {arch}: {s2[1]:.2f}")
 
 
-def main() -> int:
+def silicon_args(per_group: int, framework: str | None = None):
+    """(arguments, silicon rows) of a fit over the silicon file, or None when the file is missing."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--framework", default="trtllm,sglang")
+    if framework:
+        ap.add_argument("--framework", default=framework)
     ap.add_argument("--silicon", default=str(silicon.training_file()))
-    ap.add_argument("--per-group", type=int, default=12)
+    ap.add_argument("--per-group", type=int, default=per_group)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
     path = Path(args.silicon)
     if not path.is_file():
         print(f"{path}: not found (needs ../shared)")
+        return None
+    return args, silicon.load_rows(path)
+
+
+def main() -> int:
+    got = silicon_args(12, "trtllm,sglang")
+    if got is None:
         return 1
-    df = silicon.load_rows(path)
+    args, df = got
     for fw in args.framework.split(","):
         rows = sample(df, fw, args.per_group)
         print(f"{fw}: {len(rows)} rows sampled (up to {args.per_group} per model, mode and GPU)")

@@ -228,6 +228,30 @@ def test_step_model_closed_forms():
         assert g + ov.overhead_s(g, 10) >= max(g, ov.cpu_s(10))
 
 
+def test_rank_skew_waits_for_the_slowest_rank_in_closed_form():
+    """TP/EP worker synchronisation: a step over n ranks whose GPU time between collectives spreads by
+    s (relative) waits s * sqrt(2 ln n) of its GPU time, overlapped CPU or not; one GPU waits for
+    nobody; an EP worker synchronises its whole EP group, a TP worker its TP group."""
+    import math
+    from simulator.cost.framework import FrameworkStep
+    from simulator.serving.simulation import sync_fraction
+    assert sync_fraction(0.05, 1) == 0.0
+    assert sync_fraction(0.05, 8) == pytest.approx(0.05 * math.sqrt(2 * math.log(8)))
+    for overlap in (False, True):
+        plain = FrameworkStep(1e-3, 0.0, 0.0, overlap, 1e-4)
+        skewed = FrameworkStep(1e-3, 0.0, 0.0, overlap, 1e-4, 0.0, 0.1)
+        for g in (1e-4, 5e-3):
+            assert skewed.overhead_s(g, 4) - plain.overhead_s(g, 4) == pytest.approx(0.1 * g)
+    cases = [("Llama-3.1-8B", {"tensor_parallel_size": 1}, 1), ("Llama-3.1-8B", {"tensor_parallel_size": 4}, 4),
+             ("Qwen3-30B-A3B", {"tensor_parallel_size": 1, "data_parallel_size": 4, "enable_expert_parallel": True}, 4)]
+    for name, lay, ranks in cases:
+        s = build(scen(model=name, hardware={"gpu": "h100_sxm", **lay}, engine={"framework": "vllm", "rank_skew": 0.05}))
+        assert s.cfg.step_model.sync_frac == pytest.approx(sync_fraction(0.05, ranks))
+    from simulator.config import framework
+    hopper = framework.step_entry("vllm").skew("hopper")
+    assert hopper > 0 and build(scen(hardware={"gpu": "h100_sxm", "tensor_parallel_size": 2})).files["rank_skew"] == hopper
+
+
 def test_step_model_fit_recovers_known_parameters():
     from simulator.analysis import stepfit
     from simulator.cost.framework import FrameworkStep

@@ -25,21 +25,25 @@ def test_every_case_runs_and_nothing_fails(result):
 
 def test_sd_sign_right_on_most_cases(result):
     """SD loses on these SGLang runs (0.72-0.93x). The round cost is fitted jointly on three sources
-    (benchmarks/fit_sd_step.py), not on one of these cases: six of eight come out below 1.0, the other
-    two at break-even (1.00-1.07x; refitted after SGLang's prefill-only steps, 1.81 ms a round where
-    it was 1.89) where SD loses least or the draft is a chain at batch 1."""
+    (benchmarks/fit_sd_step.py), not on one of these cases: five of eight come out below 1.0, the
+    other three, the batch-1 runs with 3-step drafts, at break-even (1.01-1.09x). It was six of eight (at most
+    1.07x) until the TP ranks' synchronisation came in (2026-12-04, rank_skew, fitted on 185 H100
+    serving rows of 7 models): a per-step cost, so it favours SD, and these runs' batch-1 SD-off
+    baseline was already 18% slow from the 1.5 ms step CPU that SGLang's overlap scheduler hides
+    (README, "Framework step model"). Their SD-off rows at batch >= 8 moved the other way, closer."""
     t, s = result
     sd = t[t.family == "moe_sd"]
     assert len(sd) == 8 and (sd.measured_speedup < 1).all()
-    assert sd.sd_sign_right.astype(bool).sum() >= 6
-    assert (sd.sim_speedup < 1.07).all()
+    assert sd.sd_sign_right.astype(bool).sum() >= 5
+    assert (sd[sd.batch_size > 1].sim_speedup < 1).all()     # batch 4: SD loses, as measured
+    assert (sd.sim_speedup < 1.10).all()
 
 
 def test_error_bounds_that_hold_today(result):
     t, s = result
     assert s["dense_decode"]["throughput_median_abs_err"] <= 0.06
     assert s["dense_decode"]["latency_median_abs_err"] <= 0.06
-    assert s["moe_sd"]["throughput_median_abs_err"] <= 0.10
+    assert s["moe_sd"]["throughput_median_abs_err"] <= 0.11
     assert s["scenario:mixtral_4xa100_vllm"]["throughput_median_abs_err"] <= 0.16
     assert s["scenario:qwen3_eagle3_2xh100_sglang"]["throughput_median_abs_err"] <= 0.14
     assert s["overall"]["throughput_median_abs_err"] <= 0.10

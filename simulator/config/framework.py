@@ -50,10 +50,19 @@ class StepEntry(Strict):
             "per GPU architecture: the fixed per-kernel terms (launch and setup, k-loop and per-expert "
             "latency) over the tables' (kernel_time_scale where absent)"))
     kernel_time_scale_source: str = ""
+    rank_skew: dict[Literal["ampere", "ada", "hopper", "blackwell", "cdna3"], float] = Field(
+        default_factory=dict, description=(
+            "per GPU architecture: TP/EP worker synchronisation, the relative spread of the ranks' GPU "
+            "time between collectives; a step over n ranks waits for the slowest, rank_skew * sqrt(2 ln n) "
+            "of its GPU time (0 where absent)"))
+    rank_skew_source: str = ""
     source: str
 
     def kernel_scale(self, architecture: str) -> float:
         return self.kernel_time_scale.get(architecture, 1.0)
+
+    def skew(self, architecture: str) -> float:
+        return self.rank_skew.get(architecture, 0.0)
 
     def kernel_fixed(self, architecture: str) -> float:
         return self.kernel_fixed_scale.get(architecture, self.kernel_scale(architecture))

@@ -162,6 +162,7 @@ class Engine(Strict):
     cpu_overlap: Optional[bool] = Field(default=None, description=(
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
     sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="per step, never overlapped")
+    rank_skew: Optional[float] = Field(default=None, ge=0, le=1, description="relative TP/EP rank skew (default: frameworks.yaml)")
     enable_mixed_chunk: Optional[bool] = Field(default=None, description=(
         "prefill chunks share steps with decodes (SGLang's flag; default: the framework entry's mixed_prefill)"))
     router: Literal["round_robin", "least_outstanding"] = "round_robin"

@@ -5,7 +5,8 @@ Pure. ``FrameworkStep.overhead_s`` is what a step adds to its GPU time:
 - without overlap (vLLM V0-style loop): CPU + sync;
 - with overlap (SGLang's overlap scheduler, vLLM V1 async scheduling, TRT-LLM's overlap scheduler:
   the CPU prepares step n+1 while the GPU runs step n): max(0, CPU - GPU) + sync.
-``sync`` is what cannot overlap (TP workers' broadcast, output copy back to the host).
+``sync`` is what cannot overlap (TP workers' broadcast, output copy back to the host); ``sync_frac``
+the share of the step's GPU time its ranks lose waiting for the slowest at their collectives.
 A speculative round adds ``spec_round`` (rejection sampling, tree build and masks, the bookkeeping of
 accepted tokens) and ``draft_pass`` per draft forward pass (the proposer's own input preparation and
 launches): the target's next step needs their result, so they never overlap with the GPU.
@@ -25,6 +26,7 @@ class FrameworkStep:
     cpu_overlap: bool = False
     sync_s: float = 0.0
     draft_pass_cpu_s: float = 0.0       # per draft forward pass of a speculative round
+    sync_frac: float = 0.0              # GPU time lost to the slowest rank, per second of GPU time
 
     def cpu_s(self, num_seqs: int) -> float:
         return self.step_cpu_s + self.per_seq_cpu_s * num_seqs
@@ -37,6 +39,7 @@ class FrameworkStep:
         """Seconds a step takes beyond ``gpu_s`` of GPU work."""
         cpu = self.cpu_s(num_seqs)
         spec = self.spec_s(draft_passes) if spec_round else 0.0
+        wait = self.sync_s + self.sync_frac * gpu_s
         if self.cpu_overlap:
-            return max(0.0, cpu - gpu_s) + self.sync_s + spec
-        return cpu + self.sync_s + spec
+            return max(0.0, cpu - gpu_s) + wait + spec
+        return cpu + wait + spec
