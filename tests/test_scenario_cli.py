@@ -120,6 +120,14 @@ def test_model_and_gpu_files_by_path_resolve_from_the_scenario_folder(tmp_path):
     assert p.returncode == 2 and "unknown model 'my-model'" in p.stderr
 
 
+def test_calibrate_ops_names_the_allowed_ops_in_one_line():
+    r = cli("calibrate", "--gpu", "h100_sxm", "--ops", "allreduce,bogus", "--dry-run")
+    assert r.returncode == 2 and "unknown op 'bogus'" in r.stderr and "attention_context" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = cli("calibrate", "--gpu", "h100_sxm", "--ops", "gemm", "--framework", "sglang", "--dry-run")
+    assert r.returncode == 2 and "--ops" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_calibrate_version_needs_a_framework_and_a_collected_table(tmp_path):
     r = cli("calibrate", "--gpu", "h100_sxm", "--version", "0.19.0")
     assert r.returncode != 0 and "--version" in r.stderr and "--framework" in r.stderr

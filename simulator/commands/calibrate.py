@@ -52,7 +52,7 @@ def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = Tr
             merged.pop("kept")
         merged["date"] = calib["date"]
         calib = merged
-        prev = pd.read_parquet(res_path)
+        prev = pd.read_parquet(res_path) if res_path.is_file() else pd.DataFrame({"op": []})
         residuals = pd.concat([prev[~prev["op"].isin(ops)], residuals], ignore_index=True)
     else:
         calib.update({k: old[k] for k in _OTHER_FITS if k in old})
