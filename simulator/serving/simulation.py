@@ -147,7 +147,8 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         max_num_seqs=limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs),
         max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), eng.max_num_batched_tokens),
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
-        max_model_len=eng.max_model_len or target.max_position_embeddings, step_model=step_model(eng, entry, _synced_ranks(par), hw.architecture),
+        max_model_len=eng.max_model_len or target.max_position_embeddings,
+        step_model=step_model(eng, entry, _synced_ranks(par), hw.architecture),
         mixed_prefill=limit(eng.enable_mixed_chunk, entry.mixed_prefill),
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
