@@ -63,23 +63,27 @@ def stratified(rows: pd.DataFrame, keys: list, per_group: int, seed: int = 0) ->
     return out.reset_index(drop=True)
 
 
-def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
+def simulate_variants(rows: pd.DataFrame, variants: dict, workers, label: str) -> pd.DataFrame:
+    """``rows`` with each variant's simulated TPOT and TTFT (``tpot_<tag>``, ``ttft_<tag>``; None where
+    a run failed); a variant is a tag and the engine keys its runs override."""
     jobs = []
-    for tag, (scale, fixed) in RUNS.items():
+    for tag, engine in variants.items():
         for r in rows.to_dict("records"):
             sc = silicon.scenario(r)
-            sc["engine"]["kernel_time_scale"] = scale
-            sc["engine"]["kernel_fixed_scale"] = fixed
+            sc["engine"].update(engine)
             jobs.append({"id": f"{r['id']}@{tag}", "scenario": sc, "warm_up": silicon.warmed_up(r)})
-    res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, f"rows x {len(RUNS)} scales", True)
-    n = len(rows)
-    out = rows.copy()
-    cols = []
-    for i, tag in enumerate(RUNS):
-        part = res[i * n:(i + 1) * n]
+    res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, label, True)
+    n, out = len(rows), rows.copy()
+    for i, tag in enumerate(variants):
         for metric in ("tpot", "ttft"):
-            out[f"{metric}_{tag}"] = [p.get(f"sim_{metric}_ms") for p in part]
-            cols.append(f"{metric}_{tag}")
+            out[f"{metric}_{tag}"] = [p.get(f"sim_{metric}_ms") for p in res[i * n:(i + 1) * n]]
+    return out
+
+
+def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
+    variants = {tag: {"kernel_time_scale": scale, "kernel_fixed_scale": fixed} for tag, (scale, fixed) in RUNS.items()}
+    out = simulate_variants(rows, variants, workers, f"rows x {len(RUNS)} scales")
+    cols = [f"{metric}_{tag}" for tag in RUNS for metric in ("tpot", "ttft")]
     ok = out[cols].notna().all(axis=1) & (out.silicon_tpot_ms > 0)
     return out[ok].reset_index(drop=True)
 

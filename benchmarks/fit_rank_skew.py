@@ -33,38 +33,32 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from simulator.analysis import silicon                  # noqa: E402
-from simulator.analysis.runner import run_many          # noqa: E402
-from fit_kernel_scale import silicon_args, stratified   # noqa: E402
+from simulator.cost.forward import Parallel             # noqa: E402
+from simulator.serving.simulation import synced_ranks  # noqa: E402
+from fit_kernel_scale import silicon_args, simulate_variants, stratified   # noqa: E402
 
 PROBE = 0.1
 GRID = np.round(np.arange(0.0, 0.3001, 0.0025), 4)
 
 
 def sample(df: pd.DataFrame, per_group: int, seed: int = 0) -> pd.DataFrame:
+    """The expressible rows whose workers synchronise more than one GPU (any pool), stratified."""
     rows = df[[silicon.classify(r) == "" for r in df.to_dict("records")]].copy()
     ranks = []
     for r in rows.to_dict("records"):
         pre = ("prefill_", "decode_") if r["mode"] == "disagg" else ("",)
         dense = silicon._arch(silicon.MODELS[str(r["model_path"])]).moe is None
         lays = [silicon.layout(r, p, dense)[0] for p in pre]
-        ranks.append(max(max(l["tensor_parallel_size"], l["tensor_parallel_size"] * l["data_parallel_size"]
-                             if l.get("enable_expert_parallel") else 1) for l in lays))
+        ranks.append(max(synced_ranks(Parallel(l["tensor_parallel_size"], bool(l.get("enable_expert_parallel")),
+                                                 data_parallel_size=l["data_parallel_size"],
+                                                 moe_tensor_parallel_size=l.get("moe_tensor_parallel_size", 0)))
+                         for l in lays))
     rows["ranks"] = ranks
     return stratified(rows[rows.ranks > 1], ["model_path", "backend", "system", "tp_size"], per_group, seed)
 
 
 def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
-    jobs = []
-    for tag, skew in (("0", 0.0), ("p", PROBE)):
-        for r in rows.to_dict("records"):
-            sc = silicon.scenario(r)
-            sc["engine"]["rank_skew"] = skew
-            jobs.append({"id": f"{r['id']}@{tag}", "scenario": sc, "warm_up": silicon.warmed_up(r)})
-    res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, "rows x 2 skews", True)
-    n, out = len(rows), rows.copy()
-    for i, tag in enumerate(("0", "p")):
-        for metric in ("tpot", "ttft"):
-            out[f"{metric}_{tag}"] = [p.get(f"sim_{metric}_ms") for p in res[i * n:(i + 1) * n]]
+    out = simulate_variants(rows, {"0": {"rank_skew": 0.0}, "p": {"rank_skew": PROBE}}, workers, "rows x 2 skews")
     ok = out[["tpot_0", "tpot_p"]].notna().all(axis=1) & (out.silicon_tpot_ms > 0)
     return out[ok].reset_index(drop=True)
 

@@ -33,8 +33,8 @@ def run(traces_dir, gpu_name: str, report_path=None, log=print, write: bool = Tr
     if ops and hw.calibration is None:
         raise ConfigError(f"{gpu_name} has no calibration to refit ops of; run moesd calibrate --gpu {gpu_name} first",
                           field="--ops")
-    calib, residuals, rows = calibration.calibrate_gpu(traces_dir, hw, progress=lambda op: log(f"  fitted {op}"),
-                                                       **({"ops": tuple(ops)} if ops else {}))
+    calib, residuals, rows = calibration.calibrate_gpu(traces_dir, hw, tuple(ops or calibration.BASE_OPS),
+                                                       progress=lambda op: log(f"  fitted {op}"))
     if not write:
         if report_path:
             write_report(report_path, gpu_name, rows)

@@ -112,7 +112,7 @@ def build(sc, source: str = "scenario") -> Setup:
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     files = {**(files or {}), "framework": eng.framework, "kernel_tables": cost.tables_label,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
-             "rank_skew": entry.skew(hw.architecture) if eng.rank_skew is None else eng.rank_skew,
+             "rank_skew": rank_skew(eng, entry, hw.architecture),
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
                  files, pools)
@@ -148,7 +148,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), eng.max_num_batched_tokens),
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
         max_model_len=eng.max_model_len or target.max_position_embeddings,
-        step_model=step_model(eng, entry, _synced_ranks(par), hw.architecture),
+        step_model=step_model(eng, entry, synced_ranks(par), hw.architecture),
         mixed_prefill=limit(eng.enable_mixed_chunk, entry.mixed_prefill),
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
@@ -169,7 +169,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     return PoolSetup(pp.role, pp.workers, pp.dp_ranks, pp.gpus, par, cfg, target_fm, draft_fm, target_key)
 
 
-def _synced_ranks(par: Parallel) -> int:
+def synced_ranks(par: Parallel) -> int:
     """GPUs whose collectives tie a step together: the TP group, or the whole EP group."""
     return par.moe_group if par.moe_ep > 1 else par.tensor_parallel_size
 
@@ -180,17 +180,21 @@ def sync_fraction(skew: float, ranks: int) -> float:
     return skew * math.sqrt(2.0 * math.log(ranks)) if ranks > 1 else 0.0
 
 
+def rank_skew(eng, entry, architecture: str) -> float:
+    """The relative rank skew a run uses: the scenario's, else its framework entry's for the GPU."""
+    return entry.skew(architecture) if eng.rank_skew is None else eng.rank_skew
+
+
 def step_model(eng, entry=None, ranks: int = 1, architecture: str = "") -> FrameworkStep:
     """The framework step model of a scenario's engine: its framework's entry for its version
     (workloads/frameworks.yaml; ``entry`` when the caller has it), with any term the scenario sets
     itself; a worker of ``ranks`` GPUs also waits for the slowest of them at its collectives."""
     e = entry or framework_mod.step_entry(eng.framework, eng.framework_version)
     pick = lambda mine, default: default if mine is None else mine  # noqa: E731
-    skew = pick(eng.rank_skew, e.skew(architecture))
     return FrameworkStep(pick(eng.step_overhead_ms, e.step_cpu_ms) / 1e3, pick(eng.per_seq_overhead_ms, e.per_seq_cpu_ms) / 1e3,
                          pick(eng.spec_round_overhead_ms, e.spec_round_cpu_ms) / 1e3, pick(eng.cpu_overlap, e.cpu_overlap),
                          pick(eng.sync_ms, e.sync_ms) / 1e3, pick(eng.draft_pass_overhead_ms, e.draft_pass_cpu_ms) / 1e3,
-                         sync_fraction(skew, ranks))
+                         sync_fraction(rank_skew(eng, e, architecture), ranks))
 
 
 def kernel_scales(eng, hw, e) -> tuple:
