@@ -231,7 +231,8 @@ def test_step_model_closed_forms():
 def test_rank_skew_waits_for_the_slowest_rank_in_closed_form():
     """TP/EP worker synchronisation: a step over n ranks whose GPU time between collectives spreads by
     s (relative) waits s * sqrt(2 ln n) of its GPU time, overlapped CPU or not; one GPU waits for
-    nobody; an EP worker synchronises its whole EP group, a TP worker its TP group."""
+    nobody; an EP worker synchronises its whole EP group, a TP worker its TP group, attention DP
+    all its ranks (their MoE layers run over the whole group)."""
     import math
     from simulator.cost.framework import FrameworkStep
     from simulator.serving.simulation import sync_fraction
@@ -243,7 +244,10 @@ def test_rank_skew_waits_for_the_slowest_rank_in_closed_form():
         for g in (1e-4, 5e-3):
             assert skewed.overhead_s(g, 4) - plain.overhead_s(g, 4) == pytest.approx(0.1 * g)
     cases = [("Llama-3.1-8B", {"tensor_parallel_size": 1}, 1), ("Llama-3.1-8B", {"tensor_parallel_size": 4}, 4),
-             ("Qwen3-30B-A3B", {"tensor_parallel_size": 1, "data_parallel_size": 4, "enable_expert_parallel": True}, 4)]
+             ("Qwen3-30B-A3B", {"tensor_parallel_size": 1, "data_parallel_size": 4, "enable_expert_parallel": True}, 4),
+             # attention DP with the experts tensor-parallel over all 4 x 2 GPUs: one MoE all-reduce ties them all
+             ("Qwen3-30B-A3B", {"tensor_parallel_size": 2, "data_parallel_size": 4}, 8),
+             ("Qwen3-30B-A3B", {"tensor_parallel_size": 2}, 2)]
     for name, lay, ranks in cases:
         s = build(scen(model=name, hardware={"gpu": "h100_sxm", **lay}, engine={"framework": "vllm", "rank_skew": 0.05}))
         assert s.cfg.step_model.sync_frac == pytest.approx(sync_fraction(0.05, ranks))

@@ -170,8 +170,10 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
 
 
 def synced_ranks(par: Parallel) -> int:
-    """GPUs whose collectives tie a step together: the TP group, or the whole EP group."""
-    return par.moe_group if par.moe_ep > 1 else par.tensor_parallel_size
+    """GPUs whose collectives tie a step together: the MoE layers' group (the TP group without
+    attention DP; with it, every DP rank's TP group, joined by the MoE layers' all-to-all under EP or
+    their all-reduce without)."""
+    return par.moe_group
 
 
 def sync_fraction(skew: float, ranks: int) -> float:
