@@ -292,6 +292,26 @@ def test_framework_entries_pick_by_version_and_scenario_terms_win():
     assert s.cfg.step_model == fm
 
 
+def test_a_version_is_a_release_a_date_or_a_dev_build_and_a_docker_v_prefix_is_dropped():
+    """vLLM's Docker tags read v0.11.2: the same release as 0.11.2 (same step entry, same kernel
+    tables), never a nightly priced as the newest; a string that is no version is a one-line error,
+    not a silent "newest". The summary states the step-model entry a run used."""
+    from simulator.common.versions import normalise
+    for ok, want in (("v0.11.2", "0.11.2"), ("1.2.0rc6.post2", "1.2.0rc6.post2"), ("0.5.1-rc0.pre1", "0.5.1-rc0.pre1"),
+                     ("2025-07-01", "2025-07-01"), ("nightly-dev-20260216-d3bae71e", "nightly-dev-20260216-d3bae71e"),
+                     (" main ", "main")):
+        assert normalise(ok) == want
+    for bad in ("banana", "V1 engine", "", "0.8 final"):
+        with pytest.raises(ValueError):
+            normalise(bad)
+    a = build(scen(engine={"framework": "vllm", "framework_version": "v0.11.2"}))
+    b = build(scen(engine={"framework": "vllm", "framework_version": "0.11.2"}))
+    assert a.files["step_model"] == b.files["step_model"] == "vllm 0.8.0"
+    assert a.files["kernel_tables"] == b.files["kernel_tables"] and a.cfg.step_model == b.cfg.step_model
+    with pytest.raises(ConfigError, match="engine.framework_version: 'banana' is not a version"):
+        build(scen(engine={"framework": "vllm", "framework_version": "banana"}))
+
+
 def test_a_build_known_by_its_date_takes_the_entry_released_by_then():
     from simulator.analysis.sdtable import _version
     from simulator.config import framework

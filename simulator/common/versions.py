@@ -1,4 +1,4 @@
-"""Ordering of framework version strings."""
+"""Framework version strings: what a scenario may give, and their order."""
 
 from __future__ import annotations
 
@@ -13,3 +13,20 @@ def version_key(v: str) -> tuple:
 def is_dated(v) -> bool:
     """Whether a version string is a build date (YYYY-MM-DD), not a release number."""
     return v is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(v)) is not None
+
+
+# a build with no release number: a nightly or a branch head, priced as the newest release
+DEV_BUILD = re.compile(r"(nightly|main|master|dev|latest)([-_.+/][\w.+/-]*)?", re.IGNORECASE)
+
+
+def normalise(v: str) -> str:
+    """A framework version as the step-model and kernel tables read it: a release number (a leading
+    ``v``, as in Docker tags, dropped), a build date (YYYY-MM-DD) or a dev build's name; anything
+    else is an error rather than a silent "newest"."""
+    s = v.strip()
+    if re.match(r"[vV]\d", s):
+        s = s[1:]
+    if re.fullmatch(r"\d+(\.\d+)*[\w.+-]*", s) or DEV_BUILD.fullmatch(s):
+        return s
+    raise ValueError(f"{v!r} is not a version: give a release (0.8.1, v0.11.2, 1.2.0rc6.post2), "
+                     "a build date (YYYY-MM-DD) or a nightly/main build name (priced as the newest)")

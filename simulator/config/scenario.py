@@ -15,7 +15,7 @@ from . import gpu as gpu_mod
 from . import model as model_mod
 from . import precision
 from . import topology
-from .schema import SafeName, Strict
+from .schema import FrameworkVersion, SafeName, Strict
 from ..common.datafiles import load_text, read_user_yaml
 from ..common.errors import ConfigError, pydantic_error
 from ..common.paths import SCENARIOS_DIR, display_path, is_safe_name
@@ -146,7 +146,7 @@ class Engine(Strict):
         "reuse the KV of a conversation's history while its blocks are not evicted (vLLM's flag; V1 turns it "
         "on by default, kept off here so single-turn runs are unchanged)"))
     enforce_eager: bool = False
-    framework_version: Optional[str] = Field(default=None, max_length=64, description=(
+    framework_version: Optional[FrameworkVersion] = Field(default=None, max_length=64, description=(
         "picks the framework's step-model entry in workloads/frameworks.yaml (the newest at or below it); "
         "default: the newest"))
     # the framework step model (simulator/cost/framework.py); unset = the framework's entry

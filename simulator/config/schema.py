@@ -1,5 +1,5 @@
-"""What every validated user file (scenario, plan) shares: a strict, finite base model and the
-safe-name type of the results folders they name."""
+"""What every validated user file (scenario, plan) shares: a strict, finite base model, the
+safe-name type of the results folders they name and the framework-version type."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from ..common.paths import SAFE_NAME_RULE, is_safe_name
+from ..common.versions import normalise
 
 
 class Strict(BaseModel):
@@ -22,3 +23,4 @@ def _safe_name(v: str) -> str:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
+FrameworkVersion = Annotated[str, AfterValidator(normalise)]

@@ -110,7 +110,8 @@ def build(sc, source: str = "scenario") -> Setup:
         # runs of the same models and overheads share one
         cfg.k_policy = _shared(("adaptive", main.key, cfg.step_model, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
-    files = {**(files or {}), "framework": eng.framework, "kernel_tables": cost.tables_label,
+    files = {**(files or {}), "framework": eng.framework, "step_model": f"{eng.framework} {entry.since}",
+             "kernel_tables": cost.tables_label,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
