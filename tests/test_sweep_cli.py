@@ -118,3 +118,40 @@ def test_pool_workers_die_with_their_parent(tmp_path):
         with open(f"/proc/{pid}/stat") as f:           # a zombie awaiting its reaper is gone too
             return f.read().split()[2] != "Z"
     assert not any(alive(p) for p in workers)
+
+
+def test_a_stated_acceptance_length_holds_at_its_own_k_when_a_sweep_varies_k():
+    """qwen3_eagle3 states a mean acceptance length of 1.86 at its k = 3. A sweep keeps that
+    per-token rate at every k: the engine's acceptance at k = 1 and 3 matches the closed form's
+    tokens per round (1.86 at k = 3, less at k = 1), rather than every k reaching 1.86."""
+    from simulator.analysis.sweep import sweep
+    t = sweep("qwen3_eagle3", [], [4], [1, 3], adaptive=False, workers=1, progress=False)
+    t = t[t.k > 0].set_index("k")
+    assert abs(t.loc[3, "tokens_per_round"] - 1.86) < 1e-3
+    assert t.loc[1, "tokens_per_round"] < 1.6
+    for k in (1, 3):
+        assert abs(t.loc[k, "acceptance_length"] - t.loc[k, "tokens_per_round"]) < 0.06
+
+
+def test_measured_at_k_sets_the_rate_and_needs_a_mean_length():
+    import pytest
+    from simulator.common.errors import ConfigError
+    from simulator.config.plan import parse_plan
+    from simulator.config.speculative import Acceptance
+    from simulator.serving import acceptance
+    acc = Acceptance(mean_acceptance_length=2.5, measured_at_k=3)
+    for k in (1, 3, 6):
+        model = acceptance.build(acc, k)
+        assert model.rate == pytest.approx(acceptance.build(acc, 3).rate)
+    assert 1 + acceptance.build(acc, 3).expected_accepted(3) == pytest.approx(2.5)
+    assert acceptance.pinned(Acceptance(mean_acceptance_length=2.5), 4) == {"mean_acceptance_length": 2.5, "measured_at_k": 4}
+    assert acceptance.pinned(Acceptance(rate=0.7), 4) == {"rate": 0.7}
+    with pytest.raises(Exception, match="measured_at_k goes with mean_acceptance_length"):
+        Acceptance(rate=0.7, measured_at_k=3)
+    plan = {"model": "Qwen3-30B-A3B", "slo": {"tpot_ms": 30},
+            "drafts": [{"method": "eagle3", "model": "EAGLE3-Qwen3-30B-A3B", "acceptance": {"mean_acceptance_length": 2.5}}],
+            "search": {"num_speculative_tokens": [0, 1, 3]}}
+    with pytest.raises(ConfigError, match=r"drafts\[0\]\.acceptance: mean_acceptance_length needs measured_at_k"):
+        parse_plan(json.loads(json.dumps(plan)), "p.yaml")
+    plan["drafts"][0]["acceptance"]["measured_at_k"] = 3
+    assert parse_plan(plan, "p.yaml").drafts[0].acceptance["measured_at_k"] == 3

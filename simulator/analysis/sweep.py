@@ -9,6 +9,7 @@ that decode the full batch with no prefill in them (the no-queueing steady state
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -16,7 +17,7 @@ import pandas as pd
 from ..common.errors import ConfigError
 from ..config.scenario import load_scenario
 from ..cost.forward import ForwardModel
-from ..serving import theory
+from ..serving import acceptance, theory
 from ..serving.simulation import build, simulate
 from .runner import run_many
 
@@ -75,6 +76,16 @@ def _closed_form(setup, ctx: float, batches, ks) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pin_acceptance(scenario: str, overrides: list[str]) -> list[str]:
+    """``overrides`` plus one that keeps the scenario's acceptance when k varies: a mean acceptance
+    length is the one measured at the scenario's own k, not a length every k would reach."""
+    sc = load_scenario(scenario, overrides)
+    spec = sc.speculative_config
+    if spec is None:
+        return list(overrides)
+    return list(overrides) + [f"speculative_config.acceptance={json.dumps(acceptance.pinned(spec.acceptance, spec.k))}"]
+
+
 def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True, adaptive: bool = True,
           workers: int | None = None, executor: str = "local", address: str | None = None, cache_dir=None,
           family: str = "", progress: bool = True) -> pd.DataFrame:
@@ -83,6 +94,7 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
     if sc.speculative_config is None:
         raise ConfigError("sweep needs a speculative_config (the draft to sweep k for)", source=scenario,
                           field="speculative_config")
+    overrides = pin_acceptance(scenario, overrides)
     ks = sorted(set(ks))
     k_max = max(ks)
     setup = build(load_scenario(scenario, overrides + [f"speculative_config.num_speculative_tokens={k_max}"]), scenario)
@@ -128,7 +140,7 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
 
 def sparsity(scenario: str, overrides: list[str], batches, k: int, topks) -> pd.DataFrame:
     """Closed-form speedup at fixed E while top-K varies (the paper edits num_experts_per_tok)."""
-    sc = load_scenario(scenario, overrides + [f"speculative_config.num_speculative_tokens={k}"])
+    sc = load_scenario(scenario, pin_acceptance(scenario, overrides) + [f"speculative_config.num_speculative_tokens={k}"])
     setup = build(sc, scenario)
     ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
     rows = []

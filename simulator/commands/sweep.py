@@ -13,6 +13,7 @@ from ..common.atomic import check_output_dir, output_dir
 from ..common.errors import ConfigError
 from ..common.paths import REPORTS_DIR
 from ..config.scenario import load_scenario
+from ..serving import acceptance
 
 
 MAX_VALUES = 64          # values per axis: the engine runs batch x k points
@@ -51,7 +52,8 @@ def run(args) -> int:
     out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / f"sweep_{sc.name}")
     tables = [sweep(args.scenario, args.set, batches, ks, **common)]
     if args.dense_scenario:
-        acc = sc.speculative_config.acceptance.model_dump(exclude_none=True)
+        # the MoE scenario's acceptance, at the k it was measured at (the dense pair's k may differ)
+        acc = acceptance.pinned(sc.speculative_config.acceptance, sc.speculative_config.k)
         dense_over = [f"speculative_config.acceptance={json.dumps(acc)}", f"hardware.gpu={sc.hardware.gpu}",
                       f"hardware.tensor_parallel_size={sc.hardware.tensor_parallel_size}",
                       f"workload.random_input_len={sc.workload.random_input_len}",

@@ -86,6 +86,17 @@ class PlanSpec(Strict):
     bisection: Bisection = Field(default_factory=Bisection)
     seed: int = Field(default=0, ge=0, lt=2**63)
 
+    @model_validator(mode="after")
+    def _acceptance_k(self):
+        # a mean acceptance length holds at the k it was measured at; across several k it needs that k
+        ks = sorted({k for k in self.search.num_speculative_tokens if k})
+        for i, d in enumerate(self.drafts):
+            if isinstance(d.acceptance, dict) and "mean_acceptance_length" in d.acceptance \
+                    and "measured_at_k" not in d.acceptance and len(ks) > 1:
+                raise ValueError(f"drafts[{i}].acceptance: mean_acceptance_length needs measured_at_k (the k it was "
+                                 f"measured at) when the search tries several k {ks}")
+        return self
+
 
 def load_plan(path, overrides: list[str] = ()) -> PlanSpec:
     return parse_plan(read_user_yaml(Path(path), "plan file"), str(path), overrides)

@@ -17,6 +17,9 @@ class Acceptance(Strict):
     rate: Optional[float] = Field(default=None, ge=0, le=1)
     per_position: Optional[list[float]] = None
     mean_acceptance_length: Optional[float] = Field(default=None, ge=1)
+    measured_at_k: Optional[int] = Field(default=None, ge=1, le=16, description=(
+        "the k a mean_acceptance_length was measured at: other k then keep its per-token rate "
+        "(default: the run's own k)"))
     histogram: Optional[list[float]] = None
 
     @model_validator(mode="after")
@@ -24,6 +27,8 @@ class Acceptance(Strict):
         given = [k for k in ("rate", "per_position", "mean_acceptance_length", "histogram") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of rate, per_position, mean_acceptance_length, histogram (got {given or 'none'})")
+        if self.measured_at_k is not None and self.mean_acceptance_length is None:
+            raise ValueError("measured_at_k goes with mean_acceptance_length (the k that length was measured at)")
         for k in ("per_position", "histogram"):
             v = getattr(self, k)
             if v is not None and (not v or any(x < 0 or x > 1 for x in v)):

@@ -89,6 +89,17 @@ def rate_for_length(length: float, k: int | None) -> float:
 
 
 def build(acc, k: int):
+    """The model a run drafting k tokens uses: a mean acceptance length is matched at the k it was
+    measured at (``measured_at_k``, else k), so that a run at another k keeps its per-token rate."""
     if acc.mean_acceptance_length is not None:
-        return IID(rate_for_length(acc.mean_acceptance_length, k))
+        return IID(rate_for_length(acc.mean_acceptance_length, acc.measured_at_k or k))
     return from_config(acc)
+
+
+def pinned(acc, k: int) -> dict:
+    """``acc`` as a scenario mapping fixed for any k: a mean acceptance length with no k of its own
+    is taken as measured at ``k`` (the scenario's own), which a sweep or plan then varies."""
+    d = acc.model_dump(exclude_none=True)
+    if acc.mean_acceptance_length is not None and acc.measured_at_k is None and k:
+        d["measured_at_k"] = int(k)
+    return d
