@@ -62,11 +62,16 @@ def test_inter_node_allreduce_is_zero_inside_the_domain_and_a_ring_across():
     assert network.inter_node_allreduce_s(gb200, S, 64) == 0.0     # one NVL72 rack
 
 
-def test_balanced_dp_ep_step_is_one_ranks_dense_part_plus_the_shared_moe():
-    """Equal requests, as many per rank: every rank's dense part is the same, the MoE layers see
-    every rank's tokens over EP 4, dispatch/combine is priced on one rank's tokens."""
-    setup = small(DP_EP + ["workload.concurrency=8", "workload.request_rate=inf"])
+@pytest.mark.parametrize("a2a", ["none", "deepep"])
+def test_balanced_dp_ep_step_is_one_ranks_dense_part_plus_the_shared_moe(a2a):
+    """Equal requests, as many per rank: every rank's dense part is the same. Exchanging tokens by
+    all-gather (none, the frameworks' default), each rank's MoE kernel passes over every rank's
+    tokens and the exchange is one all-reduce of them over the group; by DeepEP dispatch/combine,
+    the kernel runs on the token-slots dispatched to it and the exchange is priced on one rank's
+    tokens."""
+    setup = small(DP_EP + ["workload.concurrency=8", "workload.request_rate=inf", f"engine.moe_a2a_backend={a2a}"])
     assert setup.pools[0].dp_ranks == 4 and setup.par.moe_ep == 4 and setup.par.moe_tp == 1
+    assert setup.par.dispatches == (a2a == "deepep") and setup.files["moe_a2a_backend"] == a2a
     summary, req, log = simulate(setup)
     steps = log.frame()
     fm = setup.target_fm
@@ -74,13 +79,32 @@ def test_balanced_dp_ep_step_is_one_ranks_dense_part_plus_the_shared_moe():
     assert len(dec) > 10
     per_rank = Batch(2, 1, 300.0)
     ref = fm.dense_part(per_rank)
-    E, K = fm.m.moe.num_experts, fm.m.moe.num_experts_per_tok
-    moe_s = fm.moe_part(expected_count_vector(8, E, K))[0]
+    E, K, h = fm.m.moe.num_experts, fm.m.moe.num_experts_per_tok, fm.m.hidden_size
+    counts = expected_count_vector(8, E, K)
+    moe_s = fm.moe_part(counts)[0]
     assert np.allclose(dec.gemm_s, ref.gemm_s) and np.allclose(dec.comm_s, ref.comm_s)
     assert np.allclose(dec.moe_s, moe_s)
-    a2a = fm.m.num_moe_layers * network.dispatch_combine_s(setup.hw, network.fit_for(setup.hw), [2], K, fm.m.hidden_size, 4)[0]
-    assert ref.comm_s == pytest.approx(a2a)                          # TP 1: the only collective is the all-to-all
+    loads = fm.cm._moe_loads(counts, K, 4)                          # (group tokens, active, slots, padded)
+    if a2a == "deepep":
+        a2a_s = fm.m.num_moe_layers * network.dispatch_combine_s(setup.hw, network.fit_for(setup.hw), [2], K, h, 4)[0]
+        kernel_t = max(1, round(loads[2] / K))                       # this rank's dispatched token-slots
+    else:
+        a2a_s = fm.m.num_moe_layers * fm.cm.allreduce_latency_s(np.array([8 * h * 2.0]), 4)[0]
+        kernel_t = loads[0]                                          # every rank's tokens
+    assert ref.comm_s == pytest.approx(a2a_s)                        # TP 1: the only collective is the exchange
+    want = fm.m.num_moe_layers * fm.cm.moe_latency_from_loads((kernel_t,) + tuple(loads[1:]), h, fm.m.moe.moe_intermediate_size,
+                                                                E, K, 1, 4, fm.m.moe.gated, fm.moe_prec)
+    assert moe_s == pytest.approx(want)
     assert (req.completed).all() and set(req.dp_rank) == {0, 1, 2, 3}
+
+
+def test_deepep_needs_an_attention_dp_expert_parallel_worker():
+    with pytest.raises(ConfigError, match="engine.moe_a2a_backend: deepep_low_latency dispatches tokens between "
+                                          "attention-DP ranks"):
+        small(["hardware.tensor_parallel_size=2", "engine.moe_a2a_backend=deepep_low_latency"])
+    # vLLM's names read as SGLang's
+    assert small(DP_EP + ["engine.moe_a2a_backend=deepep_high_throughput"]).par.dispatches
+    assert not small(DP_EP + ["engine.moe_a2a_backend=allgather_reducescatter"]).par.dispatches
 
 
 def test_dp_ranks_never_share_a_request(monkeypatch):

@@ -38,6 +38,11 @@ class StepEntry(Strict):
         "what engine.gpu_memory_utilization is a fraction of: the GPU's memory, weights and activations "
         "then taken out (vLLM --gpu-memory-utilization, SGLang --mem-fraction-static), or the memory "
         "still free once weights and activations are in (TensorRT-LLM kv_cache_config.free_gpu_memory_fraction)"))
+    moe_a2a_backend: Literal["none", "deepep"] = Field(default="none", description=(
+        "how attention-DP ranks exchange tokens with an expert-parallel MoE: none, every rank gathers the "
+        "group's tokens and its experts run on all of them (SGLang --moe-a2a-backend none, vLLM "
+        "allgather_reducescatter, the defaults), or deepep, an all-to-all dispatch and combine"))
+    moe_a2a_source: str = ""
     kernels_before_collections: Literal["newest", "oldest"] = Field(default="newest", description=(
         "which kernel fits price a release older than every collected table version: the newest (what "
         "this entry's step terms were fitted with) or the oldest collection (the nearest in time)"))

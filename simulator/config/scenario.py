@@ -111,6 +111,10 @@ class Engine(Strict):
     rank_skew: Optional[float] = Field(default=None, ge=0, le=1, description="relative TP/EP rank skew (default: frameworks.yaml)")
     enable_mixed_chunk: Optional[bool] = Field(default=None, description=(
         "prefill chunks share steps with decodes (SGLang's flag; default: the framework entry's mixed_prefill)"))
+    moe_a2a_backend: Optional[Literal["none", "deepep", "allgather_reducescatter", "naive", "deepep_low_latency",
+                                      "deepep_high_throughput"]] = Field(default=None, description=(
+        "attention DP + EP token exchange: SGLang's --moe-a2a-backend (none, deepep) or vLLM's "
+        "--all2all-backend (allgather_reducescatter, naive = none; deepep_* = deepep); default: the framework's"))
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 

@@ -46,6 +46,12 @@ def check(sc, arch, hw, source: str) -> list[PoolPlan]:
     ps = pools(sc, arch)
     for p in ps:
         _check_layout(p.layout, arch, source, p.field)
+    a2a = sc.engine.moe_a2a_backend
+    if a2a is not None and a2a.startswith("deepep") and not any(
+            arch.moe is not None and p.dp_ranks > 1 and p.layout.enable_expert_parallel for p in ps):
+        raise ConfigError(f"{a2a} dispatches tokens between attention-DP ranks to their experts: it needs a worker with "
+                          "data_parallel_size > 1 and enable_expert_parallel on an MoE model", source=source,
+                          field="engine.moe_a2a_backend")
     need = sum(p.gpus for p in ps)
     nodes = sc.hardware.num_nodes
     if nodes is not None and need > nodes * hw.gpus_per_node:

@@ -37,10 +37,19 @@ class Parallel:
     kernels_per_layer: int = 14
     data_parallel_size: int = 1
     moe_tensor_parallel_size: int = 0     # 0: 1 under expert parallel, the whole group without
+    moe_a2a: str = "none"                 # attention DP + EP: "deepep" dispatch/combine, else all-gather
 
     @property
     def moe_group(self) -> int:
         return self.tensor_parallel_size * self.data_parallel_size
+
+    @property
+    def dispatches(self) -> bool:
+        """Attention DP + EP with an all-to-all backend (DeepEP): each token goes to its experts'
+        ranks and back, and a rank's MoE kernel runs on the tokens dispatched to it. Otherwise the
+        ranks all-gather the group's tokens, each runs its experts on all of them (the kernel
+        passes over every token-slot, masking the experts it lacks) and the outputs are reduced."""
+        return self.moe_a2a == "deepep" and self.data_parallel_size > 1 and self.moe_ep > 1
 
     @property
     def moe_tp(self) -> int:
@@ -258,7 +267,8 @@ class ForwardModel:
         of two floats a token, where q and k are normalised over all heads. With it:
         one after attention (TP group), one after a dense FFN; each MoE layer's tokens go to their
         experts and back, a dispatch + combine over the EP group (an all-gather + reduce-scatter,
-        priced as one all-reduce of all ranks' tokens, when the experts are tensor parallel)."""
+        priced as one all-reduce of all ranks' tokens, unless the worker dispatches them: see
+        ``Parallel.dispatches``)."""
         m, par, cm, tp = self.m, self.par, self.cm, self.tp
         h, layers, graphs = m.hidden_size, m.num_hidden_layers, par.cuda_graphs
         ar = lambda S, n: (cm.allreduce_latency_s(S, n, graphs) + network.inter_node_allreduce_s(cm.hw, S, n)  # noqa: E731
@@ -269,12 +279,14 @@ class ForwardModel:
             return 2 * layers * ar(N * h * 2.0, tp) + norm
         moe_layers = m.num_moe_layers
         comm = (2 * layers - moe_layers) * ar(N * h * 2.0, tp)
-        if par.moe_ep > 1:
+        if par.dispatches:
             comm = comm + moe_layers * network.dispatch_combine_s(cm.hw, network.fit_for(cm.hw), N, m.moe.num_experts_per_tok,
                                                                   h, par.moe_ep)
             if par.moe_tp > 1:
                 comm = comm + moe_layers * ar(N * h * 2.0, par.moe_tp)
         else:
+            # every rank gathers the group's tokens, runs its experts on them, and the outputs are
+            # reduce-scattered back (SGLang --moe-a2a-backend none, vLLM allgather_reducescatter)
             comm = comm + moe_layers * ar(N * par.data_parallel_size * h * 2.0, par.moe_group)
         return comm + norm
 
@@ -294,6 +306,8 @@ class ForwardModel:
             return 0.0, 0.0, 0
         m, par = self.m, self.par
         L = m.num_moe_layers
+        if par.dispatches:   # the kernel sees this rank's dispatched token-slots, not the group's
+            loads = (max(1, round(loads[2] / m.moe.num_experts_per_tok)),) + tuple(loads[1:])
         moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts,
                                                    m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated,
                                                    self.moe_prec)

@@ -114,6 +114,7 @@ def build(sc, source: str = "scenario") -> Setup:
              "kernel_tables": cost.tables_label,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
+             "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
                  files, pools)
@@ -138,7 +139,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     tp = lay.tensor_parallel_size
     par = Parallel(tensor_parallel_size=tp, enable_expert_parallel=lay.enable_expert_parallel,
                    cuda_graphs=not eng.enforce_eager, data_parallel_size=pp.dp_ranks,
-                   moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0)
+                   moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0, moe_a2a=a2a_backend(eng, entry))
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
                               expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size",
@@ -181,6 +182,12 @@ def sync_fraction(skew: float, ranks: int) -> float:
     """Share of a step's GPU time spent waiting for the slowest of ``ranks`` GPUs whose time between
     collectives spreads by ``skew`` (relative): the expected maximum of that many, skew * sqrt(2 ln n)."""
     return skew * math.sqrt(2.0 * math.log(ranks)) if ranks > 1 else 0.0
+
+
+def a2a_backend(eng, entry) -> str:
+    """The attention-DP + EP token exchange: the scenario's (vLLM's names read as SGLang's), else the framework's."""
+    b = entry.moe_a2a_backend if eng.moe_a2a_backend is None else eng.moe_a2a_backend
+    return "deepep" if b.startswith("deepep") else "none"
 
 
 def rank_skew(eng, entry, architecture: str) -> float:
