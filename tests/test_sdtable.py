@@ -122,12 +122,18 @@ def test_rows_are_blocked_with_their_reason_or_carry_the_assumption(tmp_path):
         {**BASE, "k": "", "metric": "tpot_ms", "sd_value": 3},
         {**BASE, "k": 0, "metric": "tpot_ms", "sd_value": 3},
         {**BASE, "target_model": "Qwen/Qwen3-30B-A3B", "draft_method": "EAGLE", "metric": "tpot_ms", "sd_value": 3},
+        {**BASE, "k": "three", "metric": "tpot_ms", "sd_value": 3},
+        {**BASE, "k": 2.5, "metric": "tpot_ms", "sd_value": 3},
+        {**BASE, "batch_or_concurrency": "many", "metric": "tpot_ms", "sd_value": 3},
     ]
     blocked = [sdtable.describe([sdtable.read_table(write_table(tmp_path / f"{i}.csv", [r])).to_dict("records")[0]])[1]
                for i, r in enumerate(rows)]
     assert blocked == ["GPU not stated", "no GPU spec for RTX 4090", "hybrid linear attention (Gated DeltaNet layers)",
                        "k (draft length) not stated", "k = 0: no draft tokens in the SD run",
-                       "no eagle head EAGLE-Qwen3-30B-A3B in the catalog"]
+                       "no eagle head EAGLE-Qwen3-30B-A3B in the catalog",
+                       # a typed cell that is no count says so (never read as unstated, nor truncated)
+                       "k 'three' is not a number", "k '2.5' is not a whole number",
+                       "batch_or_concurrency 'many' is not a number"]
     # no acceptance length, but ITL and TPOT with SD: their ratio, said so
     pair = [{**BASE, "acceptance_length": "", "metric": m, "sd_value": v} for m, v in (("tpot_ms", 4.0), ("itl_ms", 10.0))]
     recs = sdtable.read_table(write_table(tmp_path / "p.csv", pair)).to_dict("records")

@@ -128,6 +128,18 @@ def number(v) -> float | None:
     return x if np.isfinite(x) else None
 
 
+def whole(r: dict, col: str, what: str) -> tuple:
+    """(a cell's whole number, "") or (None, why not): unstated, not a number, or fractional."""
+    v = r[col]
+    x = number(v)
+    if x is None:
+        blank = v is None or str(v).strip().lower() in ("", "nan")
+        return None, f"{what} not stated" if blank else f"{col} {v!r} is not a number"
+    if x != int(x):
+        return None, f"{col} {v!r} is not a whole number"
+    return int(x), ""
+
+
 def framework_of(name: str) -> str | None:
     """The simulator's framework name for a table's (``tensorrt-llm (PyTorch backend)`` -> trtllm)."""
     return next((v for k, v in FRAMEWORKS.items() if name.strip().lower().startswith(k)), None)
@@ -187,14 +199,14 @@ def describe(rows: list[dict]) -> tuple[dict | None, str, str]:
     method = next((m for key, m, _ in DRAFT_METHODS if r["draft_method"].strip().lower().startswith(key)), None)
     if method is None:
         return None, f"draft method {r['draft_method']!r}", ""
-    k = number(r["k"])
-    if k is None:
-        return None, "k (draft length) not stated", ""
+    k, why = whole(r, "k", "k (draft length)")
+    if why:
+        return None, why, ""
     if k < 1:
         return None, f"k = {r['k']}: no draft tokens in the SD run", ""
-    conc = number(r["batch_or_concurrency"])
-    if conc is None:
-        return None, "batch size / concurrency not stated", ""
+    conc, why = whole(r, "batch_or_concurrency", "batch size / concurrency")
+    if why:
+        return None, why, ""
     if conc < 1:
         return None, f"batch_or_concurrency {r['batch_or_concurrency']} is not a client count", ""
     spec = {"method": method, "num_speculative_tokens": int(k)}
