@@ -180,6 +180,21 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     assert (out / "silicon.csv").exists() and (out / "summary.json").exists()
 
 
+def test_silicon_rows_with_bad_numbers_are_blocked_with_what_is_wrong():
+    """A typed cell that is no count blocks its row, named; never read as 1, truncated or run."""
+    from simulator.analysis import silicon
+    ok = {"id": "r", "model_path": "meta-llama/Llama-3.1-8B-Instruct", "backend": "vllm", "backend_version": "0.19.0",
+          "system": "h100_sxm", "mode": "agg", "isl": 128, "osl": 16, "batch_size": 2, "tp_size": 1,
+          "attention_dp_size": 1, "moe_tp_size": 1, "moe_ep_size": 1, "silicon_ttft_ms": 30, "silicon_tpot_ms": 8}
+    assert silicon.classify(ok) == ""
+    for col, v, why in (("isl", -5, "isl -5 is not a whole number >= 1"), ("osl", 2.5, "osl 2.5 is not a whole number >= 1"),
+                        ("tp_size", 0, "tp_size 0 is not a whole number >= 1"), ("batch_size", "abc", "batch_size 'abc' is not a number"),
+                        ("isl", float("nan"), "isl not stated"), ("silicon_tpot_ms", "n/a", "silicon_tpot_ms 'n/a' is not a number"),
+                        ("osl", "inf", "osl 'inf' is not a number")):
+        assert silicon.classify({**ok, col: v}) == why
+    assert silicon.classify({**ok, "moe_ep_size": float("nan")}) == ""        # a dense row states no MoE sizes
+
+
 def test_validate_silicon_bad_file_is_one_line(tmp_path):
     f = tmp_path / "bad.csv"
     f.write_text("id,model_path\nx,y\n")

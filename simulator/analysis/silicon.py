@@ -161,12 +161,44 @@ def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
     return out, note
 
 
+def _unset(v) -> bool:
+    return v is None or (isinstance(v, float) and not np.isfinite(v)) or str(v).strip() == ""
+
+
+def bad_cell(r: dict, pre: tuple) -> str:
+    """What is wrong with a row's numbers ('' when nothing): token counts and the sizes a layout
+    reads must be whole numbers (a layout size of 0 or blank means unstated), measurements numbers."""
+    opt = ["batch_size"] + [f"{p}{k}" for p in pre for k in ("attention_dp_size", "moe_tp_size", "moe_ep_size",
+                                                              "batch_size", "num_workers", "pp_size")]
+    checks = [("isl", 1), ("osl", 1)] + [(f"{p}tp_size", 1) for p in pre] + [(c, 0) for c in opt] + [
+        ("silicon_ttft_ms", None), ("silicon_tpot_ms", None)]
+    for col, low in checks:
+        v = r.get(col)
+        if _unset(v):
+            if low:
+                return f"{col} not stated"
+            continue
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return f"{col} {v!r} is not a number"
+        if not np.isfinite(x):
+            return f"{col} {v!r} is not a number"
+        if low is not None and (x != int(x) or x < low):
+            return f"{col} {v!r} is not a whole number >= {low}"
+    return ""
+
+
 def classify(r: dict) -> str:
     """'' when the simulator can express the row, else the capability that blocks it."""
     mode = str(r["mode"])
     pre = ("prefill_", "decode_") if mode == "disagg" else ("",)
     if mode not in ("agg", "disagg"):
         return f"serving mode {mode}"
+    if mode == "disagg" and any(_unset(r.get(f"{p}num_workers")) for p in pre):
+        return "ambiguous layout: disagg row states no worker counts"
+    if why := bad_cell(r, pre):
+        return why
     if any(_int(r.get(f"{p}pp_size")) > 1 for p in pre):
         return "pipeline parallel"
     if mode == "disagg" and any(_int(r.get(f"{p}num_workers"), 0) < 1 for p in pre):
@@ -310,7 +342,7 @@ def simulate_row(job: dict) -> dict:
     try:
         setup = build(parse(job["scenario"], f"silicon row {job['id']}"))
     except ConfigError as exc:
-        return {"blocked": exc.message}
+        return {"blocked": f"{exc.field}: {exc.message}" if exc.field else exc.message}
     _, req, _ = simulate(setup)
     return {**protocol_means(req, job.get("warm_up", False)), "kernel_tables": setup.files.get("kernel_tables", "")}
 
