@@ -43,7 +43,11 @@ def write_outputs(out_dir: Path, sc, summary: dict, req, steps, report: bool = T
 
 def print_table(summary: dict, out_dir: Path) -> None:
     f = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
-    rows = [("completed / failed", f"{summary['completed']} / {summary['failed']}"),
+    done = f"{summary['completed']} / {summary['failed']}"
+    if summary.get("measured_requests", summary["num_prompts"]) < summary["num_prompts"]:
+        # a warm-up or steady-state window: the figures below are the measured requests' (as aiperf reports)
+        done += f" (measured; {summary['num_prompts']} sent)"
+    rows = [("completed / failed", done),
             ("duration (s)", f(summary["duration"])),
             ("request throughput (req/s)", f(summary["request_throughput"])),
             ("output throughput (tok/s)", f(summary["output_throughput"], 1)),
