@@ -76,6 +76,27 @@ def test_kernel_cli_json():
     assert d["latency_ms"] > 0 and d["calibration"] == "calibrated on h200_sxm" and d["weight_bytes"] > 0
 
 
+def test_kernel_cli_prices_gemm_and_moe_at_a_stated_framework_and_precision():
+    """moesd kernel gemm priced its weights as a bare byte count and failed; a precision now picks
+    the fit (never bf16 in place of FP8), a framework its tables, and a precision the GPU lacks is a
+    one-line error."""
+    import json
+    got = {}
+    for flags in ([], ["--dtype", "fp8"], ["--precision", "fp8"]):
+        p = cli("kernel", "gemm", "--gpu", "h100_sxm", "--m", "16", "--n", "4096", "--k", "4096", "--json", *flags)
+        assert p.returncode == 0, p.stderr
+        d = json.loads(p.stdout)
+        got[" ".join(flags)] = (d["precision"], d["latency_ms"])
+    assert got[""][0] == "bf16" and got["--dtype fp8"] == got["--precision fp8"] and got["--precision fp8"][0] == "fp8"
+    assert got["--precision fp8"][1] < got[""][1]                 # half the weight bytes at 16 tokens
+    p = cli("kernel", "moe", "--gpu", "h200_sxm", "--framework", "sglang", "--precision", "fp8_block", "--num-tokens", "64",
+            "--hidden-size", "7168", "--inter-size", "2048", "--num-experts", "256", "--topk", "8", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["precision"] == "fp8_block"
+    p = cli("kernel", "gemm", "--gpu", "h100_sxm", "--precision", "nvfp4")
+    assert p.returncode == 2 and "--precision: nvfp4 needs FP4 tensor cores" in p.stderr and "Traceback" not in p.stderr
+
+
 values = st.one_of(st.none(), st.booleans(), st.integers(-5, 100000), st.floats(allow_nan=True),
                    st.text(max_size=8), st.lists(st.integers(), max_size=3))
 keys = st.sampled_from(["model", "engine", "hardware", "workload", "speculative_config", "routing", "slo", "bogus",

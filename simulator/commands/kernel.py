@@ -37,12 +37,17 @@ def predict(args) -> dict:
     from ..cost.costmodel import CostModel
     if args.moe_tp_size > args.inter_size:
         raise ConfigError(f"moe_tp_size {args.moe_tp_size} exceeds inter_size {args.inter_size}", field="--moe-tp-size")
-    cm = CostModel(gpu_mod.load(args.gpu, field="--gpu"), l2_warm=args.l2_warm)
+    from ..config import precision
+    hw = gpu_mod.load(args.gpu, field="--gpu")
+    # the weight precision of a GEMM or MoE: --precision, else --dtype (the older flag), else bf16
+    prec = precision.get(args.precision or {"fp8": "fp8"}.get(args.dtype, "bf16"), field="--precision")
+    precision.check_supported(prec, hw, field="--precision")
+    cm = CostModel(hw, framework=args.framework, l2_warm=args.l2_warm)
     if args.op == "gemm":
-        c = cm.gemm(args.m, args.n, args.k, 1.0 if args.dtype == "fp8" else 2.0)
+        c = cm.gemm(args.m, args.n, args.k, prec)
     elif args.op == "moe":
         c = cm.moe(args.num_tokens, args.hidden_size, args.inter_size, args.num_experts, args.topk,
-                   args.moe_tp_size, args.moe_ep_size, args.distribution, not args.non_gated)
+                   args.moe_tp_size, args.moe_ep_size, args.distribution, not args.non_gated, prec=prec)
     elif args.op == "attention":
         if args.phase == "decode":
             c = cm.attention_decode(args.batch_size, args.isl, args.num_heads, args.num_key_value_heads,
@@ -71,7 +76,10 @@ def add_parser(sub):
     p.add_argument("--gpu", required=True)
     p.add_argument("--json", action="store_true")
     p.add_argument("--l2-warm", action="store_true", help="benchmark conditions (working set kept in L2)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
+    p.add_argument("--framework", default=None, choices=["vllm", "sglang", "trtllm"],
+                   help="whose kernel fits price a GEMM or MoE (default: the GPU's base calibration)")
+    p.add_argument("--precision", default=None, help="GEMM/MoE weight precision: bf16, fp8, fp8_block, nvfp4, mxfp4, int4_wo, ...")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"], help="older spelling of --precision bf16/fp8")
     for f in ("m", "n", "k"):
         p.add_argument(f"--{f}", type=count, default=1)
     p.add_argument("--num-tokens", type=count, default=1)
