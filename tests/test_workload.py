@@ -69,6 +69,22 @@ def test_trace_scenario_runs_end_to_end(tmp_path):
     assert req.start_s.tolist() == pytest.approx(sorted(t - t[0]), abs=1e-3)
 
 
+def test_a_relative_trace_file_is_read_from_the_scenario_folder(tmp_path, monkeypatch):
+    """As a scenario's model and GPU paths: trace.csv beside my.yaml is found from any folder, and a
+    missing one is reported with the path tried."""
+    d = tmp_path / "runs"
+    d.mkdir()
+    (d / "trace.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,128,8\n0.5,256,4\n")
+    (d / "my.yaml").write_text("name: my\nmodel: Qwen3-30B-A3B\nhardware: {gpu: h100_sxm}\n"
+                               "workload: {dataset_name: trace, trace_file: trace.csv, trace_format: vidur}\n")
+    monkeypatch.chdir(tmp_path)
+    summary, _, _ = simulate(build(load_scenario(d / "my.yaml"), str(d / "my.yaml")))
+    assert summary["completed"] == 2
+    (d / "my.yaml").write_text((d / "my.yaml").read_text().replace("trace.csv", "gone.csv"))
+    with pytest.raises(ConfigError, match=f"{d / 'gone.csv'}: workload.trace_file: trace file not found"):
+        simulate(build(load_scenario(d / "my.yaml"), str(d / "my.yaml")))
+
+
 def test_random_dataset_matches_vllm_semantics():
     sc = load_scenario("quickstart", ["workload.num_prompts=4000", "workload.request_rate=8",
                                       "workload.random_range_ratio=0.5"])

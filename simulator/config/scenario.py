@@ -255,6 +255,9 @@ def parse(data, source: str, overrides: list[str] = ()) -> Scenario:
         sc = Scenario.model_validate(data)
     except ValidationError as exc:
         raise pydantic_error(exc, source) from None
+    trace, base = sc.workload.trace_file, _base_dir(source)
+    if trace and base is not None and not Path(trace).is_absolute() and not Path(trace).is_file():
+        sc.workload.trace_file = str(base / trace)    # like model and GPU paths: from the scenario's folder
     return sc
 
 

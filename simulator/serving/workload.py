@@ -110,13 +110,17 @@ def read_trace(path: str | Path, fmt: str, num_prompts: int | None, time_scale: 
         secs = (t.values - np.nanmin(t.values) if not bad.all() else t.values) * unit
     if bad.any():
         row = int(np.flatnonzero(np.asarray(bad))[0])
-        raise ConfigError(f"row {row + 1}: {tcol} {df[tcol].iloc[row]!r} is not a valid time", source=src, field=tcol)
+        cell = df[tcol].iloc[row]
+        cell = cell.item() if hasattr(cell, "item") else cell
+        raise ConfigError(f"row {row + 1}: {tcol} {cell!r} is not a valid time", source=src, field=tcol)
     for col in (icol, ocol):
         v = pd.to_numeric(df[col], errors="coerce").values
         wrong = ~np.isfinite(v) | (v < 0) | (v > (1 << 20)) | (v != np.floor(v))
         if wrong.any():
             row = int(np.flatnonzero(wrong)[0])
-            raise ConfigError(f"row {row + 1}: {col} {df[col].iloc[row]!r} is not a token count in [0, {1 << 20}]",
+            cell = df[col].iloc[row]
+            cell = cell.item() if hasattr(cell, "item") else cell       # a numpy scalar as the number it is
+            raise ConfigError(f"row {row + 1}: {col} {cell!r} is not a token count in [0, {1 << 20}]",
                               source=src, field=col)
     order = np.argsort(secs, kind="stable")
     df, secs = df.iloc[order], secs[order] * time_scale
