@@ -21,7 +21,10 @@ import time
 def once(num_prompts: int, rate: str, scenario: str = "quickstart") -> dict:
     from simulator.config.scenario import load_scenario
     from simulator.serving.simulation import build, simulate
-    setup = build(load_scenario(scenario, [f"workload.num_prompts={num_prompts}", f"workload.request_rate={rate}"]))
+    sets = [f"workload.num_prompts={num_prompts}"]
+    if load_scenario(scenario).workload.concurrency is None:      # a closed loop sets its own pace
+        sets.append(f"workload.request_rate={rate}")
+    setup = build(load_scenario(scenario, sets))
     w0, c0 = time.perf_counter(), time.process_time()
     summary, req, steps = simulate(setup)
     return {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0, "steps": len(steps),

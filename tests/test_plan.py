@@ -166,3 +166,21 @@ def test_sustainable_rate_does_not_depend_on_the_sample_size():
     assert 1 / step <= rates[100, 2] / rates[600, 2] <= step
     for n in (100, 600):
         assert 2 / step <= rates[n, 2] / rates[n, 1] <= 2 * step
+
+
+def test_a_plans_token_exchange_applies_to_its_attention_dp_expert_parallel_configurations():
+    """engine.moe_a2a_backend: deepep in a plan prices its attention-DP + EP configurations with the
+    dispatch and leaves the others searchable (a scenario alone with no such worker is an error)."""
+    from simulator.serving.simulation import build
+    data = json.loads(json.dumps(SMALL))
+    data["engine"] = {"moe_a2a_backend": "deepep"}
+    data["search"].update(total_gpus=[2], tensor_parallel_size=[1, 2], data_parallel_size=[1, 2],
+                          enable_expert_parallel=[True], num_speculative_tokens=[0])
+    spec = parse_plan(data, "test")
+    seen = {}
+    kept, pruned = configurations(spec)
+    assert not [c for c in pruned if "moe_a2a_backend" in c["reason"]]
+    for cfg in kept:
+        setup = build(scenario_for(spec, cfg, 1.0), "plan")
+        seen[(cfg["tp"], cfg.get("attn_dp", 1))] = setup.par.dispatches
+    assert seen[(1, 2)] is True and seen[(2, 1)] is False

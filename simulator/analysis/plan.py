@@ -113,8 +113,10 @@ def scenario_for(spec: PlanSpec, cfg: dict, rate: float):
     wl = {**spec.workload, "request_rate": rate, "seed": spec.seed, "num_prompts": run_length(spec, cfg)}
     layout = {"tensor_parallel_size": cfg["tp"], "data_parallel_size": _ranks(cfg), "enable_expert_parallel": cfg["ep"]}
     hardware = {"gpu": cfg["gpu"], **layout, "num_replicas": cfg["dp"]}
-    data = {"name": f"{spec.name}", "model": spec.model, "hardware": hardware,
-            "engine": {**spec.engine, "max_num_seqs": cfg["max_num_seqs"]},
+    engine = {**spec.engine, "max_num_seqs": cfg["max_num_seqs"]}
+    if not (_ranks(cfg) > 1 and cfg["ep"]):
+        engine.pop("moe_a2a_backend", None)   # the plan's exchange applies to its attention-DP + EP configurations
+    data = {"name": f"{spec.name}", "model": spec.model, "hardware": hardware, "engine": engine,
             "routing": dict(spec.routing), "workload": wl, "seed": spec.seed,
             "slo": {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
                                       ("e2el_ms", spec.slo.e2el_ms)) if v is not None}}
