@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..common.cells import number
 from ..common.datafiles import read_yaml
 from ..config.datasets import matching
 from ..common.errors import ConfigError
@@ -118,14 +119,6 @@ def read_assumptions(path: Path | None) -> list[tuple[str, dict, dict, str]]:
 def _same(cell, value: str) -> bool:
     a, b = number(cell), number(value)
     return a == b if a is not None and b is not None else str(cell).strip() == value.strip()
-
-
-def number(v) -> float | None:
-    try:
-        x = float(str(v).strip())
-    except ValueError:
-        return None
-    return x if np.isfinite(x) else None
 
 
 def whole(r: dict, col: str, what: str) -> tuple:

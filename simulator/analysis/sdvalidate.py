@@ -13,7 +13,8 @@ from ..config.scenario import parse
 from ..common.errors import ConfigError
 from ..serving.simulation import build, simulate
 from .runner import run_many
-from .sdtable import HIGHER_BETTER, SPEEDUP_METRICS, framework_of, load, needs_base, number, setup_key, setups
+from ..common.cells import number
+from .sdtable import HIGHER_BETTER, SPEEDUP_METRICS, framework_of, load, needs_base, setup_key, setups
 
 
 def simulate_setup(job: dict) -> dict:

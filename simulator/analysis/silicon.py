@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..common.cells import number
 from ..common.errors import ConfigError
 from ..common.paths import GPU_SPECS_DIR, MODELS_DIR, shared_traces_dir
 from ..config import precision
@@ -178,11 +179,8 @@ def bad_cell(r: dict, pre: tuple) -> str:
             if low:
                 return f"{col} not stated"
             continue
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            return f"{col} {v!r} is not a number"
-        if not np.isfinite(x):
+        x = number(v)
+        if x is None:
             return f"{col} {v!r} is not a number"
         if low is not None and (x != int(x) or x < low):
             return f"{col} {v!r} is not a whole number >= {low}"

@@ -76,10 +76,9 @@ def _closed_form(setup, ctx: float, batches, ks) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pin_acceptance(scenario: str, overrides: list[str]) -> list[str]:
-    """``overrides`` plus one that keeps the scenario's acceptance when k varies: a mean acceptance
-    length is the one measured at the scenario's own k, not a length every k would reach."""
-    sc = load_scenario(scenario, overrides)
+def pin_acceptance(sc, overrides: list[str]) -> list[str]:
+    """``overrides`` plus one that keeps the loaded scenario ``sc``'s acceptance when k varies: a mean
+    acceptance length is the one measured at the scenario's own k, not a length every k would reach."""
     spec = sc.speculative_config
     if spec is None:
         return list(overrides)
@@ -94,7 +93,7 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
     if sc.speculative_config is None:
         raise ConfigError("sweep needs a speculative_config (the draft to sweep k for)", source=scenario,
                           field="speculative_config")
-    overrides = pin_acceptance(scenario, overrides)
+    overrides = pin_acceptance(sc, overrides)
     ks = sorted(set(ks))
     k_max = max(ks)
     setup = build(load_scenario(scenario, overrides + [f"speculative_config.num_speculative_tokens={k_max}"]), scenario)
@@ -140,7 +139,8 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
 
 def sparsity(scenario: str, overrides: list[str], batches, k: int, topks) -> pd.DataFrame:
     """Closed-form speedup at fixed E while top-K varies (the paper edits num_experts_per_tok)."""
-    sc = load_scenario(scenario, pin_acceptance(scenario, overrides) + [f"speculative_config.num_speculative_tokens={k}"])
+    pinned = pin_acceptance(load_scenario(scenario, overrides), overrides)
+    sc = load_scenario(scenario, pinned + [f"speculative_config.num_speculative_tokens={k}"])
     setup = build(sc, scenario)
     ctx = sc.workload.random_input_len + sc.workload.random_output_len / 2
     rows = []

@@ -40,7 +40,7 @@ def predict(args) -> dict:
     from ..config import precision
     hw = gpu_mod.load(args.gpu, field="--gpu")
     # the weight precision of a GEMM or MoE: --precision, else --dtype (the older flag), else bf16
-    prec = precision.get(args.precision or {"fp8": "fp8"}.get(args.dtype, "bf16"), field="--precision")
+    prec = precision.get(args.precision or ("fp8" if args.dtype == "fp8" else "bf16"), field="--precision")
     precision.check_supported(prec, hw, field="--precision")
     cm = CostModel(hw, framework=args.framework, l2_warm=args.l2_warm)
     if args.op == "gemm":
