@@ -1,6 +1,7 @@
 """GEMM and MoE kernel accuracy per (GPU, framework, weight precision): leave-one-shape-out.
 
-For each table the simulator prices from (``moesd calibrate --framework F``), up to 6000 rows are
+For each table the simulator prices from (``moesd calibrate --framework F``), its rows (at most
+``calibration.MAX_PRECISION_ROWS``) are
 drawn as the calibration draws them; the model shapes are split into 8 folds, each fold's shapes are
 left out of the fit and of the residual table (built per framework and precision, as the
 simulator prices a run), then predicted.

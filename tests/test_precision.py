@@ -59,7 +59,10 @@ def test_quantization_changes_the_cost_and_uses_its_own_fit():
     bf, f8 = cm.gemm(8, 4096, 4096), cm.gemm(8, 4096, 4096, precision.get("fp8"))
     assert f8.extra["precision"] == "fp8" and bf.extra["precision"] == "bf16"
     assert f8.bytes < bf.bytes                     # half the weight bytes
-    assert f8.path == "roofline"                  # bf16 residual tables are not applied to fp8 kernels
+    # fp8 kernels are corrected by the fp8 table (fitted on the fp8 rows), never by the bf16 one
+    own = float(np.exp(cm.tables[("gemm", "fp8")].lookup((4096, 4096), (), 8)[0]))
+    other = float(np.exp(cm.tables["gemm"].lookup((4096, 4096), (), 8)[0]))
+    assert f8.extra["table_factor"] == pytest.approx(own) and abs(own / other - 1) > 0.01
     big_bf, big_f8 = cm.gemm(8192, 8192, 8192), cm.gemm(8192, 8192, 8192, precision.get("fp8"))
     assert big_f8.latency_s < big_bf.latency_s    # compute-bound: FP8 tensor cores are twice as fast
 
