@@ -12,9 +12,10 @@ and a CUDA-graph serving path largely does not), so few-token steps and large on
 Attention, communication and the CPU side are untouched.
 
 How: each expressible row of the framework (all of them by default, about 45 minutes on 2 cores; a
-stratified sample with --per-group N: up to N rows per (model, mode, GPU), seeded) is simulated at (time, fixed) scales (1, 1), (0.5, 0.5) and (0.5, 1); a kernel's
-time is its fixed part x the fixed scale + the rest x the time scale, and a row's TPOT is taken as
-linear in both (its batch is set by the client's concurrency). Per architecture the scales minimise
+stratified sample with --per-group N: up to N rows per (model, mode, GPU), seeded) is simulated at
+(time, fixed) scales (1, 1), (0.5, 0.5) and (0.5, 1); a kernel's time is its fixed part x the fixed
+scale + the rest x the time scale, and a row's TPOT is taken as linear in both (its batch is set by
+the client's concurrency). Per architecture the scales minimise
 the median |log(simulated / measured TPOT)| over a grid, once with the fixed terms on the time scale
 (one scale) and once apart; each model's rows are predicted by a fit that never saw that model
 (same-architecture checkpoints, e.g. DeepSeek-R1 and its NVFP4 release, are one model). An
