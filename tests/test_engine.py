@@ -170,6 +170,11 @@ def test_per_request_counters_add_up_to_the_step_log():
     # a closed loop of users on one replica
     ["speculative_config=null", "workload.concurrency=8", "workload.request_rate=inf", "workload.dataset_name=fixed"],
     ["speculative_config=null", "workload.concurrency=5", "workload.request_rate=inf"],
+    # identical prompts: each step routed per group of same-position sequences, sampled or expected
+    ["speculative_config=null", "workload.concurrency=8", "workload.request_rate=inf", "workload.dataset_name=fixed",
+     "workload.identical_prompts=true"],
+    ["speculative_config=null", "workload.request_rate=2", "workload.dataset_name=fixed",
+     "workload.identical_prompts=true", "routing.mode=expected"],
     # SGLang's prefill-only steps (decodes paused), open and closed loop
     ["speculative_config=null", "workload.request_rate=3", "engine.enable_mixed_chunk=false"],
     ["speculative_config=null", "workload.concurrency=6", "workload.request_rate=inf", "engine.enable_mixed_chunk=false"],

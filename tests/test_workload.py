@@ -192,3 +192,38 @@ def test_sharegpt_dataset_draws_its_table_lengths():
     ins, outs = np.array([r.input_len for r in a]), np.array([r.output_len for r in a])
     assert ins.mean() == pytest.approx(e["input_len"], rel=0.06) and outs.mean() == pytest.approx(e["output_len"], rel=0.06)
     assert ins.std() > 0.5 * ins.mean()       # spread, not one length
+
+
+def _batch(sets=()):
+    """8 requests of one fixed length sent at once, all prefilled in one step (offline batch)."""
+    sc = load_scenario("quickstart", ["speculative_config=null", "workload.request_rate=inf", "workload.num_prompts=8",
+                                      "workload.dataset_name=fixed", "workload.random_input_len=256",
+                                      "workload.random_output_len=40", *sets])
+    return simulate(build(sc))
+
+
+@pytest.mark.parametrize("mode", ["sample", "expected"])
+def test_identical_prompts_route_a_lockstep_batch_as_one_sequence(mode):
+    """Qwen2-57B-A14B routes each token to 8 of 64 experts. Identical prompts decoded greedily are one
+    sequence 8 times over: every decode step activates exactly 8 experts and prices the same
+    weight bytes as batch 1; different prompts activate more (expected: 64 (1 - (7/8)^8) = 42.2)."""
+    same = _batch(["workload.identical_prompts=true", f"routing.mode={mode}"])[2].frame()
+    diff = _batch([f"routing.mode={mode}"])[2].frame()
+    one = simulate(build(load_scenario("quickstart", [
+        "speculative_config=null", "workload.request_rate=inf", "workload.num_prompts=1", "workload.dataset_name=fixed",
+        "workload.random_input_len=256", "workload.random_output_len=40", f"routing.mode={mode}"])))[2].frame()
+    dec = same[(same.num_prefill == 0) & (same.num_decode == 8)]
+    assert len(dec) == 39 and (dec.active_experts == 8).all()
+    assert (dec.expert_weight_bytes == one[one.num_prefill == 0].expert_weight_bytes.iloc[0]).all()
+    dd = diff[(diff.num_prefill == 0) & (diff.num_decode == 8)]
+    assert (dd.active_experts > 8).all() and dd.moe_s.mean() > 2 * dec.moe_s.mean()
+
+
+@pytest.mark.parametrize("sets,msg", [
+    (["workload.random_range_ratio=0.5"], "identical_prompts needs every request the same lengths"),
+    (["workload.dataset_name=sharegpt"], "identical_prompts needs every request the same lengths"),
+    (["workload.dataset_name=fixed", "engine.enable_prefix_caching=true"], "prefix-cache hit"),
+])
+def test_identical_prompts_refuses_what_it_cannot_mean(sets, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_scenario("quickstart", ["workload.identical_prompts=true", *sets])

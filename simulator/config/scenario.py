@@ -151,6 +151,10 @@ class Workload(Strict):
     measurement: Literal["all", "steady"] = Field(default="all", description=(
         "steady (closed loop): also leave out each user's first request (all users start together) and "
         "those sent once the first user has run out of requests (concurrency then falls)"))
+    identical_prompts: bool = Field(default=False, description=(
+        "every request sends the same prompt and decodes greedily, so requests at the same position carry "
+        "the same tokens and route them to the same experts (TensorRT-LLM's examples/run.py as "
+        "LLM-Inference-Bench drives it: one prompt copied batch-size times, top_k 1); needs fixed lengths"))
     seed: int = Field(default=0, ge=0, lt=2**63)
     trace_file: Optional[str] = None
     trace_format: Optional[Literal["azure", "burstgpt", "mooncake", "vidur"]] = None
@@ -177,6 +181,15 @@ class Workload(Strict):
                              "previous one has finished")
         if self.measurement == "steady" and self.concurrency is None:
             raise ValueError("measurement: steady needs a closed loop (concurrency)")
+        if self.identical_prompts and not (
+                self.dataset_name == "fixed" or (self.dataset_name == "random" and self.random_range_ratio == 0
+                                                 and self.input_len_distribution in ("uniform", "fixed")
+                                                 and self.output_len_distribution in ("uniform", "fixed"))):
+            raise ValueError("identical_prompts needs every request the same lengths: dataset_name fixed, or random "
+                             "with random_range_ratio 0 and uniform or fixed length distributions")
+        if self.identical_prompts and self.conversation_turns > 1:
+            raise ValueError("identical_prompts with conversation_turns > 1: a conversation's turns differ, so "
+                             "its requests are not one prompt")
         if self.warmup_requests >= self.num_prompts:
             raise ValueError(f"warmup_requests {self.warmup_requests} leaves none of num_prompts {self.num_prompts} "
                              "to measure")
@@ -207,6 +220,13 @@ class Scenario(Strict):
     workload: Workload = Field(default_factory=Workload)
     slo: Optional[SLO] = None
     seed: int = Field(default=0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _identical_prompts(self):
+        if self.workload.identical_prompts and self.engine.enable_prefix_caching:
+            raise ValueError("workload.identical_prompts with engine.enable_prefix_caching: every prompt after the "
+                             "first would be a prefix-cache hit, which is not modelled; turn one of them off")
+        return self
 
 
 def _set(data: dict, dotted: str, raw: str, source: str) -> None:

@@ -35,9 +35,10 @@ class CoastLoads:
         self.E, self.K = m.num_experts, m.num_experts_per_tok
         self.expected = replica.routing.mode == "expected"
         model = replica.routing.model
-        self.batched = self.expected or (
+        # identical prompts route per group of sequences, one step at a time (Replica.route_counts)
+        self.batched = not replica.routing.identical and (self.expected or (
             not replica.multinomial(B) and model.keys_only(B, self.E, self.K)
-            and hasattr(replica.rng.bit_generator, "advance"))
+            and hasattr(replica.rng.bit_generator, "advance")))
         self.rows: list = []
         self.used = 0
         self.state = None

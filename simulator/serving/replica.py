@@ -81,12 +81,31 @@ class Replica:
         """Tokens per expert (one MoE layer) for a step of ``tokens`` tokens."""
         m = self.target.m
         E, K = m.moe.num_experts, m.moe.num_experts_per_tok
+        if self.routing.identical:
+            return self._identical_counts(plan, E, K)
         if self.routing.mode == "expected":
             return expected_count_vector(tokens, E, K)
         if self.multinomial(tokens):
             return self.rng.multinomial(tokens * K, self._popularity)
         seq_tokens = np.concatenate([plan.dec_n, plan.pre_n]) if len(plan.pre) else plan.dec_n
         return self.routing.model.sample_counts(seq_tokens, E, K, self.rng)
+
+    def _identical_counts(self, plan: Plan, E: int, K: int) -> np.ndarray:
+        """Identical prompts decoded greedily: the sequences of a step that stand at the same position
+        and run the same tokens carry the same tokens, so each such group routes as one sequence
+        and its loads count once per member (expert weights are read once, tokens per expert
+        scale with the group)."""
+        if len(plan.pre):
+            n, pos = np.concatenate([plan.dec_n, plan.pre_n]), np.concatenate([plan.dec_ctx, plan.pre_ctx])
+        else:
+            n, pos = plan.dec_n, plan.dec_ctx
+        groups, members = np.unique(np.stack([np.asarray(pos), np.asarray(n)]), axis=1, return_counts=True)
+        counts = np.zeros(E, dtype=np.int64)
+        for t, m in zip(groups[1].tolist(), members.tolist()):
+            one = (expected_count_vector(t, E, K) if self.routing.mode == "expected"
+                   else self.routing.model.sample_counts([t], E, K, self.rng))
+            counts += m * one
+        return counts
 
     def multinomial(self, tokens: int) -> bool:
         """Whether a step of ``tokens`` tokens draws its loads as one multinomial (large steps)."""

@@ -31,6 +31,7 @@ from .adaptive import AdaptiveK
 class RoutingChoice:
     model: Routing
     mode: str
+    identical: bool = False     # workload.identical_prompts: same-position sequences route alike
 
 
 @dataclass
@@ -92,7 +93,7 @@ def build(sc, source: str = "scenario") -> Setup:
             draft_arch = draft
     r = sc.routing
     routing = RoutingChoice(Routing(r.distribution, exponent=r.exponent if r.distribution == "power_law" else 0.0,
-                                    locality=r.locality), r.mode)
+                                    locality=r.locality), r.mode, sc.workload.identical_prompts)
     pools = []
     for pp in plans:
         sd = pp.role != "prefill" and bool(spec and k)        # a prefill pool never speculates
