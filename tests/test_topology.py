@@ -272,3 +272,17 @@ def test_qk_norm_over_all_heads_adds_one_small_all_reduce_a_layer():
         want = 0.0 if tp == 1 else mm.num_hidden_layers * float(cm.allreduce_latency_s(np.array([16 * 8.0]), tp)[0])
         assert extra == pytest.approx(want, rel=1e-9, abs=1e-12)
     assert want > 0
+
+
+def test_sources_that_record_dp_sizes_squared_are_read_as_the_run_on_x_gpus():
+    """db-dump and the 2026-04-06 file record a vLLM run on 2 GPUs (TP 2, EP 2) as tp 2 x attention DP 2,
+    EP 4 (their TTFT and TPOT equal the 2026-03-25 file's tp2_ep2 runs): read as TP 2, EP 2, said so.
+    The same sizes from any other source are a real DP 2 x TP 2 worker with EP 4 on 4 GPUs."""
+    from simulator.analysis.silicon_layout import layout
+    row = {"id": "minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c32_cfg690", "tp_size": 2, "attention_dp_size": 2,
+           "moe_tp_size": 1, "moe_ep_size": 4}
+    lay, note = layout({**row, "silicon_data_source": "db-dump/2026-04-27; config_id=690"})
+    assert lay == {"tensor_parallel_size": 2, "data_parallel_size": 1, "enable_expert_parallel": True}
+    assert "read as tp 2 x dp 1, EP 2" in note
+    lay, note = layout({**row, "silicon_data_source": "my own runs"})
+    assert lay == {"tensor_parallel_size": 2, "data_parallel_size": 2, "enable_expert_parallel": True} and note == ""

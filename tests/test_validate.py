@@ -46,7 +46,10 @@ def test_error_bounds_that_hold_today(result):
     assert s["moe_sd"]["throughput_median_abs_err"] <= 0.11
     assert s["scenario:mixtral_4xa100_vllm"]["throughput_median_abs_err"] <= 0.16
     assert s["scenario:qwen3_eagle3_2xh100_sglang"]["throughput_median_abs_err"] <= 0.14
-    assert s["overall"]["throughput_median_abs_err"] <= 0.10
+    # LLM-Inference-Bench's TensorRT-LLM batches are one prompt copied (workload.identical_prompts): 34-40% without
+    assert s["scenario:mixtral_4xh100_trtllm"]["throughput_median_abs_err"] <= 0.20
+    assert s["scenario:mixtral_4xa100_trtllm"]["throughput_median_abs_err"] <= 0.20
+    assert s["overall"]["throughput_median_abs_err"] <= 0.09       # issue 13's bound
 
 
 def test_acceptance_length_is_reproduced_as_given(result):

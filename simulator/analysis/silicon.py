@@ -9,7 +9,6 @@ is dropped silently: every row comes back, with its simulated TTFT/TPOT or the r
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from ..cost.costmodel import CostModel
 from ..serving.metrics import first_sent
 from ..serving.simulation import build, missing_kernels, simulate
 from .runner import run_many
+from .silicon_layout import cell_int, concurrency, layout, layout_size
 
 REQUIRED = ["model_path", "backend", "backend_version", "system", "mode", "isl", "osl", "batch_size", "tp_size",
             "attention_dp_size", "moe_tp_size", "moe_ep_size", "gemm_quant_mode", "moe_quant_mode",
@@ -75,10 +75,6 @@ def load_rows(path: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _int(v, default=1) -> int:
-    return default if v is None or (isinstance(v, float) and not np.isfinite(v)) else int(v)
-
-
 def quant_modes(r: dict) -> tuple[str, str] | None:
     """(gemm, moe) precision names of a row; None when the row states none (then the checkpoint's
     precision is used, and the table says so).
@@ -119,49 +115,6 @@ def _cost_model(system: str, backend: str) -> CostModel | None:
         return None
 
 
-def _pos(v) -> int:
-    """A layout size: 0 or missing means 1 (dense rows state no MoE sizes)."""
-    return max(1, _int(v))
-
-
-def concurrency(r: dict) -> int:
-    """Client concurrency: the id's ``_c<N>_`` or the source's ``silicon_concurrency=N`` (the
-    benchmark's own figure: ``batch_size`` of an attention-DP row is per rank), else ``batch_size``
-    (agg) or decode batch x workers x DP ranks (disagg)."""
-    for text, pat in ((r.get("id"), r"_c(\d+)_"), (r.get("silicon_data_source"), r"silicon_concurrency=(\d+)")):
-        m = re.search(pat, str(text))
-        if m:
-            return int(m.group(1))
-    if str(r["mode"]) == "agg" or r.get("decode_batch_size") is None:
-        return _int(r.get("batch_size"), 0)
-    return _pos(r["decode_batch_size"]) * _pos(r.get("decode_num_workers")) * _pos(r.get("decode_attention_dp_size"))
-
-
-def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
-    """(scenario layout keys, assumption made) of the agg row or one disagg pool (``prefill_`` /
-    ``decode_``); a ValueError names an inconsistent layout. AIConfigurator's sizes: ``tp_size`` per
-    attention-DP rank, ``moe_tp_size x moe_ep_size`` = tp x dp."""
-    tp, dp = _pos(r.get(f"{prefix}tp_size")), _pos(r.get(f"{prefix}attention_dp_size"))
-    mtp, mep = _pos(r.get(f"{prefix}moe_tp_size")), _pos(r.get(f"{prefix}moe_ep_size"))
-    note = ""
-    stated = re.search(r"_tp(\d+)_", str(r.get("id")))
-    if (not dense and mep > 1 and mtp in (1, mep) and tp * dp == mep * mep and (tp == 1 or dp == 1)
-            and not (stated and int(stated.group(1)) == tp * dp)):
-        # some sources record every size squared: tp_size (or attention_dp_size) X*X and moe_tp X for
-        # a run on X GPUs with EP X (their ids say tp<X>_ep<X>)
-        was = f"tp {tp} x dp {dp}, moe_tp {mtp} x moe_ep {mep}"
-        tp, dp, mtp = (mep, 1, 1) if dp == 1 else (1, mep, 1)
-        note = f"{was} read as tp {tp} x dp {dp}, EP {mep} (sizes recorded squared)"
-    elif not dense and mtp * mep != tp * dp:
-        raise ValueError(f"MoE group moe_tp {mtp} x moe_ep {mep} differs from tp {tp} x attention_dp {dp}")
-    out = {"tensor_parallel_size": tp, "data_parallel_size": dp}
-    if not dense and mep > 1:
-        out["enable_expert_parallel"] = True
-        if mtp > 1:
-            out["moe_tensor_parallel_size"] = mtp
-    return out, note
-
-
 def _unset(v) -> bool:
     return v is None or (isinstance(v, float) and not np.isfinite(v)) or str(v).strip() == ""
 
@@ -197,9 +150,9 @@ def classify(r: dict) -> str:
         return "ambiguous layout: disagg row states no worker counts"
     if why := bad_cell(r, pre):
         return why
-    if any(_int(r.get(f"{p}pp_size")) > 1 for p in pre):
+    if any(cell_int(r.get(f"{p}pp_size")) > 1 for p in pre):
         return "pipeline parallel"
-    if mode == "disagg" and any(_int(r.get(f"{p}num_workers"), 0) < 1 for p in pre):
+    if mode == "disagg" and any(cell_int(r.get(f"{p}num_workers"), 0) < 1 for p in pre):
         # the decode batch (TPOT) and the prefill capacity (TTFT) both hang on them
         return "ambiguous layout: disagg row states no worker counts"
     model = str(r["model_path"])
@@ -255,7 +208,7 @@ def scenario(r: dict) -> dict:
     """The scenario that reproduces one row: its closed loop, lengths, backend, precisions, layout."""
     conc = concurrency(r)
     q = quant_modes(r)
-    isl = _int(r["isl"])
+    isl = cell_int(r["isl"])
     backend = str(r["backend"])
     budgeted = backend in GENERATOR_TOKEN_BUDGET
     dense = _arch(MODELS[str(r["model_path"])]).moe is None
@@ -266,7 +219,7 @@ def scenario(r: dict) -> dict:
                    "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
                    "quantization": dict(zip(("gemm", "moe"), q)) if q else None,
                    "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl)},
-        "workload": {"dataset_name": "fixed", "random_input_len": isl, "random_output_len": _int(r["osl"]),
+        "workload": {"dataset_name": "fixed", "random_input_len": isl, "random_output_len": cell_int(r["osl"]),
                      # three rounds per user (the first, all users at once, weighted as protocol_means
                      # says); two past 256 users, which keeps the largest runs to a minute
                      "concurrency": conc, "num_prompts": max(3 * conc, 8) if conc <= 256 else 2 * conc + 64,
@@ -287,8 +240,8 @@ def scenario(r: dict) -> dict:
         pools = {}
         for role in ("prefill", "decode"):
             lay = layout(r, f"{role}_", dense)[0]
-            pools[role] = {**lay, "num_workers": _pos(r[f"{role}_num_workers"]),
-                           "max_num_seqs": _pos(r[f"{role}_batch_size"])}
+            pools[role] = {**lay, "num_workers": layout_size(r[f"{role}_num_workers"]),
+                           "max_num_seqs": layout_size(r[f"{role}_batch_size"])}
         # the decode pool holds every user (some sources state decode_batch_size 1 at any concurrency)
         dec = pools["decode"]
         dec["max_num_seqs"] = max(dec["max_num_seqs"], -(-conc // (dec["num_workers"] * dec["data_parallel_size"])))
