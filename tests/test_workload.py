@@ -222,7 +222,8 @@ def test_identical_prompts_route_a_lockstep_batch_as_one_sequence(mode):
 @pytest.mark.parametrize("sets,msg", [
     (["workload.random_range_ratio=0.5"], "identical_prompts needs every request the same lengths"),
     (["workload.dataset_name=sharegpt"], "identical_prompts needs every request the same lengths"),
-    (["workload.dataset_name=fixed", "engine.enable_prefix_caching=true"], "prefix-cache hit"),
+    (["workload.dataset_name=fixed", "engine.enable_prefix_caching=true", "speculative_config=null"], "prefix-cache hit"),
+    (["workload.dataset_name=fixed"], "accept the same drafts"),       # quickstart speculates
 ])
 def test_identical_prompts_refuses_what_it_cannot_mean(sets, msg):
     with pytest.raises(ConfigError, match=msg):

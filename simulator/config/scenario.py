@@ -226,6 +226,9 @@ class Scenario(Strict):
         if self.workload.identical_prompts and self.engine.enable_prefix_caching:
             raise ValueError("workload.identical_prompts with engine.enable_prefix_caching: every prompt after the "
                              "first would be a prefix-cache hit, which is not modelled; turn one of them off")
+        if self.workload.identical_prompts and self.speculative_config is not None:
+            raise ValueError("workload.identical_prompts with speculative_config: identical sequences accept the same "
+                             "drafts, which per-sequence acceptance draws do not reproduce; not modelled")
         return self
 
 
