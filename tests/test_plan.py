@@ -184,3 +184,24 @@ def test_a_plans_token_exchange_applies_to_its_attention_dp_expert_parallel_conf
         setup = build(scenario_for(spec, cfg, 1.0), "plan")
         seen[(cfg["tp"], cfg.get("attn_dp", 1))] = setup.par.dispatches
     assert seen[(1, 2)] is True and seen[(2, 1)] is False
+
+
+def test_the_plan_searches_the_token_exchange_of_attention_dp_expert_parallel_workers():
+    """search.moe_a2a_backend [none, deepep]: each attention-DP + EP worker is tried with both exchanges
+    (priced as such), a worker without that pair once; fixing it in engine too is a one-line error."""
+    from simulator.serving.simulation import build
+    data = json.loads(json.dumps(SMALL))
+    data["search"].update(total_gpus=[2], tensor_parallel_size=[1, 2], data_parallel_size=[1, 2],
+                          enable_expert_parallel=[True], num_speculative_tokens=[0], moe_a2a_backend=["none", "deepep"])
+    spec = parse_plan(data, "test")
+    kept, _ = configurations(spec)
+    seen = {}
+    for cfg in kept:
+        setup = build(scenario_for(spec, cfg, 1.0), "plan")
+        seen.setdefault((cfg["tp"], cfg["attn_dp"]), []).append((cfg["a2a"], setup.par.dispatches))
+    assert sorted(seen[(1, 2)]) == [("deepep", True), ("none", False)]
+    assert seen[(2, 1)] == [(None, False)]
+    assert "DeepEP" in config_label([c for c in kept if c["a2a"] == "deepep"][0])
+    data["engine"] = {"moe_a2a_backend": "deepep"}
+    with pytest.raises(ConfigError, match="give one"):
+        parse_plan(data, "test")

@@ -37,11 +37,16 @@ def configurations(spec: PlanSpec) -> tuple[list[dict], list[dict]]:
     out, pruned = [], []
     for g in s.gpus:
         gpu_mod.load(g, source="plan")          # unknown GPUs are an error, not a pruned row
-    for g, total, tp, ep, adp, mode, px, seqs, k, adaptive in itertools.product(
+    exchanges = s.moe_a2a_backend or [None]
+    for g, total, tp, ep, adp, mode, px, seqs, k, adaptive, a2a in itertools.product(
             s.gpus, s.total_gpus, s.tensor_parallel_size, s.enable_expert_parallel, s.data_parallel_size, s.mode,
-            s.prefill_workers, s.max_num_seqs, s.num_speculative_tokens, s.adaptive_k):
+            s.prefill_workers, s.max_num_seqs, s.num_speculative_tokens, s.adaptive_k, exchanges):
         if (ep or adp > 1) and not target.moe:
             continue                             # EP / attention DP mean nothing for a dense model: not distinct
+        if not (ep and adp > 1):
+            if a2a != exchanges[0]:
+                continue                         # the exchange exists only between attention-DP ranks and EP
+            a2a = None
         if adaptive and k == 0:
             continue
         if mode == "agg" and px != s.prefill_workers[0]:
@@ -53,7 +58,7 @@ def configurations(spec: PlanSpec) -> tuple[list[dict], list[dict]]:
                    "prefill_workers": px if mode == "disagg" else 0,
                    "dp": workers - px if mode == "disagg" else workers, "ep": ep,
                    "max_num_seqs": seqs, "k": k, "adaptive": adaptive, "draft": d.model_dump() if d else None,
-                   "draft_index": di if d else -1}
+                   "draft_index": di if d else -1, "a2a": a2a}
             reason = _prune_reason(spec, target, cfg)
             (pruned if reason else out).append({**cfg, "reason": reason} if reason else cfg)
         if k and not drafts:
@@ -116,6 +121,8 @@ def scenario_for(spec: PlanSpec, cfg: dict, rate: float):
     engine = {**spec.engine, "max_num_seqs": cfg["max_num_seqs"]}
     if not (_ranks(cfg) > 1 and cfg["ep"]):
         engine.pop("moe_a2a_backend", None)   # the plan's exchange applies to its attention-DP + EP configurations
+    elif cfg.get("a2a"):
+        engine["moe_a2a_backend"] = cfg["a2a"]
     data = {"name": f"{spec.name}", "model": spec.model, "hardware": hardware, "engine": engine,
             "routing": dict(spec.routing), "workload": wl, "seed": spec.seed,
             "slo": {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
@@ -135,7 +142,8 @@ def config_label(cfg: dict) -> str:
     sd = "SD off" if not cfg["k"] else (f"SD adaptive k<={cfg['k']}" if cfg["adaptive"] else f"SD k={cfg['k']}")
     draft = f" ({cfg['draft']['model']})" if cfg["k"] and cfg.get("draft") and isinstance(cfg["draft"]["model"], str) else ""
     adp = _ranks(cfg)
-    worker = f"TP{cfg['tp']}{f' DPattn{adp}' if adp > 1 else ''}{' EP' if cfg['ep'] else ''}"
+    a2a = {"deepep": " DeepEP", "none": " allgather"}.get(cfg.get("a2a"), "")
+    worker = f"TP{cfg['tp']}{f' DPattn{adp}' if adp > 1 else ''}{' EP' if cfg['ep'] else ''}{a2a}"
     copies = (f"{cfg['prefill_workers']}P{cfg['dp']}D" if cfg.get("mode") == "disagg" else f"DP{cfg['dp']}")
     return f"{cfg['gpu']} x{cfg['total_gpus']} {worker} {copies} seqs{cfg['max_num_seqs']} {sd}{draft}"
 
@@ -271,7 +279,8 @@ def _row(spec: PlanSpec, r: dict) -> dict:
            "num_total_gpus": gpus, "tp": c["tp"], "pp": 1, "dp": c["dp"], "attention_dp": _ranks(c),
            "moe_tp": moe_tp, "moe_ep": moe_ep, "mode": c.get("mode", "agg"),
            "prefill_workers": c.get("prefill_workers", 0),
-           "backend": "moesd-sim (vLLM-like)", "system": c["gpu"],
+           "backend": f"moesd-sim ({spec.engine.get('framework', 'vllm')})", "system": c["gpu"],
+           "moe_a2a_backend": c.get("a2a") or (spec.engine.get("moe_a2a_backend", "") if _ranks(c) > 1 and c["ep"] else ""),
            "sd": bool(c["k"]), "num_speculative_tokens": c["k"], "adaptive_k": c["adaptive"],
            "draft": (c["draft"] or {}).get("model") if c["k"] else None,
            "acceptance_length": m.get("acceptance_length"), "cost_per_hour_usd": cost,

@@ -54,6 +54,9 @@ class Search(Strict):
     max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=1, max_length=32)
     num_speculative_tokens: list[SpecTokens] = Field(default_factory=lambda: [0, 3], min_length=1, max_length=16)
     adaptive_k: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    moe_a2a_backend: Optional[list[Literal["none", "deepep"]]] = Field(default=None, min_length=1, description=(
+        "token exchange of attention-DP + EP workers to try (SGLang --moe-a2a-backend: none = all-gather, "
+        "deepep = all-to-all dispatch); default: engine.moe_a2a_backend, else the framework's"))
 
 
 class Bisection(Strict):
@@ -85,6 +88,12 @@ class PlanSpec(Strict):
                                                                      description="$ per GPU-hour overrides")
     bisection: Bisection = Field(default_factory=Bisection)
     seed: int = Field(default=0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _a2a(self):
+        if self.search.moe_a2a_backend and "moe_a2a_backend" in self.engine:
+            raise ValueError("engine.moe_a2a_backend fixes the exchange that search.moe_a2a_backend searches: give one")
+        return self
 
     @model_validator(mode="after")
     def _acceptance_k(self):
