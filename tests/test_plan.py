@@ -205,3 +205,26 @@ def test_the_plan_searches_the_token_exchange_of_attention_dp_expert_parallel_wo
     data["engine"] = {"moe_a2a_backend": "deepep"}
     with pytest.raises(ConfigError, match="give one"):
         parse_plan(data, "test")
+
+
+def test_the_sd_verdict_compares_sd_on_and_off_on_the_cheapest_configurations_own_layout():
+    """recommend() pairs SD on/off on the cheapest configuration's GPUs, layout, serving mode and
+    exchange: an aggregated DP-attention 16 worker with the same TP, copies and batch is other hardware."""
+    from simulator.analysis.plan import recommend
+    spec = parse_plan(json.loads(json.dumps(SMALL)), "test")
+    base = {"gpu": "h200_sxm", "total_gpus": 16, "tp": 1, "dp": 1, "ep": True, "max_num_seqs": 32, "adaptive": False,
+            "draft": {"method": "mtp", "model": None, "acceptance": {"rate": 0.85}}, "draft_index": 0}
+    cfgs = [{**base, "attn_dp": 16, "mode": "agg", "prefill_workers": 0, "a2a": "deepep", "k": k} for k in (1, 0)]
+    cfgs += [{**base, "attn_dp": 8, "mode": "disagg", "prefill_workers": 1, "a2a": a2a, "k": k}
+             for a2a in ("none", "deepep") for k in (1, 0)]
+    results = [{"cfg": c, "max_rate": 10.0 + i} for i, c in enumerate(cfgs)]
+    cheapest = cfgs[4]                     # disaggregated, DeepEP, SD on
+    seen = []
+
+    def run(fn, jobs, desc):
+        seen.extend(j["cfg"] for j in jobs)
+        return [{"meets_slo": True, "tpot_ms": 10.0 + i % 2, "ttft_ms": 1.0, "slo_attainment": 1.0}
+                for i in range(len(jobs))]
+    out = recommend(spec, pd.DataFrame([{"config": config_label(cheapest)}]), results, [1.0, 2.0], run)
+    assert seen and all(c["mode"] == "disagg" and c["a2a"] == "deepep" for c in seen)
+    assert {c["k"] for c in seen} == {0, 1} and "DeepEP 1P1D" in out["hardware"]

@@ -308,7 +308,9 @@ def pareto(points: pd.DataFrame, x: str = "tokens/s/user", y: str = "tokens/s/gp
 def recommend(spec: PlanSpec, table: pd.DataFrame, results: list[dict], levels, run) -> dict:
     """SD on/off per load level on the hardware of the cheapest configuration."""
     best = table.iloc[0]
-    hw = lambda c: (c["gpu"], c["tp"], c["dp"], c["ep"], c["max_num_seqs"])  # noqa: E731
+    # everything but SD: the same GPUs, layout, serving mode and token exchange
+    hw = lambda c: (c["gpu"], c["tp"], c["dp"], c["ep"], c["max_num_seqs"], _ranks(c), c.get("mode", "agg"),  # noqa: E731
+                    c.get("prefill_workers", 0), c.get("a2a"))
     key = next(hw(r["cfg"]) for r in results if config_label(r["cfg"]) == best.config)
     same = [r for r in results if hw(r["cfg"]) == key]
     off = next((r for r in same if not r["cfg"]["k"]), None)
