@@ -46,18 +46,18 @@ FIXED = np.round(np.arange(0.0, 1.501, 0.02), 2)
 RUNS = {"11": (1.0, 1.0), "55": (0.5, 0.5), "51": (0.5, 1.0)}
 
 
-def sample(df: pd.DataFrame, framework: str, per_group: int, seed: int = 0) -> pd.DataFrame:
+def sample(df: pd.DataFrame, framework: str, per_group: int | None, seed: int = 0) -> pd.DataFrame:
     rows = df[df.backend == framework]
     rows = rows[[silicon.classify(r) == "" for r in rows.to_dict("records")]]
     return stratified(rows, ["model_path", "mode", "system"], per_group, seed)
 
 
-def stratified(rows: pd.DataFrame, keys: list, per_group: int, seed: int = 0) -> pd.DataFrame:
-    """Up to ``per_group`` rows of each ``keys`` group (seeded), with their catalog model and GPU
-    architecture (what leave-one-model-out and the per-architecture fits group by)."""
+def stratified(rows: pd.DataFrame, keys: list, per_group: int | None, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_group`` rows of each ``keys`` group (seeded; None: every row), with their catalog
+    model and GPU architecture (what leave-one-model-out and the per-architecture fits group by)."""
     keep = []
     for _, g in rows.groupby(keys, sort=True, dropna=False):
-        keep += list(g.sample(min(len(g), per_group), random_state=seed).index)
+        keep += list(g.index if per_group is None else g.sample(min(len(g), per_group), random_state=seed).index)
     out = rows.loc[sorted(keep)].copy()
     out["arch_model"] = [silicon.MODELS[m] for m in out.model_path]
     out["gpu_arch"] = [load_gpu(s).architecture for s in out.system]
@@ -159,13 +159,13 @@ def report(fw: str, t: pd.DataFrame) -> None:
               f"kernel_time_scale {arch}: {s2[0]:.2f}, kernel_fixed_scale {arch}: {s2[1]:.2f}")
 
 
-def silicon_args(per_group: int, framework: str | None = None):
+def silicon_args(per_group: int | None, framework: str | None = None):
     """(arguments, silicon rows) of a fit over the silicon file, or None when the file is missing."""
     ap = argparse.ArgumentParser()
     if framework:
         ap.add_argument("--framework", default=framework)
     ap.add_argument("--silicon", default=str(silicon.training_file()))
-    ap.add_argument("--per-group", type=int, default=per_group)
+    ap.add_argument("--per-group", type=int, default=per_group, help="rows per group (default: %(default)s; None: every row)")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
     path = Path(args.silicon)
@@ -178,13 +178,13 @@ def silicon_args(per_group: int, framework: str | None = None):
 def main() -> int:
     # every row: 12- and 30-row samples per group picked different Hopper scales (one scale held out
     # 12.3% / 11.0% vs 14.9% / 17.3% apart) that the whole file then scored 12-13% TPOT
-    got = silicon_args(100_000, "trtllm,sglang")
+    got = silicon_args(None, "trtllm,sglang")
     if got is None:
         return 1
     args, df = got
     for fw in args.framework.split(","):
         rows = sample(df, fw, args.per_group)
-        print(f"{fw}: {len(rows)} rows (up to {args.per_group} per model, mode and GPU)")
+        print(f"{fw}: {len(rows)} rows ({'every expressible row' if args.per_group is None else f'up to {args.per_group} per model, mode and GPU'})")
         report(fw, simulate(rows, args.workers))
     return 0
 

@@ -147,6 +147,7 @@ def classify(r: dict) -> str:
     if mode not in ("agg", "disagg"):
         return f"serving mode {mode}"
     if mode == "disagg" and any(_unset(r.get(f"{p}num_workers")) for p in pre):
+        # before the cell checks: a disagg row with no pool columns at all is missing its layout, not a cell
         return "ambiguous layout: disagg row states no worker counts"
     if why := bad_cell(r, pre):
         return why
