@@ -254,3 +254,35 @@ def test_prefill_first_keeps_a_closed_loop_in_step():
     r1, r2 = (first[first.request_id // 8 == k].ttft_s.values for k in (1, 2))
     assert np.allclose(np.sort(r1), np.sort(r2), rtol=0.01)      # (up to sampled expert loads)
     assert mixed[mixed.request_id < 8].finish_time_s.nunique() > 1
+
+
+def test_adaptive_k_probes_with_one_draft_so_an_unlucky_start_cannot_switch_sd_off_for_good():
+    """An adaptive policy that chose k = 0 would never see another draft. Every PROBE_EVERY decoding
+    steps at k = 0 it drafts one token; a real choice of k > 0, or a step with nobody decoding, resets
+    the count. End to end: a sequence whose first drafts were all rejected still ends up speculating."""
+    from simulator.serving.speculation import PROBE_EVERY, Speculation
+    s = small(["speculative_config.adaptive=true", "workload.num_prompts=4"])
+    choices = iter([0] * (2 * PROBE_EVERY) + [3] + [0] * PROBE_EVERY)
+    s.cfg.k_policy = lambda *a: next(choices)
+    spec = Speculation(s.cfg, None, s.acceptance)
+
+    class R:
+        computed = np.array([10])
+        prefill_target = np.array([5])
+    ks = [spec.choose_k(R, np.array([0])) for _ in range(3 * PROBE_EVERY + 1)]
+    probes = [i for i, k in enumerate(ks) if k == 1]
+    assert probes == [PROBE_EVERY - 1, 2 * PROBE_EVERY - 1, 3 * PROBE_EVERY]
+    assert ks[2 * PROBE_EVERY] == 3
+
+
+def test_adaptive_k_recovers_from_rejected_first_drafts():
+    """gpt-oss-120b + EAGLE3 on SGLang at batch 1: the first drafts are rejected, the estimate falls
+    below break-even and the policy picks k = 0; the probes bring it back to speculating."""
+    sets = ["model=gpt-oss-120b", "speculative_config.method=eagle3", "speculative_config.model=EAGLE3-gpt-oss-120b",
+            "speculative_config.acceptance={rate: 0.7}", "speculative_config.adaptive=true",
+            "hardware.gpu=h200_sxm", "engine.framework=sglang", "workload.request_rate=inf", "workload.num_prompts=64",
+            "workload.max_concurrency=1", "engine.max_num_seqs=1", "workload.dataset_name=fixed",
+            "workload.random_input_len=233", "workload.random_output_len=221", "workload.random_range_ratio=0"]
+    _, _, steps = run(build(load_scenario("quickstart", sets)))
+    dec = steps[steps.num_decode > 0]
+    assert dec.drafted_tokens.sum() / len(dec) > 2     # speculating at k = 3 most of the run

@@ -155,3 +155,20 @@ def test_measured_at_k_sets_the_rate_and_needs_a_mean_length():
         parse_plan(json.loads(json.dumps(plan)), "p.yaml")
     plan["drafts"][0]["acceptance"]["measured_at_k"] = 3
     assert parse_plan(plan, "p.yaml").drafts[0].acceptance["measured_at_k"] == 3
+
+
+def test_sweep_turns_a_closed_loop_sharegpt_scenario_into_its_offline_batch():
+    """A scenario written for a closed loop of users on ShareGPT lengths sweeps as an offline batch at
+    the dataset's mean lengths (its closed-loop keys would otherwise clash with the batch's client)."""
+    from simulator.analysis.sweep import offline_overrides, sweep
+    from simulator.config.datasets import all_datasets
+    from simulator.config.scenario import load_scenario
+    sets = ["workload.dataset_name=sharegpt", "workload.concurrency=8", "workload.request_rate=inf",
+            "workload.measurement=steady"]
+    sc = load_scenario("quickstart", sets)
+    e = all_datasets()["sharegpt"]
+    batch = load_scenario("quickstart", sets + offline_overrides(sc)).workload
+    assert batch.concurrency is None and batch.dataset_name == "fixed"
+    assert (batch.random_input_len, batch.random_output_len) == (int(e["input_len"]), int(e["output_len"]))
+    t = sweep("quickstart", sets, [1, 8], [2], adaptive=False, workers=1, progress=False)
+    assert t.speedup_sim.notna().all() and len(t) == 4

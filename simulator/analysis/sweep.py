@@ -15,6 +15,7 @@ import math
 import pandas as pd
 
 from ..common.errors import ConfigError
+from ..config.datasets import all_datasets
 from ..config.scenario import load_scenario
 from ..cost.forward import ForwardModel
 from ..serving import acceptance, theory
@@ -30,6 +31,19 @@ def fixed_batch_overrides(batch: int, k: int, adaptive: bool, waves: int, ranks:
     return ["workload.request_rate=inf", f"workload.num_prompts={batch * ranks * waves}",
             f"workload.max_concurrency={batch * ranks}", "workload.random_range_ratio=0", f"engine.max_num_seqs={batch}",
             f"speculative_config.num_speculative_tokens={k}", f"speculative_config.adaptive={str(adaptive).lower()}"]
+
+
+def offline_overrides(sc) -> list[str]:
+    """The scenario's client turned into the sweep's offline batch: no closed loop, conversations or
+    warm-up, and a dataset's mean lengths held fixed (a trace keeps its own lengths)."""
+    wl = sc.workload
+    out = ["workload.concurrency=null", "workload.measurement=all", "workload.conversation_turns=1",
+           "workload.warmup_requests=0"]
+    if wl.dataset_name in all_datasets():
+        e = all_datasets()[wl.dataset_name]
+        out += ["workload.dataset_name=fixed", f"workload.random_input_len={int(e['input_len'])}",
+                f"workload.random_output_len={int(e['output_len'])}"]
+    return out
 
 
 def waves_for(batch: int, min_requests: int = 64) -> int:
@@ -94,6 +108,8 @@ def sweep(scenario: str, overrides: list[str], batches, ks, engine: bool = True,
         raise ConfigError("sweep needs a speculative_config (the draft to sweep k for)", source=scenario,
                           field="speculative_config")
     overrides = pin_acceptance(sc, overrides)
+    overrides = overrides + offline_overrides(sc)
+    sc = load_scenario(scenario, overrides)
     ks = sorted(set(ks))
     k_max = max(ks)
     setup = build(load_scenario(scenario, overrides + [f"speculative_config.num_speculative_tokens={k_max}"]), scenario)

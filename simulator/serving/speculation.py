@@ -13,9 +13,16 @@ from ..cost.forward import Batch, ForwardModel
 from .requests import Requests, total
 
 
+# Adaptive k learns acceptance only from the drafts it runs: after an unlucky start it would choose
+# k = 0 and never see another draft. So after this many decoding steps at k = 0 it drafts one token
+# once, which keeps its estimate current (a probe costs about one step in this many where SD does not pay).
+PROBE_EVERY = 32
+
+
 class Speculation:
     def __init__(self, cfg, draft: ForwardModel | None, acceptance):
         self.cfg, self.draft, self.acc = cfg, draft, acceptance
+        self._idle = 0          # adaptive k: decoding steps at k = 0 since the last draft
         # acceptance counters: how many decodes drafted k and accepted a, as a (k+1) x (k+1) histogram
         self.k_by_a = np.zeros((cfg.k + 1) ** 2, dtype=np.int64)
         self._pos_masks = None
@@ -41,7 +48,15 @@ class Speculation:
         comp = R.computed[run]
         ctx = comp[comp >= R.prefill_target[run]]
         _, accepted, reached = self.positions()
-        return cfg.k_policy(len(ctx), float(ctx.mean()) if len(ctx) else 1.0, reached, accepted)
+        k = cfg.k_policy(len(ctx), float(ctx.mean()) if len(ctx) else 1.0, reached, accepted)
+        if k or not len(ctx):
+            self._idle = 0
+            return k
+        self._idle += 1
+        if self._idle >= PROBE_EVERY:
+            self._idle = 0
+            return 1
+        return 0
 
     def draft_s(self, plan, spec: np.ndarray, n_spec: int, ctx_sum: float, prefill: tuple, k_now: int) -> float | None:
         """Seconds of draft work in a step: k passes over the ``n_spec`` speculating sequences (mask
