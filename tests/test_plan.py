@@ -228,3 +228,16 @@ def test_the_sd_verdict_compares_sd_on_and_off_on_the_cheapest_configurations_ow
     out = recommend(spec, pd.DataFrame([{"config": config_label(cheapest)}]), results, [1.0, 2.0], run)
     assert seen and all(c["mode"] == "disagg" and c["a2a"] == "deepep" for c in seen)
     assert {c["k"] for c in seen} == {0, 1} and "DeepEP 1P1D" in out["hardware"]
+
+
+def test_plan_flags_with_several_gpus_and_a_model_path_make_a_safe_plan_name():
+    """--system takes a comma list and --model a catalog name or a file: the plan's folder name
+    is built from them with anything unsafe turned into '-'."""
+    import argparse
+    from simulator.commands.plan import spec_from_args
+    a = argparse.Namespace(plan=None, model="Qwen2.5-7B", system="h100_sxm,h200_sxm", ttft=None, tpot=50.0,
+                           e2el=None, isl=512, osl=128, num_prompts=50, total_gpus=2, k=3, draft=None,
+                           draft_method="eagle3", acceptance_rate=0.7, target_rate=None, set=[])
+    assert spec_from_args(a).name == "plan_Qwen2.5-7B_h100_sxm-h200_sxm"
+    a.model = "models/my-moe.yaml"
+    assert spec_from_args(a).name == "plan_my-moe_h100_sxm-h200_sxm"

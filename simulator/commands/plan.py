@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,10 @@ def spec_from_args(args) -> PlanSpec:
     if not (args.model and args.system):
         raise ConfigError("give a plan.yaml, or at least --model and --system", field="plan")
     slo = {k: v for k, v in (("ttft_ms", args.ttft), ("tpot_ms", args.tpot), ("e2el_ms", args.e2el)) if v}
-    data = {"name": f"plan_{args.model}_{args.system}", "model": args.model,
+    # a folder name: a model path's slashes and the GPU list's commas become '-'
+    model = args.model.removesuffix(".yaml").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", f"plan_{model}_{args.system}")[:128]
+    data = {"name": name, "model": args.model,
             "workload": {"random_input_len": args.isl, "random_output_len": args.osl, "random_range_ratio": 0.5,
                          "num_prompts": args.num_prompts},
             "slo": slo or {"tpot_ms": 50.0},
