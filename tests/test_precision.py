@@ -505,3 +505,17 @@ def test_tensorrt_llm_sizes_kv_from_the_memory_left_free():
     assert total == int((hw.memory_bytes * 0.8 - memory.ACTIVATION_RESERVE_BYTES - w) // per_block)
     assert free == int(((hw.memory_bytes - memory.ACTIVATION_RESERVE_BYTES - w) * 0.8) // per_block)
     assert free > total
+
+
+def test_sglang_takes_its_own_token_budget_by_gpu_memory_when_a_scenario_sets_none():
+    """SGLang's chunked_prefill_size default: 8,192 below 160 GiB (H100, H200), 16,384 above (B200,
+    GB200). vLLM keeps 8,192; a scenario's own engine.max_num_batched_tokens always wins; the summary
+    states the budget used."""
+    got = {}
+    for gpu in ("h100_sxm", "h200_sxm", "b200_sxm", "gb200"):
+        for fw in ("sglang", "vllm"):
+            got[gpu, fw] = build(scen(hardware={"gpu": gpu}, engine={"framework": fw})).files["max_num_batched_tokens"]
+    assert got == {("h100_sxm", "sglang"): 8192, ("h200_sxm", "sglang"): 8192, ("b200_sxm", "sglang"): 16384,
+                   ("gb200", "sglang"): 16384, **{(g, "vllm"): 8192 for g in ("h100_sxm", "h200_sxm", "b200_sxm", "gb200")}}
+    mine = build(scen(hardware={"gpu": "b200_sxm"}, engine={"framework": "sglang", "max_num_batched_tokens": 4096}))
+    assert mine.cfg.max_num_batched_tokens == 4096

@@ -15,6 +15,11 @@ from .schema import Strict
 FRAMEWORKS_FILE = REPO_ROOT / "workloads" / "frameworks.yaml"
 
 
+class MemoryBudget(Strict):
+    below_gib: Optional[float] = Field(gt=0, description="GPUs with less memory than this (null: any)")
+    tokens: int = Field(ge=1, le=1_000_000)
+
+
 class StepEntry(Strict):
     since: str = Field(max_length=64)
     released: Optional[str] = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description=(
@@ -43,6 +48,9 @@ class StepEntry(Strict):
         "group's tokens and its experts run on all of them (SGLang --moe-a2a-backend none, vLLM "
         "allgather_reducescatter, the defaults), or deepep, an all-to-all dispatch and combine"))
     moe_a2a_source: str = ""
+    batched_tokens_by_memory: list[MemoryBudget] = Field(default_factory=list, description=(
+        "the framework's own token budget per step when a scenario sets none, by the GPU's memory, "
+        "first match (SGLang's chunked_prefill_size); empty: engine.max_num_batched_tokens's 8,192"))
     kernels_before_collections: Literal["newest", "oldest"] = Field(default="newest", description=(
         "which kernel fits price a release older than every collected table version: the newest (what "
         "this entry's step terms were fitted with) or the oldest collection (the nearest in time)"))
@@ -62,6 +70,13 @@ class StepEntry(Strict):
             "of its GPU time (0 where absent)"))
     rank_skew_source: str = ""
     source: str
+
+    def batched_tokens(self, memory_bytes: float) -> int | None:
+        """The default token budget on a GPU of this much memory (None: the engine's 8,192)."""
+        for b in self.batched_tokens_by_memory:
+            if b.below_gib is None or memory_bytes < b.below_gib * 2 ** 30:
+                return b.tokens
+        return None
 
     def kernel_scale(self, architecture: str) -> float:
         return self.kernel_time_scale.get(architecture, 1.0)

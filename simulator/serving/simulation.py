@@ -116,7 +116,8 @@ def build(sc, source: str = "scenario") -> Setup:
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
              "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,
-             "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name}
+             "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name,
+             "max_num_batched_tokens": cfg.max_num_batched_tokens}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
                  files, pools)
 
@@ -146,9 +147,12 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
                               expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size",
                               of_free=entry.kv_memory == "free")
     limit = lambda mine, default: default if mine is None else mine  # noqa: E731
+    budget = eng.max_num_batched_tokens
+    if "max_num_batched_tokens" not in eng.model_fields_set:   # the framework's own default, if it has one
+        budget = entry.batched_tokens(hw.memory_bytes) or budget
     cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
         max_num_seqs=limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs),
-        max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), eng.max_num_batched_tokens),
+        max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), budget),
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
         max_model_len=eng.max_model_len or target.max_position_embeddings,
         step_model=step_model(eng, entry, synced_ranks(par), hw.architecture),
