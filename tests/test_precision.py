@@ -512,9 +512,9 @@ def test_sglang_takes_its_own_token_budget_by_gpu_memory_when_a_scenario_sets_no
     GB200). vLLM keeps 8,192; a scenario's own engine.max_num_batched_tokens always wins; the summary
     states the budget used."""
     got = {}
-    for gpu in ("h100_sxm", "h200_sxm", "b200_sxm", "gb200"):
+    for g in ("h100_sxm", "h200_sxm", "b200_sxm", "gb200"):
         for fw in ("sglang", "vllm"):
-            got[gpu, fw] = build(scen(hardware={"gpu": gpu}, engine={"framework": fw})).files["max_num_batched_tokens"]
+            got[g, fw] = build(scen(hardware={"gpu": g}, engine={"framework": fw})).files["max_num_batched_tokens"]
     assert got == {("h100_sxm", "sglang"): 8192, ("h200_sxm", "sglang"): 8192, ("b200_sxm", "sglang"): 16384,
                    ("gb200", "sglang"): 16384, **{(g, "vllm"): 8192 for g in ("h100_sxm", "h200_sxm", "b200_sxm", "gb200")}}
     mine = build(scen(hardware={"gpu": "b200_sxm"}, engine={"framework": "sglang", "max_num_batched_tokens": 4096}))
