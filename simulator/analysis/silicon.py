@@ -226,6 +226,10 @@ def scenario(r: dict) -> dict:
                      "concurrency": conc, "num_prompts": max(3 * conc, 8) if conc <= 256 else 2 * conc + 64,
                      "measurement": "steady"},
     }
+    if backend == "sglang":
+        # the generator sets no --chunked-prefill-size for SGLang: its own default by GPU memory applies
+        # (frameworks.yaml batched_tokens_by_memory; it chunks longer prompts)
+        del data["engine"]["max_num_batched_tokens"]
     if backend == "trtllm":
         # the generator's TensorRT-LLM engine templates: free_gpu_memory_fraction 0.80
         # (generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2)
