@@ -473,7 +473,8 @@ def test_silicon_rows_average_as_the_benchmark_does():
 
 def test_silicon_rows_take_the_generators_token_budget():
     """AIConfigurator's generator launches vLLM with max_batch_size + isl + 1500 tokens a step (agg);
-    TensorRT-LLM and SGLang rows keep the simulator's 8,192 (see silicon.GENERATOR_TOKEN_BUDGET)."""
+    TensorRT-LLM rows keep the simulator's 8,192 (see silicon.GENERATOR_TOKEN_BUDGET); SGLang rows, for
+    which it passes no --chunked-prefill-size, SGLang's own default by GPU memory."""
     import csv
     import io
     from simulator.analysis import silicon
@@ -481,13 +482,16 @@ def test_silicon_rows_take_the_generators_token_budget():
         SILICON_HEADER
         + "a,Qwen/Qwen3-32B,vllm,0.12.0,h100_sxm,bf16,agg,1024,1024,,,8,2,1,1,1,1,154,15.9\n"
         + "b,Qwen/Qwen3-32B,trtllm,1.2.0rc5,h100_sxm,bf16,agg,4096,512,,,16,2,1,1,1,1,700,20\n"
-        + "c,Qwen/Qwen3-32B,sglang,0.5.9,h100_sxm,bf16,agg,1024,128,,,16,2,1,1,1,1,841,17\n")))
+        + "c,Qwen/Qwen3-32B,sglang,0.5.9,h100_sxm,bf16,agg,1024,128,bf16,bf16,16,2,1,1,1,1,841,17\n"
+        + "d,Qwen/Qwen3-32B,sglang,0.5.9,b200_sxm,bf16,agg,1024,128,bf16,bf16,16,2,1,1,1,1,841,17\n")))
     for r in rows:
         r["silicon_data_source"] = f"x; silicon_concurrency={r['batch_size']}"
     eng = {r["id"]: silicon.scenario(r)["engine"] for r in rows}
     assert eng["a"]["max_num_seqs"] == 8 and eng["a"]["max_num_batched_tokens"] == 8 + 1024 + 1500
     assert eng["b"]["max_num_batched_tokens"] == 8192
-    assert eng["c"]["max_num_batched_tokens"] == 8192
+    assert "max_num_batched_tokens" not in eng["c"]
+    sglang = {r["id"]: build(parse(silicon.scenario(r), "row")).cfg.max_num_batched_tokens for r in rows[2:]}
+    assert sglang == {"c": 8192, "d": 16384}
 
 
 def test_tensorrt_llm_sizes_kv_from_the_memory_left_free():
