@@ -89,7 +89,9 @@ def print_summary(table: pd.DataFrame) -> None:
             best = fx.loc[fx[col].idxmax()]
             line = f"  B={bs:<4} best k={int(best.k)} speedup {best[col]:.2f}x  eta(k) {best.eta_closed:.2f}"
             if not best.fits_kv_cache:
-                line += f"  [KV cache holds fewer than {bs} sequences: engine ran ~{best.get('effective_batch', 0):.0f}]"
+                ran = best.get("effective_batch", float("nan"))
+                line += (f"  [KV cache holds fewer than {bs} sequences" +
+                         (f": engine ran ~{ran:.0f}]" if ran == ran else "]"))     # no engine run: NaN
             if has_sim:
                 line += f"  closed form {best.speedup_closed:.2f}x"
                 ad = g[g.adaptive]
