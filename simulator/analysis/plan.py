@@ -102,6 +102,10 @@ def _ranks(cfg: dict) -> int:
     return cfg.get("attn_dp", 1)
 
 
+def _exchanges(cfg: dict) -> bool:       # attention DP + an EP MoE: the workers moe_a2a_backend applies to
+    return _ranks(cfg) > 1 and bool(cfg["ep"])
+
+
 def saturated_queue(cfg: dict) -> int:
     """Requests waiting on one replica (all its attention-DP ranks) at the last arrival that mark it saturated."""
     return max(8, _ranks(cfg) * cfg["max_num_seqs"] // 4)
@@ -119,7 +123,7 @@ def scenario_for(spec: PlanSpec, cfg: dict, rate: float):
     layout = {"tensor_parallel_size": cfg["tp"], "data_parallel_size": _ranks(cfg), "enable_expert_parallel": cfg["ep"]}
     hardware = {"gpu": cfg["gpu"], **layout, "num_replicas": cfg["dp"]}
     engine = {**spec.engine, "max_num_seqs": cfg["max_num_seqs"]}
-    if not (_ranks(cfg) > 1 and cfg["ep"]):
+    if not _exchanges(cfg):
         engine.pop("moe_a2a_backend", None)   # the plan's exchange applies to its attention-DP + EP configurations
     elif cfg.get("a2a"):
         engine["moe_a2a_backend"] = cfg["a2a"]
@@ -280,7 +284,7 @@ def _row(spec: PlanSpec, r: dict) -> dict:
            "moe_tp": moe_tp, "moe_ep": moe_ep, "mode": c.get("mode", "agg"),
            "prefill_workers": c.get("prefill_workers", 0),
            "backend": f"moesd-sim ({spec.engine.get('framework', 'vllm')})", "system": c["gpu"],
-           "moe_a2a_backend": c.get("a2a") or (spec.engine.get("moe_a2a_backend", "") if _ranks(c) > 1 and c["ep"] else ""),
+           "moe_a2a_backend": c.get("a2a") or (spec.engine.get("moe_a2a_backend", "") if _exchanges(c) else ""),
            "sd": bool(c["k"]), "num_speculative_tokens": c["k"], "adaptive_k": c["adaptive"],
            "draft": (c["draft"] or {}).get("model") if c["k"] else None,
            "acceptance_length": m.get("acceptance_length"), "cost_per_hour_usd": cost,
@@ -308,9 +312,8 @@ def pareto(points: pd.DataFrame, x: str = "tokens/s/user", y: str = "tokens/s/gp
 def recommend(spec: PlanSpec, table: pd.DataFrame, results: list[dict], levels, run) -> dict:
     """SD on/off per load level on the hardware of the cheapest configuration."""
     best = table.iloc[0]
-    # everything but SD: the same GPUs, layout, serving mode and token exchange
     hw = lambda c: (c["gpu"], c["tp"], c["dp"], c["ep"], c["max_num_seqs"], _ranks(c), c.get("mode", "agg"),  # noqa: E731
-                    c.get("prefill_workers", 0), c.get("a2a"))
+                    c.get("prefill_workers", 0), c.get("a2a"))       # everything but SD
     key = next(hw(r["cfg"]) for r in results if config_label(r["cfg"]) == best.config)
     same = [r for r in results if hw(r["cfg"]) == key]
     off = next((r for r in same if not r["cfg"]["k"]), None)

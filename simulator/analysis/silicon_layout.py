@@ -45,23 +45,22 @@ def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
     attention-DP rank, ``moe_tp_size x moe_ep_size`` = tp x dp."""
     tp, dp = layout_size(r.get(f"{prefix}tp_size")), layout_size(r.get(f"{prefix}attention_dp_size"))
     mtp, mep = layout_size(r.get(f"{prefix}moe_tp_size")), layout_size(r.get(f"{prefix}moe_ep_size"))
-    note = ""
+    note, run = "", None
     stated = re.search(r"_tp(\d+)_", str(r.get("id")))
     if (not dense and mep > 1 and mtp in (1, mep) and tp * dp == mep * mep and (tp == 1 or dp == 1)
             and not (stated and int(stated.group(1)) == tp * dp)):
         # some sources record every size squared: tp_size (or attention_dp_size) X*X and moe_tp X for
         # a run on X GPUs with EP X (their ids say tp<X>_ep<X>)
-        was = f"tp {tp} x dp {dp}, moe_tp {mtp} x moe_ep {mep}"
-        tp, dp, mtp = (mep, 1, 1) if dp == 1 else (1, mep, 1)
-        note = f"{was} read as tp {tp} x dp {dp}, EP {mep} (sizes recorded squared)"
+        run = (mep, 1, 1, mep) if dp == 1 else (1, mep, 1, mep)
     elif (not dense and tp == dp > 1 and mtp == 1 and mep == tp * dp
           and any(s in str(r.get("silicon_data_source")) for s in SQUARED_DP_SOURCES)):
-        # the same squaring with attention DP (see SQUARED_DP_SOURCES)
-        was = f"tp {tp} x dp {dp}, moe_tp {mtp} x moe_ep {mep}"
-        dp, mep = 1, tp
-        note = f"{was} read as tp {tp} x dp 1, EP {mep} (sizes recorded squared)"
+        run = (tp, 1, 1, tp)          # the same squaring with attention DP (see SQUARED_DP_SOURCES)
     elif not dense and mtp * mep != tp * dp:
         raise ValueError(f"MoE group moe_tp {mtp} x moe_ep {mep} differs from tp {tp} x attention_dp {dp}")
+    if run:
+        was = f"tp {tp} x dp {dp}, moe_tp {mtp} x moe_ep {mep}"
+        tp, dp, mtp, mep = run
+        note = f"{was} read as tp {tp} x dp {dp}, EP {mep} (sizes recorded squared)"
     out = {"tensor_parallel_size": tp, "data_parallel_size": dp}
     if not dense and mep > 1:
         out["enable_expert_parallel"] = True

@@ -91,7 +91,7 @@ def print_summary(table: pd.DataFrame) -> None:
             if not best.fits_kv_cache:
                 ran = best.get("effective_batch", float("nan"))
                 line += (f"  [KV cache holds fewer than {bs} sequences" +
-                         (f": engine ran ~{ran:.0f}]" if ran == ran else "]"))     # no engine run: NaN
+                         (f": engine ran ~{ran:.0f}]" if pd.notna(ran) else "]"))     # no engine run: NaN
             if has_sim:
                 line += f"  closed form {best.speedup_closed:.2f}x"
                 ad = g[g.adaptive]
