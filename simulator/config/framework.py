@@ -35,6 +35,10 @@ class StepEntry(Strict):
     disagg_handoff_ms: float = Field(default=0.0, ge=0, description=(
         "disaggregated serving: a request's fixed cost between prefill and decode beyond the KV bytes "
         "(transfer setup, decode-side polling and admission, the first token's trip)"))
+    prefill_kernel_launch_us: float = Field(default=0.0, ge=0, le=10_000, description=(
+        "CPU per kernel of a step with prompt tokens, launched without CUDA graphs (SGLang and TensorRT-LLM "
+        "capture decode batches only); such a step lasts at least its launches (simulator/cost/launches.py). "
+        "0: prefill replays graphs or compiled code (vLLM's piecewise graphs)"))
     mixed_prefill: bool = Field(default=True, description=(
         "prefill chunks ride in the same step as the running decodes (vLLM chunked prefill, TRT-LLM "
         "in-flight batching); false: a step is prefill-only whenever a prefill batch can be formed, "

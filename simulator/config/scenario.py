@@ -109,6 +109,8 @@ class Engine(Strict):
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
     sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="per step, never overlapped")
     rank_skew: Optional[float] = Field(default=None, ge=0, le=1, description="relative TP/EP rank skew (default: frameworks.yaml)")
+    prefill_kernel_launch_us: Optional[float] = Field(default=None, ge=0, le=10_000, description=(
+        "CPU per kernel of a step with prompt tokens launched without CUDA graphs (default: frameworks.yaml)"))
     enable_mixed_chunk: Optional[bool] = Field(default=None, description=(
         "prefill chunks share steps with decodes (SGLang's flag; default: the framework entry's mixed_prefill)"))
     moe_a2a_backend: Optional[Literal["none", "deepep", "allgather_reducescatter", "naive", "deepep_low_latency",

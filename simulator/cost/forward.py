@@ -20,7 +20,7 @@ import numpy as np
 from .costmodel import CostModel
 from ..config import precision
 from ..config.model import ModelArch, Quantization
-from . import network
+from . import launches, network
 from .routing import expected_count_vector
 
 
@@ -142,6 +142,8 @@ class ForwardModel:
         self._dense_cache: dict = {}
         self._tok_gemm_s: list = []
         self._eager_s = 0.0 if par.cuda_graphs else model.num_hidden_layers * par.kernels_per_layer * par.eager_launch_s
+        # what a step launched kernel by kernel issues (steps with prompt tokens in SGLang, TRT-LLM)
+        self.eager_kernels = launches.kernels_per_forward(model, self.gemm_prec, self.moe_prec, tp)
 
     # --- per-layer pieces ----------------------------------------------------------------
 

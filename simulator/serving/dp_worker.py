@@ -54,7 +54,8 @@ class DPWorker(Replica):
         cost.tokens = batch.num_tokens
         cost.moe_s, cost.expert_weight_bytes, cost.active_experts = fm.moe_part(self.route_counts(batch.num_tokens, merged))
         cost.draft_s = drafts[j]
-        cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, max(seqs), spec_any, self.draft_passes())
+        cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, max(seqs), spec_any, self.draft_passes(),
+                                                          self.launches(batch.prefill))
         return cost, batch, merged
 
     def loop(self):

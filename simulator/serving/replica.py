@@ -124,8 +124,12 @@ class Replica:
         if draft_s is not None:
             cost.draft_s = draft_s
         cost.overhead_s += self.cfg.step_model.overhead_s(cost.total_s, nd + len(prefill), n_spec > 0,
-                                                          self.draft_passes())
+                                                          self.draft_passes(), self.launches(prefill))
         return cost, batch, counts
+
+    def launches(self, prefill) -> int:
+        """Kernels the step launches one by one: a step with prompt tokens runs outside the CUDA graphs."""
+        return self.target.eager_kernels if prefill else 0
 
     def draft_passes(self) -> int:
         """Draft forward passes in a speculative round (n-gram lookup runs none)."""

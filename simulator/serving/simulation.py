@@ -209,7 +209,8 @@ def step_model(eng, entry=None, ranks: int = 1, architecture: str = "") -> Frame
     return FrameworkStep(pick(eng.step_overhead_ms, e.step_cpu_ms) / 1e3, pick(eng.per_seq_overhead_ms, e.per_seq_cpu_ms) / 1e3,
                          pick(eng.spec_round_overhead_ms, e.spec_round_cpu_ms) / 1e3, pick(eng.cpu_overlap, e.cpu_overlap),
                          pick(eng.sync_ms, e.sync_ms) / 1e3, pick(eng.draft_pass_overhead_ms, e.draft_pass_cpu_ms) / 1e3,
-                         sync_fraction(rank_skew(eng, e, architecture), ranks))
+                         sync_fraction(rank_skew(eng, e, architecture), ranks),
+                         pick(eng.prefill_kernel_launch_us, e.prefill_kernel_launch_us) / 1e6)
 
 
 def kernel_scales(eng, hw, e) -> tuple:
