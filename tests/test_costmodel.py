@@ -204,3 +204,22 @@ def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_correction(
     g = ResidualTable.build("gemm", pd.DataFrame({"n": [1024, 4096], "k": [1024, 1024], "m": [8, 8],
                                                   "log_residual": [0.2, 0.6]}))
     assert g.lookup((2048, 1024), (), 8)[0] == pytest.approx(0.4)
+
+
+def test_eagle3_head_qkv_reads_twice_the_hidden_width(cm):
+    """An EAGLE-3 head's decoder layer projects [token embedding; fused hidden state] to q/k/v: its
+    weights and its GEMM are 2 x hidden deep, and nothing else about the layer changes."""
+    from simulator.config import model
+    from simulator.cost.forward import ForwardModel, Parallel
+    head = model.load("EAGLE3-Llama-3.1-8B")
+    flat = head.model_copy(update={"qkv_in_multiplier": 1})
+    h, d, H, kv = head.hidden_size, head.head_dim_, head.num_attention_heads, head.num_key_value_heads
+    assert head.qkv_in_multiplier == 2
+    assert head.attention_params_per_layer() - flat.attention_params_per_layer() == h * d * (H + 2 * kv)
+    qkv_out = (H + 2 * kv) * d
+    for n in (1, 8, 512):
+        deep = ForwardModel(head, cm, Parallel())._token_part(n, n)[0]
+        shallow = ForwardModel(flat, cm, Parallel())._token_part(n, n)[0]
+        extra = float(cm.gemm_latency_s(np.array([n]), qkv_out, 2 * h)[0] - cm.gemm_latency_s(np.array([n]), qkv_out, h)[0])
+        assert deep - shallow == pytest.approx(extra, rel=1e-9)
+        assert extra > 0

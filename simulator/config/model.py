@@ -81,6 +81,9 @@ class ModelArch(BaseModel):
     kv_cache_dim_per_token: Optional[int] = Field(
         default=None, gt=0, description="override K+V elements per token per layer (MLA latent cache)")
     fc_in_multiplier: int = Field(default=0, ge=0, description="EAGLE heads: fc from m*hidden to hidden")
+    qkv_in_multiplier: int = Field(default=1, ge=1, le=4, description=(
+        "EAGLE-3 heads: the decoder layer's q/k/v projections read [token embedding; fused hidden state], "
+        "2 x hidden wide"))
     quantization: Quantization = Field(default_factory=Quantization, description="the checkpoint's native precision")
     mla: Optional[MLAConfig] = None
     sliding_window: Optional[int] = Field(default=None, gt=0, description="window of the sliding-window layers")
@@ -132,7 +135,8 @@ class ModelArch(BaseModel):
         h = self.hidden_size
         if self.mla is None:
             d = self.head_dim_
-            return h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
+            m = self.qkv_in_multiplier
+            return h * d * (self.num_attention_heads * (m + 1) + self.num_key_value_heads * 2 * m)
         a, H = self.mla, self.num_attention_heads
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
         q = h * a.q_lora_rank + a.q_lora_rank * H * qk if a.q_lora_rank else h * H * qk

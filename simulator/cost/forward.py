@@ -233,7 +233,7 @@ class ForwardModel:
         g = lambda n, k: cm.gemm_latency_s(N, n, k, self.gemm_prec)  # noqa: E731
         g16 = lambda n, k: cm.gemm_latency_s(N, n, k)  # noqa: E731   (router, LM head, MLA's absorbed BMMs)
         if m.mla is None:
-            qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, h)
+            qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, m.qkv_in_multiplier * h)
             o = g(h, self.heads * d)
         else:
             # absorbed MLA: q (through the q latent if any), kv_a to the shared latent, the per-head
