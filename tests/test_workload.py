@@ -228,3 +228,16 @@ def test_identical_prompts_route_a_lockstep_batch_as_one_sequence(mode):
 def test_identical_prompts_refuses_what_it_cannot_mean(sets, msg):
     with pytest.raises(ConfigError, match=msg):
         load_scenario("quickstart", ["workload.identical_prompts=true", *sets])
+
+
+def test_identical_prompts_accepts_fixed_distributions_at_any_range_ratio():
+    """Fixed length distributions ignore random_range_ratio: every request the same lengths, so one
+    prompt copied is expressible; a lognormal one at ratio 0 still varies (sigma at least 0.5)."""
+    sets = ["speculative_config=null", "workload.dataset_name=random", "workload.random_range_ratio=0.5",
+            "workload.input_len_distribution=fixed", "workload.output_len_distribution=fixed",
+            "workload.num_prompts=6", "workload.identical_prompts=true"]
+    _, req, _ = simulate(build(load_scenario("quickstart", sets)))
+    assert req.input_len.nunique() == 1 and req.output_len.nunique() == 1
+    with pytest.raises(ConfigError, match="identical_prompts needs every request the same lengths"):
+        load_scenario("quickstart", [*sets[:-3], "workload.random_range_ratio=0",
+                                     "workload.input_len_distribution=lognormal", *sets[-2:]])

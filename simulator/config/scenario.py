@@ -127,6 +127,12 @@ class Routing(Strict):
     mode: Literal["sample", "expected"] = "sample"
 
 
+def constant_length(distribution: str, ratio: float) -> bool:
+    """Whether a random workload's length distribution gives every request the same length: fixed,
+    or uniform with no range (vLLM's --random-range-ratio 0)."""
+    return distribution == "fixed" or (distribution == "uniform" and ratio == 0)
+
+
 class Workload(Strict):
     """``vllm bench serve`` names, plus length distributions and trace files."""
 
@@ -184,11 +190,11 @@ class Workload(Strict):
         if self.measurement == "steady" and self.concurrency is None:
             raise ValueError("measurement: steady needs a closed loop (concurrency)")
         if self.identical_prompts and not (
-                self.dataset_name == "fixed" or (self.dataset_name == "random" and self.random_range_ratio == 0
-                                                 and self.input_len_distribution in ("uniform", "fixed")
-                                                 and self.output_len_distribution in ("uniform", "fixed"))):
+                self.dataset_name == "fixed" or (self.dataset_name == "random"
+                                                 and constant_length(self.input_len_distribution, self.random_range_ratio)
+                                                 and constant_length(self.output_len_distribution, self.random_range_ratio))):
             raise ValueError("identical_prompts needs every request the same lengths: dataset_name fixed, or random "
-                             "with random_range_ratio 0 and uniform or fixed length distributions")
+                             "with fixed length distributions (or uniform ones at random_range_ratio 0)")
         if self.identical_prompts and self.conversation_turns > 1:
             raise ValueError("identical_prompts with conversation_turns > 1: a conversation's turns differ, so "
                              "its requests are not one prompt")

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..common.errors import ConfigError
 from ..config.datasets import all_datasets
+from ..config.scenario import constant_length
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class RequestSpec:
 
 
 def _lengths(rng, mean: int, ratio: float, dist: str, n: int) -> np.ndarray:
-    if dist == "fixed" or (dist == "uniform" and ratio == 0):
+    if constant_length(dist, ratio):
         return np.full(n, mean, dtype=np.int64)
     if dist == "uniform":   # vLLM: uniform integers in [L(1-r), L(1+r)]
         lo, hi = max(1, int(mean * (1 - ratio))), max(1, int(mean * (1 + ratio)))
