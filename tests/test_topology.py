@@ -126,6 +126,19 @@ def test_dp_ranks_never_share_a_request(monkeypatch):
     assert seen and summary["completed"] == 40
 
 
+@pytest.mark.parametrize("framework,method,in_turn", [("sglang", None, True), ("vllm", None, False),
+                                                      ("vllm", "round_robin", True), ("sglang", "shortest_queue", False)])
+def test_dp_placement_in_turn_or_to_the_fewest_requests(framework, method, in_turn):
+    """SGLang's data-parallel controller sends request n to rank n mod dp whatever the ranks' loads
+    (round_robin, its default); vLLM's DP coordinator to the rank with the fewest requests, which
+    with arrivals over time and uneven lengths breaks the turn. engine.load_balance_method overrides."""
+    sets = DP_EP + ["workload.request_rate=20", "workload.random_range_ratio=0.9", f"engine.framework={framework}"]
+    summary, req, _ = simulate(small(sets + ([f"engine.load_balance_method={method}"] if method else [])))
+    assert summary["completed"] == 40
+    ranks = req.sort_values(["arrival_s", "request_id"]).dp_rank.to_numpy()
+    assert (ranks == np.arange(40) % 4).all() == in_turn
+
+
 def _disagg(sets=()):
     return small(["disaggregation.prefill.tensor_parallel_size=2", "disaggregation.decode.tensor_parallel_size=2",
                   "workload.concurrency=1"] + list(sets))

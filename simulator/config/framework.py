@@ -39,6 +39,10 @@ class StepEntry(Strict):
         "CPU per kernel of a step with prompt tokens, launched without CUDA graphs (SGLang and TensorRT-LLM "
         "capture decode batches only); such a step lasts at least its launches (simulator/cost/launches.py). "
         "0: prefill replays graphs or compiled code (vLLM's piecewise graphs)"))
+    dp_dispatch: Literal["fewest_requests", "round_robin"] = Field(default="fewest_requests", description=(
+        "attention DP: the rank a new request goes to, the one with the fewest running + waiting requests "
+        "(vLLM's DP coordinator) or the next in turn whatever its load (SGLang --load-balance-method "
+        "round_robin, its default)"))
     mixed_prefill: bool = Field(default=True, description=(
         "prefill chunks ride in the same step as the running decodes (vLLM chunked prefill, TRT-LLM "
         "in-flight batching); false: a step is prefill-only whenever a prefill batch can be formed, "

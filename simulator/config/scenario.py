@@ -109,6 +109,10 @@ class Engine(Strict):
         "the CPU prepares step n+1 while the GPU runs step n (SGLang overlap scheduler, vLLM async scheduling)"))
     sync_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="per step, never overlapped")
     rank_skew: Optional[float] = Field(default=None, ge=0, le=1, description="relative TP/EP rank skew (default: frameworks.yaml)")
+    load_balance_method: Optional[Literal["round_robin", "shortest_queue", "total_requests"]] = Field(
+        default=None, description=(
+            "attention DP: how a new request picks its rank, SGLang's --load-balance-method (shortest_queue and "
+            "total_requests: the rank with the fewest requests, as vLLM's DP coordinator); default: the framework's"))
     prefill_kernel_launch_us: Optional[float] = Field(default=None, ge=0, le=10_000, description=(
         "CPU per kernel of a step with prompt tokens launched without CUDA graphs (default: frameworks.yaml)"))
     enable_mixed_chunk: Optional[bool] = Field(default=None, description=(

@@ -23,11 +23,16 @@ class DPWorker(Replica):
         self.dp = dp
         super().__init__(*args, **kwargs)
         self.ranks = [self.sched] + [Scheduler(self.cfg, self.R) for _ in range(dp - 1)]
+        self.turn = 0
 
     def submit(self, i: int) -> None:
-        """To the rank with the fewest requests (running + queued), the lowest on a tie: vLLM's
-        DP coordinator balances on queue lengths the same way."""
-        r = min(range(self.dp), key=lambda j: (len(self.ranks[j].run) + len(self.ranks[j].waiting), j))
+        """To the rank with the fewest requests (running + queued), the lowest on a tie (vLLM's DP
+        coordinator balances on queue lengths the same way), or, under round_robin, to the next
+        rank in turn whatever its load (SGLang's data-parallel controller by default)."""
+        if self.cfg.dp_dispatch == "round_robin":
+            r, self.turn = self.turn, (self.turn + 1) % self.dp
+        else:
+            r = min(range(self.dp), key=lambda j: (len(self.ranks[j].run) + len(self.ranks[j].waiting), j))
         self.R.dp_rank[i] = r
         super().submit(i, self.ranks[r])
 

@@ -46,6 +46,7 @@ class EngineConfig:
     stop_waiting: int | None = None    # end the run once a replica queues more requests than this
     prefix_caching: bool = False       # keep a finished turn's full KV blocks for its conversation's next turn
     mixed_prefill: bool = True         # prefill chunks share a step with decodes (else SGLang's prefill-only steps)
+    dp_dispatch: str = "fewest_requests"   # attention DP: a new request's rank (or round_robin, in turn)
 
 
 @dataclass

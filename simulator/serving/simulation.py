@@ -157,6 +157,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
         max_model_len=eng.max_model_len or target.max_position_embeddings,
         step_model=step_model(eng, entry, synced_ranks(par), hw.architecture),
         mixed_prefill=limit(eng.enable_mixed_chunk, entry.mixed_prefill),
+        dp_dispatch=dp_dispatch(eng, entry, pp.role),
         k=k, verify_tokens=spec.verify_tokens if spec and k else 1, draft_kind=draft_kind,
         draft_tokens_per_pass=(spec.speculative_eagle_topk or 1) if spec and k else 1)
     target_key = ("fm", target.model_dump_json(), hw.model_dump_json(), par, eng.framework, cost.version_key,
@@ -193,6 +194,15 @@ def a2a_backend(eng, entry) -> str:
     """The attention-DP + EP token exchange: the scenario's (vLLM's names read as SGLang's), else the framework's."""
     b = entry.moe_a2a_backend if eng.moe_a2a_backend is None else eng.moe_a2a_backend
     return "deepep" if b.startswith("deepep") else "none"
+
+
+def dp_dispatch(eng, entry, role: str = "agg") -> str:
+    """How an attention-DP worker places a new request: the scenario's --load-balance-method, else the
+    framework's for an aggregated worker. A disaggregated pool's rank follows the router's bootstrap
+    room in SGLang (random per request), which is not modelled: its ranks take the fewest requests."""
+    if eng.load_balance_method is None:
+        return entry.dp_dispatch if role == "agg" else "fewest_requests"
+    return "round_robin" if eng.load_balance_method == "round_robin" else "fewest_requests"
 
 
 def rank_skew(eng, entry, architecture: str) -> float:
