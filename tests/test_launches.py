@@ -56,7 +56,8 @@ def _one_prompt(framework, us=None, isl=1024, layout=None):
 def test_short_prompt_waits_on_its_launches_decode_does_not(layout, tp):
     """One worker, and an attention-DP worker (its ranks step together: the step with the prompt waits)."""
     setup, _, req0, steps0 = _one_prompt("sglang", 0.0, layout=layout)
-    _, _, req1, steps1 = _one_prompt("sglang", 200.0, layout=layout)
+    _, summary, req1, steps1 = _one_prompt("sglang", 200.0, layout=layout)
+    assert summary["prefill_kernel_launch_us"] == pytest.approx(200.0)          # the run states it
     n = setup.target_fm.eager_kernels
     assert n == launches.kernels_per_forward(model.load("DeepSeek-V3"), precision.get("fp8_block"),
                                              precision.get("fp8_block"), tp)

@@ -135,6 +135,7 @@ def test_dp_placement_in_turn_or_to_the_fewest_requests(framework, method, in_tu
     sets = DP_EP + ["workload.request_rate=20", "workload.random_range_ratio=0.9", f"engine.framework={framework}"]
     summary, req, _ = simulate(small(sets + ([f"engine.load_balance_method={method}"] if method else [])))
     assert summary["completed"] == 40
+    assert summary["dp_dispatch"] == ("round_robin" if in_turn else "fewest_requests")
     ranks = req.sort_values(["arrival_s", "request_id"]).dp_rank.to_numpy()
     assert (ranks == np.arange(40) % 4).all() == in_turn
 

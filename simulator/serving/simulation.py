@@ -116,6 +116,8 @@ def build(sc, source: str = "scenario") -> Setup:
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
              "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,
+             "prefill_kernel_launch_us": cfg.step_model.kernel_launch_s * 1e6,
+             "dp_dispatch": cfg.dp_dispatch if main.dp_ranks > 1 else None,
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name,
              "max_num_batched_tokens": cfg.max_num_batched_tokens}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
