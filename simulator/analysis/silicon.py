@@ -219,17 +219,17 @@ def scenario(r: dict) -> dict:
         "engine": {"framework": backend,
                    "framework_version": r["backend_version"] if isinstance(r["backend_version"], str) else None,
                    "quantization": dict(zip(("gemm", "moe"), q)) if q else None,
-                   "max_num_seqs": max(conc, 1), "max_num_batched_tokens": max(8192, isl)},
+                   "max_num_seqs": max(conc, 1)},
         "workload": {"dataset_name": "fixed", "random_input_len": isl, "random_output_len": cell_int(r["osl"]),
                      # three rounds per user (the first, all users at once, weighted as protocol_means
                      # says); two past 256 users, which keeps the largest runs to a minute
                      "concurrency": conc, "num_prompts": max(3 * conc, 8) if conc <= 256 else 2 * conc + 64,
                      "measurement": "steady"},
     }
-    if backend == "sglang":
+    if backend != "sglang":
         # the generator sets no --chunked-prefill-size for SGLang: its own default by GPU memory applies
-        # (frameworks.yaml batched_tokens_by_memory; it chunks longer prompts)
-        del data["engine"]["max_num_batched_tokens"]
+        # there (frameworks.yaml batched_tokens_by_memory; it chunks longer prompts)
+        data["engine"]["max_num_batched_tokens"] = max(8192, isl)
     if backend == "trtllm":
         # the generator's TensorRT-LLM engine templates: free_gpu_memory_fraction 0.80
         # (generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2)
