@@ -12,7 +12,6 @@ TTFT over its rows (at least 0), and each group's rows are predicted by a fit th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,9 +20,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from simulator.analysis import silicon                  # noqa: E402
 from simulator.analysis.runner import run_many          # noqa: E402
+from fit_kernel_scale import silicon_args               # noqa: E402
 
 MAX_CONCURRENCY = 16
 
@@ -33,14 +34,10 @@ def _row(job: dict) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--silicon", default=str(silicon.training_file()))
-    ap.add_argument("--workers", type=int, default=None)
-    args = ap.parse_args()
-    if not Path(args.silicon).is_file():
-        print(f"{args.silicon}: not found (needs ../shared)")
+    got = silicon_args(None, sampled=False)
+    if got is None:
         return 1
-    df = silicon.load_rows(Path(args.silicon))
+    args, df = got
     rows = [r for r in df.to_dict("records") if str(r["mode"]) == "disagg"]
     kept, left = [], {}
     for r in rows:

@@ -159,13 +159,16 @@ def report(fw: str, t: pd.DataFrame) -> None:
               f"kernel_time_scale {arch}: {s2[0]:.2f}, kernel_fixed_scale {arch}: {s2[1]:.2f}")
 
 
-def silicon_args(per_group: int | None, framework: str | None = None):
-    """(arguments, silicon rows) of a fit over the silicon file, or None when the file is missing."""
+def silicon_args(per_group: int | None, framework: str | None = None, sampled: bool = True):
+    """(arguments, silicon rows) of a fit over the silicon file, or None when the file is missing;
+    ``sampled``: the fit takes --per-group rows per group."""
     ap = argparse.ArgumentParser()
     if framework:
         ap.add_argument("--framework", default=framework)
     ap.add_argument("--silicon", default=str(silicon.training_file()))
-    ap.add_argument("--per-group", type=int, default=per_group, help="rows per group (default: %(default)s; None: every row)")
+    if sampled:
+        ap.add_argument("--per-group", type=int, default=per_group,
+                        help="rows per group (default: %(default)s; None: every row)")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
     path = Path(args.silicon)

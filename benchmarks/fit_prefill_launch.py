@@ -18,7 +18,6 @@ held-out models nothing).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -28,9 +27,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from simulator.analysis import silicon                  # noqa: E402
 from simulator.analysis.runner import run_many          # noqa: E402
+from fit_kernel_scale import silicon_args               # noqa: E402
 
 MAX_CONCURRENCY = 16
 FRAMEWORKS = ("sglang", "trtllm")
@@ -51,14 +52,10 @@ def best(g: pd.DataFrame) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--silicon", default=str(silicon.training_file()))
-    ap.add_argument("--workers", type=int, default=None)
-    args = ap.parse_args()
-    if not Path(args.silicon).is_file():
-        print(f"{args.silicon}: not found (needs ../shared)")
+    got = silicon_args(None, sampled=False)
+    if got is None:
         return 1
-    df = silicon.load_rows(Path(args.silicon))
+    args, df = got
     rows = [r for r in df.to_dict("records") if str(r["mode"]) == "agg" and r["backend"] in FRAMEWORKS
             and silicon.concurrency(r) <= MAX_CONCURRENCY and not silicon.classify(r)]
     print(f"{len(rows)} expressible aggregated {'/'.join(FRAMEWORKS)} rows at concurrency <= {MAX_CONCURRENCY}")
