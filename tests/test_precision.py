@@ -347,8 +347,8 @@ def test_a_build_known_by_its_date_takes_the_entry_released_by_then():
 
 
 def test_older_versions_are_priced_with_their_own_kernel_tables():
-    """A run on an older release uses the fits of the nearest collected version at or below it (the
-    version's own tables), the newest for a newer, unset, nightly or pre-collection release; a
+    """A run on an older release uses the fits of the nearest collected version (the version's own
+    tables), the newest for a newer, unset, nightly or pre-collection release; a
     kernel the older tables do not time comes from the newest fits."""
     hw = gpu.load("h100_sxm")
     older = sorted(k.split("@")[1] for k in hw.calibration.frameworks if k.startswith("vllm@"))
@@ -372,6 +372,22 @@ def test_older_versions_are_priced_with_their_own_kernel_tables():
         assert old._p("moe", precision.get(p)) == newest._p("moe", precision.get(p))
     s = build(scen(engine={"framework": "vllm", "framework_version": lo}))
     assert s.files["kernel_tables"] == f"vllm {lo}"
+
+
+def test_a_release_between_two_collections_takes_the_nearer_one():
+    """Between two collected versions, the nearer release's tables price a run, either side (ties
+    to the older); newer than every collection, the newest fits (None)."""
+    from types import SimpleNamespace
+    cal = SimpleNamespace(framework="vllm 0.24.0", frameworks={"vllm@0.14.0": {}, "vllm@0.18.0": {}})
+    assert gpu.versioned_key(cal, "vllm", "0.17.1") == "vllm@0.18.0"      # newer, one minor away
+    assert gpu.versioned_key(cal, "vllm", "0.15.2") == "vllm@0.14.0"
+    assert gpu.versioned_key(cal, "vllm", "0.16.0") == "vllm@0.14.0"      # a tie: the older
+    assert gpu.versioned_key(cal, "vllm", "0.18.0.post1") == "vllm@0.18.0"
+    assert gpu.versioned_key(cal, "vllm", "0.22.0") is None               # the newest (0.24) is nearer
+    assert gpu.versioned_key(cal, "vllm", "0.20.0") == "vllm@0.18.0"
+    assert gpu.versioned_key(cal, "vllm", "1.0.0") is None
+    assert gpu.versioned_key(cal, "vllm", "0.9.0") is None                # before all: the newest
+    assert gpu.versioned_key(cal, "vllm", "0.9.0", "oldest") == "vllm@0.14.0"
 
 
 def test_v1_releases_older_than_every_collection_take_the_oldest_tables():

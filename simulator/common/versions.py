@@ -10,6 +10,14 @@ def version_key(v: str) -> tuple:
     return tuple((int(x), "") if x.isdigit() else (-1, x) for x in re.findall(r"\d+|[a-z]+", v.lower()))
 
 
+def release_distance(a: str, b: str) -> tuple:
+    """How far apart two releases are, major first: (|major|, |minor|, |patch|) of the difference
+    (0.18.0 is (0, 1, 0) from 0.19.0 and (0, 4, 0) from 0.14.0); compared as a tuple."""
+    na, nb = ([int(x) for x in re.findall(r"\d+", v)[:3]] for v in (a, b))
+    na, nb = (n + [0] * (3 - len(n)) for n in (na, nb))
+    return tuple(abs(x - y) for x, y in zip(na, nb))
+
+
 def is_dated(v) -> bool:
     """Whether a version string is a build date (YYYY-MM-DD), not a release number."""
     return v is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(v)) is not None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..common.datafiles import read_yaml
 from ..common.errors import ConfigError, pydantic_error
 from ..common.paths import GPU_SPECS_DIR, data_file
-from ..common.versions import is_dated, version_key
+from ..common.versions import is_dated, release_distance, version_key
 
 
 class Calibration(BaseModel):
@@ -119,9 +119,13 @@ def base_framework(cal) -> tuple[str, str]:
 
 
 def versioned_key(cal, framework: str, version: str | None, before_all: str = "newest") -> str | None:
-    """The ``<framework>@<version>`` calibration that prices ``version``: the nearest collected version
-    at or below it, where that is an older one fitted on its own tables; None (the framework's own,
-    newest fits) for the newest and for an unset or nightly version. A version older than every
+    """The ``<framework>@<version>`` calibration that prices ``version``: the nearest collected version,
+    either side (ties to the older), where that is an older one fitted on its own tables; None (the
+    framework's own, newest fits) for the newest and for an unset or nightly version. Nearest, not
+    the newest at or below: a release shares its kernels and its collector with the next one more
+    often than with one several releases back (AIConfigurator's vLLM MoE collector changed at 0.17,
+    ``collector/vllm/collect_moe.py``: ``__compat__ = "vllm>=0.17.0"``; its 0.14 tables came from
+    the older one; the README states the measured runs this changes). A version older than every
     collection (no table times its kernels) takes ``before_all``: the newest fits (what the step
     model of such releases was fitted with) or the oldest collection (the nearest in time)."""
     older = {k.split("@", 1)[1]: k for k in cal.frameworks if k.startswith(f"{framework}@")}
@@ -130,10 +134,13 @@ def versioned_key(cal, framework: str, version: str | None, before_all: str = "n
     base, base_version = base_framework(cal)
     newest = base_version if framework == base else str(cal.frameworks.get(framework, {}).get("version", ""))
     cands = {**older, **({newest: None} if newest else {})}
-    at_or_below = [v for v in cands if version_key(v) <= version_key(str(version))]
-    if not at_or_below:
+    below = [v for v in cands if version_key(v) <= version_key(str(version))]
+    above = [v for v in cands if version_key(v) > version_key(str(version))]
+    if not below:
         return cands[min(cands, key=version_key)] if before_all == "oldest" else None
-    return cands[max(at_or_below, key=version_key)]
+    lo, hi = max(below, key=version_key), min(above, key=version_key, default=None)
+    nearer_above = hi is not None and release_distance(hi, str(version)) < release_distance(lo, str(version))
+    return cands[hi if nearer_above else lo]
 
 
 def kernel_params(cal, framework: str, version: str | None = None, before_all: str = "newest") -> tuple[dict, str | None]:

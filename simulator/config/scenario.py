@@ -93,8 +93,8 @@ class Engine(Strict):
         "on by default, kept off here so single-turn runs are unchanged)"))
     enforce_eager: bool = False
     framework_version: Optional[FrameworkVersion] = Field(default=None, max_length=64, description=(
-        "picks the framework's step-model entry in workloads/frameworks.yaml (the newest at or below it); "
-        "default: the newest"))
+        "picks the framework's step-model entry in workloads/frameworks.yaml (the newest at or below it) "
+        "and its kernel fits (the nearest collected version, either side); default: the newest"))
     # the framework step model (simulator/cost/framework.py); unset = the framework's entry
     step_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per engine step")
     per_seq_overhead_ms: Optional[float] = Field(default=None, ge=0, le=MAX_CPU_MS, description="CPU per sequence")
