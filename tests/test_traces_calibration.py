@@ -145,3 +145,19 @@ def test_calibrate_ops_refits_only_those_ops_and_keeps_the_rest(tmp_path, monkey
         a, b = (r[r.op == op].reset_index(drop=True) for r in (res_after, res_before))
         pd.testing.assert_frame_equal(a, b)
     assert not res_after[res_after.op == "allreduce"].equals(res_before[res_before.op == "allreduce"])
+
+
+def test_nemotron_experts_are_non_gated_where_their_collection_timed_them_so():
+    """Every Nemotron-3 shape is non-gated in vLLM 0.24's and SGLang 0.5.14's tables (and later);
+    older collections, and tables that name no framework, keep the two shapes read as non-gated before."""
+    shapes = [(1024, 2688, 512, 22), (8192, 5120, 512, 22), (2048, 5120, 512, 22), (4096, 1024, 512, 10)]
+    cases = [("sglang", "0.5.14"), ("sglang", "0.5.10"), ("vllm", "0.24.0"), ("vllm", "0.22.0"), ("trtllm", "1.3.0rc20")]
+    rows = [dict(zip(("hidden_size", "inter_size", "num_experts", "topk"), s), framework=f, framework_version=v)
+            for f, v in cases for s in shapes]
+    gated = calibration.moe_gated(pd.DataFrame(rows)).reshape(len(cases), len(shapes))
+    newest = [True, False, True, False, False]
+    for g, new in zip(gated, newest):
+        # latent Super and Ultra non-gated only in the newer collections; 2048/5120 always; Qwen3-Next-like gated
+        assert list(g) == [not new, not new, False, True]
+    legacy = pd.DataFrame([dict(zip(("hidden_size", "inter_size", "num_experts", "topk"), s)) for s in shapes])
+    assert list(calibration.moe_gated(legacy)) == [True, True, False, True]

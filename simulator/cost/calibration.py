@@ -20,8 +20,6 @@ from ..config.precision import Precision
 from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
 
-# Non-gated expert shapes in the traces (two weight matrices, not three): see shared/README.
-NON_GATED_SHAPES = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
 MAX_FIT_TOKENS = 16384
 
 
@@ -93,11 +91,15 @@ def gemm_weight_copies(df: pd.DataFrame) -> np.ndarray:
 
 
 def moe_gated(df: pd.DataFrame) -> np.ndarray:
+    """Per row: whether the timed experts were gated (three weight matrices), by shape and collection."""
     cached = _attr_cache(df, "_moe_gated")
     if cached is not None:
         return cached
-    keys = zip(df.hidden_size, df.inter_size, df.num_experts, df.topk)
-    g = np.array([(int(a), int(b), int(c), int(d)) not in NON_GATED_SHAPES for a, b, c, d in keys])
+    n = len(df)
+    fw = df.framework.astype(str).tolist() if "framework" in df else [""] * n
+    ver = df.framework_version.astype(str).tolist() if "framework_version" in df else [""] * n
+    keys = zip(df.hidden_size, df.inter_size, df.num_experts, df.topk, fw, ver)
+    g = np.array([traces.timed_gated((int(a), int(b), int(c), int(d)), f, v) for a, b, c, d, f, v in keys], dtype=bool)
     df.attrs["_moe_gated"] = _RowCache(df.index.to_numpy().copy(), g)
     return g
 

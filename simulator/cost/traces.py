@@ -225,3 +225,30 @@ def load(traces_dir: Path, gpu: str, op: str, framework: str = "vllm") -> pd.Dat
     if not frames:
         raise NoTraces(f"no {op} traces for gpu {gpu!r}", source=str(traces_dir))
     return pd.concat(frames, ignore_index=True)
+
+
+# Non-gated expert shapes in the traces (two weight matrices, not three): see shared/README.
+NON_GATED_SHAPES = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
+# Every Nemotron-3 expert shape in AIConfigurator's MoE cases (nemotron_h: squared ReLU, up and down
+# matrices only; collector/cases/models/NemotronHForCausalLM_cases.yaml lists Nano 2688/1856/E128/K6,
+# Super 4096/2688/E512/K22 and Ultra 8192/5120/E512/K22; newer collections also time Super's and
+# Ultra's LatentMoE experts at their latent width, 1024 and 2048). The collections below time all of
+# them non-gated, as the models run: SGLang's collector picks relu2 by model name
+# (collector/sglang/collect_moe.py, _NON_GATED_MOE_MODEL_PATTERNS), and the tables say so. At 512-2048
+# tokens, balanced routing, every expert active, a non-gated shape runs 2/3 of the gated ratio to a
+# gated shape with as many experts: 2048/5120 over 4096/1024 (E512) is 1.5-1.8x in vLLM 0.24.0's and
+# SGLang 0.5.14's tables (2.5x if both were gated), 2688/1856 over 2048/768 (E128) 1.9-2.1x (3.2x),
+# and 1024/2688, 8192/5120 run the weight ratio to 2048/5120 (0.30x, 3.9-4.6x). Older collections
+# keep NON_GATED_SHAPES: vLLM 0.19-0.22's time 4096/2688 and 2048/5120 nearer the gated ratio
+# (2.5-2.8x), not consistently enough to relabel them.
+NEMOTRON_SHAPES = frozenset({(2688, 1856, 128, 6), (1024, 2688, 512, 22), (4096, 2688, 512, 22),
+                             (2048, 5120, 512, 22), (8192, 5120, 512, 22)})
+NEMOTRON_NON_GATED_SINCE = {"vllm": "0.24.0", "sglang": "0.5.14"}
+
+
+def timed_gated(shape: tuple, framework, version) -> bool:
+    """Whether a MoE table row's experts were timed gated (three weight matrices): by shape and collection."""
+    since = NEMOTRON_NON_GATED_SINCE.get(str(framework).lower())
+    if since and isinstance(version, str) and version[:1].isdigit() and version_key(version) >= version_key(since):
+        return shape not in NEMOTRON_SHAPES
+    return shape not in NON_GATED_SHAPES
