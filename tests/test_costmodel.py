@@ -187,20 +187,25 @@ def test_kernel_fixed_scale_scales_the_fixed_terms_apart():
     assert CostModel("b200_sxm", framework="trtllm", kernel_time_scale=0.4).kernel_fixed_scale == 0.4
 
 
-def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_correction():
-    """A measured shape gets its own residual back; an unmeasured one the inverse-distance mean of
-    its neighbours', shrunk to 3/4 for MoE (GEMM keeps it whole)."""
+def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_weighted_median_correction():
+    """A measured shape gets its own residual back; an unmeasured MoE shape 3/4 of the inverse-
+    distance-weighted median of its neighbours' (one far-off neighbour cannot drag it), GEMM their mean."""
     import pandas as pd
     from simulator.cost.residuals import ResidualTable
-    rows = pd.DataFrame({"hidden_size": [2048, 8192], "inter_size": [1024, 1024], "num_experts": [64, 64],
-                         "topk": [8, 8], "moe_tp_size": [1, 1], "moe_ep_size": [1, 1],
-                         "distribution": ["balanced"] * 2, "num_tokens": [64, 64], "log_residual": [0.2, 0.6]})
+    shapes = [2048, 8192, 16384]
+    rows = pd.DataFrame({"hidden_size": shapes, "inter_size": [1024] * 3, "num_experts": [64] * 3,
+                         "topk": [8] * 3, "moe_tp_size": [1] * 3, "moe_ep_size": [1] * 3,
+                         "distribution": ["balanced"] * 3, "num_tokens": [64] * 3,
+                         "log_residual": [0.2, 0.6, 1.5]})
     t = ResidualTable.build("moe", rows)
     key = (1, 1, "balanced")
     assert t.lookup((2048, 1024, 64, 8), key, 64) == (pytest.approx(0.2), "table")
-    # 4096 sits halfway (in log2) between the two: equal weights, mean 0.4
+    # 4096 sits 1 (log2) from 2048 and 8192, 2 from 16384: weights 1/(1.05)^2 twice and 1/(4.05)^2;
+    # the half-weight point falls on 0.6 (sorted 0.2, 0.6, 1.5), where a mean would give ~0.47
     corr, path = t.lookup((4096, 1024, 64, 8), key, 64)
-    assert path == "roofline+neighbours" and corr == pytest.approx(0.75 * 0.4)
+    assert path == "roofline+neighbours" and corr == pytest.approx(0.75 * 0.6)
+    # nearest to 2048 (1024 sits 1 below it), the median is 2048's own 0.2
+    assert t.lookup((1024, 1024, 64, 8), key, 64)[0] == pytest.approx(0.75 * 0.2)
     g = ResidualTable.build("gemm", pd.DataFrame({"n": [1024, 4096], "k": [1024, 1024], "m": [8, 8],
                                                   "log_residual": [0.2, 0.6]}))
     assert g.lookup((2048, 1024), (), 8)[0] == pytest.approx(0.4)
