@@ -201,7 +201,7 @@ def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_weighted_me
     key = (1, 1, "balanced")
     assert t.lookup((2048, 1024, 64, 8), key, 64) == (pytest.approx(0.2), "table")
     # 4096 sits 1 (log2) from 2048 and 8192, 2 from 16384: weights 1/(1.05)^2 twice and 1/(4.05)^2;
-    # the half-weight point falls on 0.6 (sorted 0.2, 0.6, 1.5), where a mean would give ~0.47
+    # the half-weight point falls on 0.6 (sorted 0.2, 0.6, 1.5), where a mean would give ~0.44
     corr, path = t.lookup((4096, 1024, 64, 8), key, 64)
     assert path == "roofline+neighbours" and corr == pytest.approx(0.75 * 0.6)
     # nearest to 2048 (1024 sits 1 below it), the median is 2048's own 0.2

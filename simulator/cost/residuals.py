@@ -49,7 +49,7 @@ _NEIGHBOUR_SHRINK = {"moe": 0.75}
 # roofline, 0.25 with the neighbours' mean). Leave one shape out over those 24 tables
 # (benchmarks/precision_accuracy.py): medians within issue 16's 7% in 18 (mean: 14), p90s within 22%
 # in 13 (12); mean of the medians 6.3% -> 5.8%, of the p90s 28.4% -> 28.9% (TensorRT-LLM's bf16/fp8
-# tables lose 1-4 points of p90, vLLM's fp8_block gains 4). The median taken whole: 20 and 14 tables,
+# tables lose 1-4 points of p90, vLLM's fp8_block gains 2-4). The median taken whole: 20 and 14 tables,
 # but mean p90 29.6% and L40S's base MoE table (kernel_accuracy.py) over 22% (22.4%).
 _NEIGHBOUR_MEDIAN = {"moe"}
 

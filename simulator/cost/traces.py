@@ -238,9 +238,9 @@ NON_GATED_SHAPES = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
 # tokens, balanced routing, every expert active, a non-gated shape runs 2/3 of the gated ratio to a
 # gated shape with as many experts: 2048/5120 over 4096/1024 (E512) is 1.5-1.8x in vLLM 0.24.0's and
 # SGLang 0.5.14's tables (2.5x if both were gated), 2688/1856 over 2048/768 (E128) 1.9-2.1x (3.2x),
-# and 1024/2688, 8192/5120 run the weight ratio to 2048/5120 (0.30x, 3.9-4.6x). Older collections
-# keep NON_GATED_SHAPES: vLLM 0.19-0.22's time 4096/2688 and 2048/5120 nearer the gated ratio
-# (2.5-2.8x), not consistently enough to relabel them.
+# and 1024/2688, 8192/5120 run about the weight ratio to 2048/5120 (0.30x and 3.9-4.6x against 0.26x
+# and 4x). Older collections keep NON_GATED_SHAPES: vLLM 0.19-0.22's time 4096/2688 and 2048/5120
+# nearer the gated ratio (2.5-2.8x), not consistently enough to relabel them.
 NEMOTRON_SHAPES = frozenset({(2688, 1856, 128, 6), (1024, 2688, 512, 22), (4096, 2688, 512, 22),
                              (2048, 5120, 512, 22), (8192, 5120, 512, 22)})
 NEMOTRON_NON_GATED_SINCE = {"vllm": "0.24.0", "sglang": "0.5.14"}
