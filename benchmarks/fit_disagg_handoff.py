@@ -29,10 +29,6 @@ from fit_kernel_scale import silicon_args               # noqa: E402
 MAX_CONCURRENCY = 16
 
 
-def _row(job: dict) -> dict:
-    return silicon.simulate_row(job)
-
-
 def main() -> int:
     got = silicon_args(None, sampled=False)
     if got is None:
@@ -55,7 +51,7 @@ def main() -> int:
         sc = silicon.scenario(r)
         sc["disaggregation"]["handoff_ms"] = 0.0
         jobs.append({"id": str(r["id"]), "scenario": sc, "warm_up": silicon.warmed_up(r)})
-    res = run_many(_row, jobs, args.workers, "local", None, None, "disagg rows", False)
+    res = run_many(silicon.simulate_row, jobs, args.workers, "local", None, None, "disagg rows", False)
     t = pd.DataFrame([{"backend": r["backend"], "group": f"{r['model_path']} {r['system']}",
                        "meas": r["silicon_ttft_ms"], "sim": x.get("sim_ttft_ms")} for r, x in zip(kept, res)])
     t = t.dropna()

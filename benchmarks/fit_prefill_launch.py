@@ -38,10 +38,6 @@ FRAMEWORKS = ("sglang", "trtllm")
 CANDIDATES_US = (0.0, 25.0, 50.0, 75.0, 100.0, 125.0, 150.0)
 
 
-def _row(job: dict) -> dict:
-    return silicon.simulate_row(job)
-
-
 def _loss(g: pd.DataFrame) -> float:
     return float(np.median(np.abs(np.log(g.sim / g.meas))))
 
@@ -67,7 +63,7 @@ def main() -> int:
             sc["engine"]["prefill_kernel_launch_us"] = x
             jobs.append({"id": str(r["id"]), "scenario": sc, "warm_up": silicon.warmed_up(r)})
             keys.append((r, x))
-    res = run_many(_row, jobs, args.workers, "local", None, None, "rows x candidates", False)
+    res = run_many(silicon.simulate_row, jobs, args.workers, "local", None, None, "rows x candidates", False)
     t = pd.DataFrame([{"backend": r["backend"], "model": r["model_path"], "id": r["id"], "us": x,
                        "meas": r["silicon_ttft_ms"], "sim": o.get("sim_ttft_ms")} for (r, x), o in zip(keys, res)])
     t = t.dropna()
