@@ -241,3 +241,19 @@ def test_plan_flags_with_several_gpus_and_a_model_path_make_a_safe_plan_name():
     assert spec_from_args(a).name == "plan_Qwen2.5-7B_h100_sxm-h200_sxm"
     a.model = "models/my-moe.yaml"
     assert spec_from_args(a).name == "plan_my-moe_h100_sxm-h200_sxm"
+
+
+def test_a_plan_says_which_acceptance_its_sd_candidates_assume():
+    """Without --acceptance-rate the draft runs the plan's default rate, and the answer says it is one;
+    a stated rate is reported without that flag."""
+    import argparse
+    from simulator.commands.plan import sd_acceptance
+    from simulator.commands.plan import spec_from_args
+    a = argparse.Namespace(plan=None, model="Qwen3-30B-A3B", system="h100_sxm", ttft=None, tpot=50.0,
+                           e2el=None, isl=512, osl=128, num_prompts=50, total_gpus=2, k=3,
+                           draft="EAGLE3-Qwen3-30B-A3B", draft_method="eagle3", acceptance_rate=None,
+                           target_rate=None, set=[])
+    assert sd_acceptance(spec_from_args(a)) == {"EAGLE3-Qwen3-30B-A3B": (
+        "rate 0.8 per draft token (length 2.95 at k 3); a default: the draft's acceptance (--acceptance-rate) is not set")}
+    a.acceptance_rate = 0.5
+    assert sd_acceptance(spec_from_args(a)) == {"EAGLE3-Qwen3-30B-A3B": "rate 0.5 per draft token (length 1.88 at k 3)"}

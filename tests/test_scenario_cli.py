@@ -34,6 +34,25 @@ def test_mean_acceptance_length_roundtrip():
     assert 1 + a.expected_accepted(4) == pytest.approx(2.5)
 
 
+def test_the_summary_says_which_acceptance_the_sd_run_assumed_and_whether_it_was_a_default():
+    """The SD verdict rests on the acceptance: a scenario that states none runs the schema's rate 0.8,
+    and the summary says so, with the mean length it implies (1 + 0.8 + 0.64 + 0.512 at k 3)."""
+    from simulator.serving.simulation import simulate
+    base = {"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h100_sxm", "tensor_parallel_size": 2},
+            "workload": {"num_prompts": 8, "random_input_len": 64, "random_output_len": 16},
+            "speculative_config": {"method": "eagle3", "model": "EAGLE3-Qwen3-30B-A3B", "num_speculative_tokens": 3}}
+    summary = simulate(build(parse(base, "x")))[0]
+    assert summary["acceptance_model"] == ("rate 0.8 per draft token (length 2.95 at k 3); "
+                                           "a default: speculative_config.acceptance is not set")
+    base["speculative_config"]["acceptance"] = {"mean_acceptance_length": 2.2, "measured_at_k": 2}
+    text = simulate(build(parse(base, "x")))[0]["acceptance_model"]
+    # measured at k 2, run at k 3: the per-token rate holds, so the length at k 3 is longer
+    assert text.startswith("mean acceptance length 2.2 at k 2 (length 2.") and "default" not in text
+    assert float(text.split("(length ")[1].split()[0]) > 2.2
+    base["speculative_config"]["num_speculative_tokens"] = 0
+    assert simulate(build(parse(base, "x")))[0].get("acceptance_model") is None
+
+
 @pytest.mark.parametrize("sets,needle", [
     (["model=NoSuchModel"], "unknown model 'NoSuchModel'"),
     (["hardware.gpu=h999"], "unknown gpu 'h999'"),

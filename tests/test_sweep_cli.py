@@ -8,11 +8,13 @@ from simulator.analysis import runner
 from simulator.commands.cli import main as cli
 
 
-def test_sweep_writes_csv_and_report(tmp_path):
+def test_sweep_writes_csv_and_report(tmp_path, capsys):
     out = tmp_path / "sw"
     rc = cli(["sweep", "quickstart", "--batch-sizes", "1,32", "--num-speculative-tokens", "2..3", "--quiet",
               "--out", str(out), "--workers", "1", "--topk-sweep", "4,8"])
     assert rc == 0
+    # the acceptance every k keeps, as the scenario states it (quickstart: rate 0.8), printed and reported
+    assert "note: acceptance assumed: rate 0.8 per draft token (length" in capsys.readouterr().out
     t = pd.read_csv(out / "sweep.csv")
     assert set(t.family) == {"moe", "dense"}
     moe = t[t.family == "moe"]
@@ -20,7 +22,7 @@ def test_sweep_writes_csv_and_report(tmp_path):
     assert moe.speedup_sim.notna().all() and (moe[moe.k == 0].speedup_sim == 1).all()
     assert set(pd.read_csv(out / "sparsity.csv").topk) == {4, 8}
     html = (out / "report.html").read_text()
-    assert "go/no-go" in html and "Target efficiency" in html
+    assert "go/no-go" in html and "Target efficiency" in html and "acceptance assumed: rate 0.8" in html
 
 
 def test_sweep_rejects_bad_batch_list(tmp_path, capsys):

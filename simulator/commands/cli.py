@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--e2el", type=float, help="ms")
     p.add_argument("--draft", help="draft model for SD candidates")
     p.add_argument("--draft-method", default="draft_model")
-    p.add_argument("--acceptance-rate", type=float, default=0.8)
+    p.add_argument("--acceptance-rate", type=float, help="per draft token (default 0.8, said as a default)")
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--target-rate", type=float, help="req/s the deployment must sustain")
     p.add_argument("--num-prompts", type=int, default=200)

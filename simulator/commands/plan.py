@@ -21,6 +21,8 @@ from ..common.atomic import check_output_dir, output_dir
 from ..common.errors import ConfigError
 from ..common.paths import REPORTS_DIR
 from ..config.plan import PlanSpec, load_plan, parse_plan
+from ..config.speculative import Acceptance
+from ..serving import acceptance as acc_mod
 
 
 def spec_from_args(args) -> PlanSpec:
@@ -41,8 +43,9 @@ def spec_from_args(args) -> PlanSpec:
                        "num_speculative_tokens": [0] + ([args.k] if args.draft else []),
                        "adaptive_k": [False, True] if args.draft else [False]}}
     if args.draft:
-        data["drafts"] = [{"method": args.draft_method, "model": args.draft,
-                           "acceptance": {"rate": args.acceptance_rate}}]
+        data["drafts"] = [{"method": args.draft_method, "model": args.draft}]
+        if args.acceptance_rate is not None:     # else the plan's default, which the answer says it is
+            data["drafts"][0]["acceptance"] = {"rate": args.acceptance_rate}
     if args.target_rate:
         data["target_request_rate"] = args.target_rate
     return parse_plan(data, "command line", args.set)
@@ -53,6 +56,7 @@ def run(args) -> int:
     out = check_output_dir(Path(args.out) if args.out else REPORTS_DIR / spec.name)
     cache = Path(args.cache_dir) if args.cache_dir else REPORTS_DIR / ".plan_cache"
     res = plan(spec, args.workers, args.executor, args.address, cache, progress=not args.quiet, top_n=args.top_n)
+    res["answer"]["sd_acceptance"] = sd_acceptance(spec)
     with output_dir(out, "moesd plan") as tmp:
         res["table"].sort_values("request_rate", ascending=False).to_csv(tmp / "configs.csv", index=False,
                                                                         float_format="%.6g")
@@ -65,6 +69,18 @@ def run(args) -> int:
     print_answer(res["answer"], res["top"])
     print(f"  results: {out}")
     return 0
+
+
+def sd_acceptance(spec: PlanSpec) -> dict:
+    """Per draft, the acceptance its SD candidates assume, in words (a default said so): the SD verdict
+    rests on it."""
+    out = {}
+    for d in spec.drafts:
+        k = max([x for x in spec.search.num_speculative_tokens if x] or [1])
+        out[str(d.model if isinstance(d.model, str) else d.method)] = acc_mod.describe(
+            Acceptance(**d.acceptance), k,
+            None if "acceptance" in d.model_fields_set else "the draft's acceptance (--acceptance-rate)")
+    return out
 
 
 def _plain(v):
@@ -87,5 +103,7 @@ def print_answer(ans: dict, top: pd.DataFrame) -> None:
           f"TPOT {b['tpot']:.1f} ms, {b['tokens/s/gpu']:.0f} tok/s/GPU, {b['tokens/s/user']:.0f} tok/s/user")
     rec = ans["sd_recommendation"]
     print(f"SD on {rec['hardware']}: {rec['summary']}")
+    for draft, text in ans.get("sd_acceptance", {}).items():
+        print(f"  SD with {draft} assumes acceptance {text}")
     cols = ["config", "request_rate", "ttft", "tpot", "tokens/s/gpu", "tokens/s/user", "cost_per_hour_usd"]
     print(top[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))

@@ -55,6 +55,7 @@ def print_table(summary: dict, out_dir: Path) -> None:
             ("TPOT mean / p99 (ms)", f"{f(summary['mean_tpot_ms'])} / {f(summary['p99_tpot_ms'])}"),
             ("ITL mean (ms)", f(summary["mean_itl_ms"])),
             ("acceptance length", f(summary["spec_decode_acceptance_length"])),
+            ("acceptance assumed", summary.get("acceptance_model") or "-"),
             ("target efficiency", f(summary.get("target_efficiency"), 3)),
             ("mean batch size", f(summary["mean_batch_size"], 1)),
             ("active experts / MoE layer", f(summary["mean_active_experts_per_layer"], 1)),

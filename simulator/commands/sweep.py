@@ -60,6 +60,11 @@ def run(args) -> int:
                       f"workload.random_output_len={sc.workload.random_output_len}"]
         tables.append(sweep(args.dense_scenario, dense_over, batches, ks, family="dense", adaptive=False, **common))
     notes = [t.attrs["note"] for t in tables if t.attrs.get("note")]
+    spec = sc.speculative_config
+    if spec is not None:
+        # every k of the sweep keeps this acceptance: the verdict rests on it
+        notes.insert(0, "acceptance assumed: " + acceptance.describe(
+            spec.acceptance, spec.k, None if "acceptance" in spec.model_fields_set else "speculative_config.acceptance"))
     table = pd.concat(tables, ignore_index=True)
     k_sp = 3 if 3 in ks else ks[0]
     sp = sparsity(args.scenario, args.set, batches, k_sp, topks)

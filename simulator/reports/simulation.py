@@ -17,6 +17,7 @@ ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", "
         ("mean_ttft_ms", "TTFT mean", "ms"), ("p99_ttft_ms", "TTFT p99", "ms"), ("mean_tpot_ms", "TPOT mean", "ms"),
         ("p99_tpot_ms", "TPOT p99", "ms"), ("mean_itl_ms", "ITL mean", "ms"),
         ("spec_decode_acceptance_length", "acceptance length", "tokens/round"),
+        ("acceptance_model", "acceptance assumed", ""),
         ("target_efficiency", "target efficiency", ""), ("mean_batch_size", "mean decode batch", "sequences"),
         ("mean_active_experts_per_layer", "active experts per MoE layer", "experts"),
         ("expert_bytes_per_output_token", "expert weights read per output token", "bytes"),

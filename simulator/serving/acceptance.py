@@ -96,6 +96,25 @@ def build(acc, k: int):
     return from_config(acc)
 
 
+def describe(acc, k: int, unset: str | None = None) -> str:
+    """The acceptance a run drafting k tokens assumes, in words, with the mean acceptance length it
+    implies; ``unset`` names the key left unset when ``acc`` is the schema's default, which the SD
+    verdict then rests on."""
+    if acc.mean_acceptance_length is not None:
+        text = f"mean acceptance length {acc.mean_acceptance_length:g} at k {acc.measured_at_k or k}"
+    elif acc.rate is not None:
+        text = f"rate {acc.rate:g} per draft token"
+    elif acc.per_position is not None:
+        text = "per-position rates " + ", ".join(f"{r:g}" for r in acc.per_position)
+    else:
+        text = f"histogram of accepted drafts over {len(acc.histogram)} counts"
+    if acc.mean_acceptance_length is None or (acc.measured_at_k or k) != k:
+        text += f" (length {1 + build(acc, k).expected_accepted(k):.2f} at k {k})"
+    if unset:
+        text += f"; a default: {unset} is not set"
+    return text
+
+
 def pinned(acc, k: int) -> dict:
     """``acc`` as a scenario mapping fixed for any k: a mean acceptance length with no k of its own
     is taken as measured at ``k`` (the scenario's own), which a sweep or plan then varies."""
