@@ -161,3 +161,28 @@ def test_nemotron_experts_are_non_gated_where_their_collection_timed_them_so():
         assert list(g) == [not new, not new, False, True]
     legacy = pd.DataFrame([dict(zip(("hidden_size", "inter_size", "num_experts", "topk"), s)) for s in shapes])
     assert list(calibration.moe_gated(legacy)) == [True, True, False, True]
+
+
+def test_a_kernel_per_layout_keeps_each_layouts_rows_and_rival_kernels_keep_the_most_timed():
+    """Where the collector timed one kernel under TP and another under EP, both layouts keep their
+    rows; where two kernels time the same layouts, only the most-timed one is fitted."""
+    def rows(kernel, tp, ep, n):
+        return pd.DataFrame({"kernel_source": kernel, "moe_tp_size": tp, "moe_ep_size": ep, "latency_ms": np.ones(n)})
+    by_layout = pd.concat([rows("cutlass", 1, 8, 6), rows("triton", 8, 1, 4)], ignore_index=True)
+    assert calibration._dominant_kernel(by_layout).kernel_source.value_counts().to_dict() == {"cutlass": 6, "triton": 4}
+    rivals = pd.concat([rows("cutlass", 1, 8, 6), rows("triton", 8, 1, 4), rows("triton", 1, 8, 1)], ignore_index=True)
+    assert set(calibration._dominant_kernel(rivals).kernel_source) == {"cutlass"}
+
+
+def test_vllm_fp8_block_experts_under_tp_are_priced_on_their_own_kernel():
+    """vLLM 0.24 times FP8 block-scaled experts with Triton under TP and FlashInfer's CUTLASS under EP
+    (H200): DeepSeek-V3's experts at TP 8 come out at their measured Triton time, not the CUTLASS one."""
+    d = shared_or_skip()
+    t = traces.load(d, "h200_sxm", "moe", "vllm")
+    t = t[(t.dtype == "fp8_block") & (t.hidden_size == 7168) & (t.inter_size == 2048) & (t.num_experts == 256)
+          & (t.moe_tp_size == 8) & (t.moe_ep_size == 1) & (t.distribution == "balanced") & (t.num_tokens == 64)]
+    assert len(t) == 1 and t.kernel_source.iloc[0].endswith("tritonexperts")
+    from simulator.config import precision
+    c = CostModel("h200_sxm", framework="vllm").moe(64, 7168, 2048, 256, 8, 8, 1, "balanced",
+                                                    prec=precision.get("fp8_block"))
+    assert c.latency_s * 1e3 == pytest.approx(t.latency_ms.iloc[0], rel=0.1)    # 0.52 ms before (CUTLASS rows only)

@@ -43,10 +43,18 @@ def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16) -> pd.DataFra
 
 def _dominant_kernel(df: pd.DataFrame) -> pd.DataFrame:
     """One roofline per kernel: where the collector timed several kernels of an op, the rows of
-    the one it timed most."""
-    if "kernel_source" in df and df.kernel_source.nunique() > 1:
-        df = df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
-    return df
+    the one it timed most. Where it timed one kernel for tensor-parallel experts and another for
+    expert parallel (no kernel timing both), the framework picks the kernel by layout: each layout
+    keeps its own (vLLM 0.24 FP8 block-scaled experts on Hopper: Triton under TP, FlashInfer's
+    CUTLASS under EP; taking only the CUTLASS rows priced DeepSeek-V3's TP-8 experts at about twice
+    their Triton time)."""
+    if "kernel_source" not in df or df.kernel_source.nunique() < 2:
+        return df
+    if "moe_ep_size" in df:
+        ep = df.moe_ep_size.values > 1
+        if ep.any() and (~ep).any() and set(df.kernel_source[ep]).isdisjoint(df.kernel_source[~ep]):
+            return pd.concat([_dominant_kernel(df[~ep]), _dominant_kernel(df[ep])]).sort_index()
+    return df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
 
 
 @functools.lru_cache(maxsize=None)
