@@ -186,3 +186,41 @@ def test_vllm_fp8_block_experts_under_tp_are_priced_on_their_own_kernel():
     c = CostModel("h200_sxm", framework="vllm").moe(64, 7168, 2048, 256, 8, 8, 1, "balanced",
                                                     prec=precision.get("fp8_block"))
     assert c.latency_s * 1e3 == pytest.approx(t.latency_ms.iloc[0], rel=0.1)    # 0.52 ms before (CUTLASS rows only)
+
+
+def _gemm_table(path, floor_ms, version):
+    """A tiny AIConfigurator GEMM table: fp8 block-scaled GEMMs at max(floor, a 1 TB/s weight read)."""
+    rows = [{"framework": "vLLM", "version": version, "device": "x", "op_name": "gemm", "kernel_source": "k",
+             "gemm_dtype": "fp8_block", "m": m, "n": n, "k": k, "latency": max(floor_ms, n * k / 1e9 + 0.002)}
+            for m in (1, 4, 16, 64, 256) for n in (1024, 4096) for k in (1024, 4096, 8192)]
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path / "gemm_perf.parquet")
+
+
+def test_a_host_bound_gemm_table_is_passed_over_for_the_next_older_one(tmp_path):
+    """A GEMM table whose smallest GEMMs sit at tens of microseconds timed host-side work, not the
+    kernel: the fit takes the next older collection that times the kernel, and says which it passed."""
+    from simulator.config import precision
+    root = tmp_path / "x100" / "gemm" / "vllm"
+    _gemm_table(root / "0.24.0", 0.060, "0.24.0")     # flat 60 us: host-bound
+    _gemm_table(root / "0.19.0", 0.005, "0.19.0")
+    skipped = []
+    df = calibration.precision_rows(tmp_path, "x100", "gemm", "vllm", precision.get("fp8_block"), skipped=skipped)
+    assert df.framework_version.iloc[0] == "0.19.0" and skipped == ["0.24.0"]
+    assert calibration.precision_rows(tmp_path, "x100", "gemm", "vllm", precision.get("fp8_block"), "0.24.0") is None
+    _gemm_table(root / "0.24.0", 0.030, "0.24.0")     # a 30 us floor still times kernels (vLLM 0.14's is 23-25 us)
+    assert calibration.precision_rows(tmp_path, "x100", "gemm", "vllm", precision.get("fp8_block")).framework_version.iloc[0] == "0.24.0"
+
+
+def test_vllm_fp8_block_gemms_are_priced_on_a_table_that_times_the_kernel():
+    """vLLM's 0.18-0.24 FP8 block-scaled GEMM tables sit at 51-65 us for any small GEMM on H200: the
+    committed fit comes from 0.19.0's, so DeepSeek-V3's q_b projection at TP 8 and 32 tokens costs
+    about 0.19.0's 13 us, not 0.24.0's 87 us."""
+    d = shared_or_skip()
+    hw = load("h200_sxm")
+    assert hw.calibration.precision_fit["fp8_block"]["gemm"]["version"] == "0.19.0"
+    from simulator.config import precision
+    c = CostModel("h200_sxm", framework="vllm").gemm(32, 3072, 1536, precision.get("fp8_block"))
+    t = traces.load_versions(d, "h200_sxm", "gemm", "vllm", "0.19.0")[0]
+    t = t[(t.dtype == "fp8_block") & (t.m == 32) & (t.n == 3072) & (t.k == 1536)]
+    assert c.latency_s * 1e3 == pytest.approx(t.latency_ms.median(), rel=0.3)

@@ -300,13 +300,37 @@ def sample_rows(df: pd.DataFrame, n: int | None = None, seed: int = 0) -> pd.Dat
     return df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))].reset_index(drop=True)
 
 
+# A GEMM table whose smallest GEMMs take tens of microseconds timed host-side work around each call,
+# not the kernel a CUDA-graph step replays: the 10th percentile of latency at <= 16 tokens is 2-25 us
+# in every AIConfigurator GEMM table (any GPU, framework, version, precision) except vLLM's FP8
+# block-scaled ones from 0.18 on (51-65 us on H100/H200, 156-298 us on B200/GB200/L40S; 0.19.0's:
+# 10-14 us), which run flat at that floor up to 8,192 tokens (H200, N 3072 x K 1536: 87 us at 32
+# tokens where SGLang's DeepGEMM table says 6 us and vLLM 0.19.0's 13 us).
+HOST_BOUND_GEMM_FLOOR_MS = 0.040
+
+
+def host_bound(op: str, df: pd.DataFrame) -> bool:
+    """Whether a GEMM table's smallest GEMMs sit at a host-side floor (``HOST_BOUND_GEMM_FLOOR_MS``)."""
+    small = df[df.m <= 16] if op == "gemm" and len(df) else df.iloc[:0]
+    return len(small) >= MIN_ROWS and float(small.latency_ms.quantile(0.1)) > HOST_BOUND_GEMM_FLOOR_MS
+
+
 def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision = BF16,
-                   version: str | None = None) -> pd.DataFrame | None:
+                   version: str | None = None, skipped: list | None = None) -> pd.DataFrame | None:
     """The fitted rows of one (op, framework, precision): the newest collected version that times
-    the precision (or ``version``'s table alone), capped by ``sample_rows``; None when none has enough."""
-    tables = (select_rows(op, t, prec) for t in traces.load_versions(traces_dir, gpu, op, framework, version))
-    df = next((t for t in tables if len(t) >= MIN_ROWS), None)
-    return None if df is None else sample_rows(df)
+    the precision (or ``version``'s table alone), capped by ``sample_rows``; None when none has enough.
+    A host-bound GEMM table is passed over for the next older one (its version appended to
+    ``skipped``)."""
+    for t in traces.load_versions(traces_dir, gpu, op, framework, version):
+        t = select_rows(op, t, prec)
+        if len(t) < MIN_ROWS:
+            continue
+        if host_bound(op, t):
+            if skipped is not None:
+                skipped.append(str(t.framework_version.iloc[0]))
+            continue
+        return sample_rows(t)
+    return None
 
 
 def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", progress=None,
@@ -319,7 +343,10 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
     # and MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
     jobs = [(prec, op) for prec in precisions for op in PRECISION_OPS] + [(BF16, "mla_generation")]
     for prec, op in jobs:
-        df = precision_rows(traces_dir, hw.name, op, framework, prec, version)
+        skipped = []
+        df = precision_rows(traces_dir, hw.name, op, framework, prec, version, skipped)
+        if progress and skipped:
+            progress(f"{prec.name} {op}: passed over {framework} {', '.join(dict.fromkeys(skipped))} (host-bound GEMM timings)")
         if df is None:
             continue
         p = fit(op, hw, df, prec)
