@@ -1,7 +1,7 @@
 """GEMM and MoE kernel accuracy per (GPU, framework, weight precision): leave-one-shape-out.
 
 For each table the simulator prices from (``moesd calibrate --framework F``), its rows (at most
-``calibration.MAX_PRECISION_ROWS``) are
+``tablerows.MAX_PRECISION_ROWS``) are
 drawn as the calibration draws them; the model shapes are split into 8 folds, each fold's shapes are
 left out of the fit and of the residual table (built per framework and precision, as the
 simulator prices a run), then predicted.
@@ -43,8 +43,12 @@ def main():
                     if ops and op not in ops:
                         continue
                     t0 = time.time()
-                    df = calibration.precision_rows(shared_traces_dir(), g, op, fw, prec)
+                    skipped = []
+                    df = calibration.precision_rows(shared_traces_dir(), g, op, fw, prec, skipped=skipped)
                     if df is None:
+                        if skipped:     # every table of it host-bound (tablerows.host_bound): said, not scored
+                            print(f"{g:<9} {fw:<8} {prec.name:<10} {op:<5} host-bound tables only "
+                                  f"({', '.join(dict.fromkeys(skipped))}): priced on another's (moesd calibrate says whose)")
                         continue
                     params = calibration.fit(op, hw, df, prec)
                     ins = calibration.errors(calibration.predict_rows(op, hw, params, df, prec=prec), df)

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.cost import calibration, traces
+from simulator.cost import calibration, tablerows, traces
 from simulator.cost.costmodel import CostModel
 from simulator.common.errors import ConfigError
 from simulator.config.gpu import load
@@ -169,9 +169,9 @@ def test_a_kernel_per_layout_keeps_each_layouts_rows_and_rival_kernels_keep_the_
     def rows(kernel, tp, ep, n):
         return pd.DataFrame({"kernel_source": kernel, "moe_tp_size": tp, "moe_ep_size": ep, "latency_ms": np.ones(n)})
     by_layout = pd.concat([rows("cutlass", 1, 8, 6), rows("triton", 8, 1, 4)], ignore_index=True)
-    assert calibration._dominant_kernel(by_layout).kernel_source.value_counts().to_dict() == {"cutlass": 6, "triton": 4}
+    assert tablerows._dominant_kernel(by_layout).kernel_source.value_counts().to_dict() == {"cutlass": 6, "triton": 4}
     rivals = pd.concat([rows("cutlass", 1, 8, 6), rows("triton", 8, 1, 4), rows("triton", 1, 8, 1)], ignore_index=True)
-    assert set(calibration._dominant_kernel(rivals).kernel_source) == {"cutlass"}
+    assert set(tablerows._dominant_kernel(rivals).kernel_source) == {"cutlass"}
 
 
 def test_vllm_fp8_block_experts_under_tp_are_priced_on_their_own_kernel():
@@ -224,3 +224,27 @@ def test_vllm_fp8_block_gemms_are_priced_on_a_table_that_times_the_kernel():
     t = traces.load_versions(d, "h200_sxm", "gemm", "vllm", "0.19.0")[0]
     t = t[(t.dtype == "fp8_block") & (t.m == 32) & (t.n == 3072) & (t.k == 1536)]
     assert c.latency_s * 1e3 == pytest.approx(t.latency_ms.median(), rel=0.3)
+
+
+def _mla_table(path, floor_ms, version, framework="vLLM"):
+    """A tiny MLA decode table: 16-128 heads, 1-64 sequences, 1-8k tokens of context, at a floor."""
+    rows = [{"framework": framework, "version": version, "device": "x", "op_name": "mla_generation",
+             "kernel_source": "k", "mla_dtype": "bfloat16", "kv_cache_dtype": "bfloat16", "num_heads": h,
+             "batch_size": b, "isl": 1, "tp_size": 1, "step": s, "latency": max(floor_ms, b * s * 576 * 2 / 3e9)}
+            for h in (16, 32, 64, 128) for b in (1, 4, 16, 64) for s in (1, 16, 128, 1024, 8192)]
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path / "generation_mla_perf.parquet")
+
+
+def test_a_framework_whose_mla_decode_tables_are_all_host_bound_is_fitted_on_another_frameworks_and_says_so(tmp_path):
+    """vLLM's only kernel-level MLA decode tables sit at 100-312 us for one sequence of one token:
+    the fit takes SGLang's table of the same kernel class and records whose it is."""
+    from simulator.cost import calibration
+    _mla_table(tmp_path / "h200_sxm" / "mla" / "vllm" / "0.14.0", 0.150, "0.14.0")
+    skipped = []
+    assert tablerows.precision_rows(tmp_path, "h200_sxm", "mla_generation", "vllm", skipped=skipped) is None
+    assert skipped == ["0.14.0"]
+    _mla_table(tmp_path / "h200_sxm" / "mla" / "sglang" / "0.5.14", 0.012, "0.5.14", "SGLang")
+    params, fits, _ = calibration.calibrate_precisions(tmp_path, load("h200_sxm"), [], "vllm")
+    assert fits["bf16"]["mla_generation"]["framework"] == "sglang"
+    assert fits["bf16"]["mla_generation"]["version"] == "0.5.14" and "mla_generation" in params["bf16"]

@@ -154,3 +154,14 @@ def kernel_params(cal, framework: str, version: str | None = None, before_all: s
     key = versioned_key(cal, framework, version, before_all)
     older = cal.frameworks[key]["precisions"] if key else {}
     return {name: {**by_prec.get(name, {}), **older.get(name, {})} for name in dict.fromkeys([*by_prec, *older])}, key
+
+
+def mla_tables_label(cal, framework: str, version_key: str | None = None) -> str | None:
+    """Whose table priced ``framework``'s MLA decode, e.g. ``vllm 0.14.0``, or ``sglang 0.5.14`` where
+    every one of the framework's own is host-bound (``cost.tablerows.MLA_STANDINS``); None without a fit."""
+    own = cal.precision_fit if framework == base_framework(cal)[0] else cal.frameworks[framework].get("fit", {})
+    for fit in (cal.frameworks[version_key].get("fit", {}) if version_key else {}, own):
+        rec = fit.get("bf16", {}).get("mla_generation")
+        if rec:
+            return f"{rec.get('framework', framework)} {rec.get('version', '')}".strip()
+    return None

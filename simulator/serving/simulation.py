@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.errors import ConfigError
+from ..config import gpu as gpu_mod
 from ..config import framework as framework_mod
 from ..config import precision
 from ..config import scenario as scenario_mod
@@ -113,6 +114,8 @@ def build(sc, source: str = "scenario") -> Setup:
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     files = {**(files or {}), "framework": eng.framework, "step_model": f"{eng.framework} {entry.since}",
              "kernel_tables": cost.tables_label,
+             "mla_decode_tables": gpu_mod.mla_tables_label(cost.source.calibration, cost.framework, cost.version_key)
+             if target.mla is not None else None,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
              "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,

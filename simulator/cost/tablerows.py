@@ -1,0 +1,110 @@
+"""Which measured rows a kernel fit uses: the op's rows of one weight precision, one kernel per
+layout, the newest collection that times the kernel (not host-side work), capped in number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import traces
+from ..config.precision import Precision
+from .kernels import BF16
+
+MAX_FIT_TOKENS = 16384
+
+
+def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16) -> pd.DataFrame:
+    """The rows a serving model of this weight precision is fitted on (GEMM and MoE per precision;
+    attention and all-reduce on bf16 rows)."""
+    if op == "gemm":
+        df = df[(df.dtype == prec.table_dtype) & (df.m <= MAX_FIT_TOKENS)]
+    elif op == "moe":
+        # B200: FlashInfer's TRT-LLM experts for most shapes, its CUTLASS experts for two
+        df = _dominant_kernel(df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)])
+    elif op in ("attention_generation", "attention_context"):
+        df = df[(df.kv_cache_dtype == "bfloat16") & (df.window_size == 0) & (df.dtype == "bfloat16")]
+    elif op == "allreduce":
+        df = df[df.dtype == "bfloat16"]
+    elif op == "mla_generation":      # bf16 MLA weights; both KV dtypes (their bytes are modelled)
+        # vLLM 0.14 timed FlashMLA and FlashAttention-MLA
+        df = _dominant_kernel(df[(df.dtype == "bfloat16") & (df.step <= 65536)])
+    return df.reset_index(drop=True)
+
+
+def _dominant_kernel(df: pd.DataFrame) -> pd.DataFrame:
+    """One roofline per kernel: where the collector timed several kernels of an op, the rows of
+    the one it timed most. Where it timed one kernel for tensor-parallel experts and another for
+    expert parallel (no kernel timing both), the framework picks the kernel by layout: each layout
+    keeps its own (vLLM 0.24 FP8 block-scaled experts on Hopper: Triton under TP, FlashInfer's
+    CUTLASS under EP; taking only the CUTLASS rows priced DeepSeek-V3's TP-8 experts at about twice
+    their Triton time)."""
+    if "kernel_source" not in df or df.kernel_source.nunique() < 2:
+        return df
+    if "moe_ep_size" in df:
+        ep = df.moe_ep_size.values > 1
+        if ep.any() and (~ep).any() and set(df.kernel_source[ep]).isdisjoint(df.kernel_source[~ep]):
+            return pd.concat([_dominant_kernel(df[~ep]), _dominant_kernel(df[ep])]).sort_index()
+    return df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
+
+
+MIN_ROWS = 10      # fewer measured rows than this cannot pin an op's handful of parameters
+
+
+# Rows per (op, precision) fit. Every collected table (at most ~40,000 rows) is fitted whole: the
+# residual table of an unmeasured shape reads its neighbours at the same token count, and a sample
+# leaves most of those cells empty (6,000-row samples: SGLang bf16 GEMM on H200, leave-one-shape-out
+# 6.8% / 21.7% median / p90; all 35,259 rows: 5.4% / 16.7%). The cap only bounds a user's own table.
+MAX_PRECISION_ROWS = 60_000
+
+
+def sample_rows(df: pd.DataFrame, n: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """At most ``n`` rows (``MAX_PRECISION_ROWS`` by default), drawn reproducibly."""
+    n = MAX_PRECISION_ROWS if n is None else n
+    if len(df) <= n:
+        return df
+    return df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))].reset_index(drop=True)
+
+
+# A GEMM table whose smallest GEMMs take tens of microseconds timed host-side work around each call,
+# not the kernel a CUDA-graph step replays: the 10th percentile of latency at <= 16 tokens is 2-25 us
+# in every AIConfigurator GEMM table (any GPU, framework, version, precision) except vLLM's FP8
+# block-scaled ones from 0.18 on (51-65 us on H100/H200, 156-298 us on B200/GB200/L40S; 0.19.0's:
+# 10-14 us), which run flat at that floor up to 8,192 tokens (H200, N 3072 x K 1536: 87 us at 32
+# tokens where SGLang's DeepGEMM table says 6 us and vLLM 0.19.0's 13 us).
+# MLA decode likewise: 8-23 us at <= 4 sequences and <= 128 tokens of context in every SGLang and
+# TensorRT-LLM table, 100-312 us in vLLM's (0.14.0, the only kernel-level vLLM MLA table: later ones
+# time the whole attention module), flat to 8k tokens (H200, 16 heads, 16 sequences: 150-165 us, SGLang
+# 12-54 us).
+HOST_BOUND_FLOOR_MS = 0.040
+# Whose MLA decode table prices a framework whose own are all host-bound, in order: the kernel a
+# CUDA-graph decode step replays (FlashMLA / FlashAttention-3 MLA on Hopper) is what SGLang's times.
+MLA_STANDINS = ("sglang", "trtllm")
+
+
+def host_bound(op: str, df: pd.DataFrame) -> bool:
+    """Whether a GEMM or MLA decode table's smallest cases sit at a host-side floor (``HOST_BOUND_FLOOR_MS``)."""
+    if op == "gemm":
+        small = df[df.m <= 16]
+    elif op == "mla_generation":
+        small = df[(df.batch_size <= 4) & (df.step <= 128)]
+    else:
+        return False
+    return len(small) >= MIN_ROWS and float(small.latency_ms.quantile(0.1)) > HOST_BOUND_FLOOR_MS
+
+
+def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision = BF16,
+                   version: str | None = None, skipped: list | None = None) -> pd.DataFrame | None:
+    """The fitted rows of one (op, framework, precision): the newest collected version that times
+    the precision (or ``version``'s table alone), capped by ``sample_rows``; None when none has enough.
+    A host-bound GEMM table is passed over for the next older one (its version appended to
+    ``skipped``)."""
+    for t in traces.load_versions(traces_dir, gpu, op, framework, version):
+        t = select_rows(op, t, prec)
+        if len(t) < MIN_ROWS:
+            continue
+        if host_bound(op, t):
+            if skipped is not None:
+                skipped.append(str(t.framework_version.iloc[0]))
+            continue
+        return sample_rows(t)
+    return None
