@@ -248,3 +248,15 @@ def test_a_framework_whose_mla_decode_tables_are_all_host_bound_is_fitted_on_ano
     params, fits, _ = calibration.calibrate_precisions(tmp_path, load("h200_sxm"), [], "vllm")
     assert fits["bf16"]["mla_generation"]["framework"] == "sglang"
     assert fits["bf16"]["mla_generation"]["version"] == "0.5.14" and "mla_generation" in params["bf16"]
+
+
+def test_a_run_names_the_collection_its_precisions_were_fitted_on_when_it_is_not_the_frameworks():
+    """DeepSeek-V3 (FP8 block-scaled) on vLLM is priced on 0.24.0's tables but its GEMMs on 0.19.0's
+    (0.24.0's are host-bound): the run's kernel_tables says so; a bf16 run names one collection."""
+    from simulator.config.scenario import parse
+    from simulator.serving.simulation import build
+    ds = build(parse({"model": "DeepSeek-V3", "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 8}}, "x"))
+    assert ds.files["kernel_tables"] == "vllm 0.24.0 (fp8_block GEMM: 0.19.0)"
+    assert ds.files["mla_decode_tables"] == "sglang 0.5.14"
+    qw = build(parse({"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h200_sxm"}}, "x"))
+    assert qw.files["kernel_tables"] == "vllm 0.24.0" and qw.files["mla_decode_tables"] is None

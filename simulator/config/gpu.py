@@ -156,12 +156,28 @@ def kernel_params(cal, framework: str, version: str | None = None, before_all: s
     return {name: {**by_prec.get(name, {}), **older.get(name, {})} for name in dict.fromkeys([*by_prec, *older])}, key
 
 
+def _fit_record(cal, framework: str, version_key: str | None, prec: str, op: str) -> dict:
+    """The in-sample fit record (rows, errors, table version) of one (precision, op) as a run uses it."""
+    own = cal.precision_fit if framework == base_framework(cal)[0] else cal.frameworks[framework].get("fit", {})
+    for fit in (cal.frameworks[version_key].get("fit", {}) if version_key else {}, own):
+        if fit.get(prec, {}).get(op):
+            return fit[prec][op]
+    return {}
+
+
 def mla_tables_label(cal, framework: str, version_key: str | None = None) -> str | None:
     """Whose table priced ``framework``'s MLA decode, e.g. ``vllm 0.14.0``, or ``sglang 0.5.14`` where
     every one of the framework's own is host-bound (``cost.tablerows.MLA_STANDINS``); None without a fit."""
-    own = cal.precision_fit if framework == base_framework(cal)[0] else cal.frameworks[framework].get("fit", {})
-    for fit in (cal.frameworks[version_key].get("fit", {}) if version_key else {}, own):
-        rec = fit.get("bf16", {}).get("mla_generation")
-        if rec:
-            return f"{rec.get('framework', framework)} {rec.get('version', '')}".strip()
-    return None
+    rec = _fit_record(cal, framework, version_key, "bf16", "mla_generation")
+    return f"{rec.get('framework', framework)} {rec.get('version', '')}".strip() if rec else None
+
+
+def older_tables(cal, framework: str, version_key: str | None, quant: dict, label: str) -> str:
+    """The run's GEMM/MoE precisions fitted on another collection than ``label``'s (a host-bound
+    table passed over), in words: ``fp8_block GEMM: 0.19.0``; empty when none."""
+    out = []
+    for op, prec in quant.items():
+        v = str(_fit_record(cal, framework, version_key, prec, op).get("version", ""))
+        if v and not label.endswith(f" {v}"):
+            out.append(f"{prec} {op.upper() if op == 'moe' else 'GEMM'}: {v}")
+    return "; ".join(dict.fromkeys(out))

@@ -113,7 +113,7 @@ def build(sc, source: str = "scenario") -> Setup:
         cfg.k_policy = _shared(("adaptive", main.key, cfg.step_model, cfg.draft_tokens_per_pass, ctx, k),
                                lambda: AdaptiveK(theory.step_times_for(cfg, target_fm, draft_fm, ctx), k))
     files = {**(files or {}), "framework": eng.framework, "step_model": f"{eng.framework} {entry.since}",
-             "kernel_tables": cost.tables_label,
+             "kernel_tables": _tables_label(cost, quant),
              "mla_decode_tables": gpu_mod.mla_tables_label(cost.source.calibration, cost.framework, cost.version_key)
              if target.mla is not None else None,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
@@ -129,6 +129,14 @@ def build(sc, source: str = "scenario") -> Setup:
              if spec and k else None}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
                  files, pools)
+
+
+def _tables_label(cost, quant) -> str:
+    """Whose kernel tables priced the run, naming any of its precisions fitted on an older collection."""
+    label = cost.tables_label
+    older = gpu_mod.older_tables(cost.source.calibration, cost.framework, cost.version_key,
+                                 {"gemm": quant.gemm, "moe": quant.moe}, label)
+    return f"{label} ({older})" if older else label
 
 
 @dataclass
