@@ -21,6 +21,7 @@ from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
 from .tablerows import MIN_ROWS, MLA_STANDINS, precision_rows, select_rows
 
+
 @functools.lru_cache(maxsize=None)
 def _collector_features(T, E, K, ep, dist):
     """Mean (active experts, slots, 16-padded slots) on the timed rank over the collector's five
@@ -194,9 +195,6 @@ def errors(pred_s, df) -> np.ndarray:
 def summarize(err: np.ndarray) -> dict:
     return {"rows": int(len(err)), "median_abs_err": float(np.median(err)),
             "p90_abs_err": float(np.percentile(err, 90))}
-
-
-
 
 
 BASE_OPS = ("gemm", "moe", "attention_generation", "attention_context", "allreduce")

@@ -96,8 +96,8 @@ def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precisio
                    version: str | None = None, skipped: list | None = None) -> pd.DataFrame | None:
     """The fitted rows of one (op, framework, precision): the newest collected version that times
     the precision (or ``version``'s table alone), capped by ``sample_rows``; None when none has enough.
-    A host-bound GEMM table is passed over for the next older one (its version appended to
-    ``skipped``)."""
+    A host-bound GEMM or MLA decode table is passed over for the next older one (its version
+    appended to ``skipped``)."""
     for t in traces.load_versions(traces_dir, gpu, op, framework, version):
         t = select_rows(op, t, prec)
         if len(t) < MIN_ROWS:
