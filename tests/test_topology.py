@@ -145,6 +145,24 @@ def _disagg(sets=()):
                   "workload.concurrency=1"] + list(sets))
 
 
+def test_sglang_disaggregated_workers_place_requests_at_random_and_the_same_seed_places_them_alike():
+    """SGLang's disaggregated workers send a request to attention-DP rank bootstrap_room % dp, the room
+    drawn at random per request: ranks fill unevenly and out of turn, reproducibly; vLLM's (and
+    TRT-LLM's) balance them."""
+    dp = ["disaggregation.prefill.tensor_parallel_size=1", "disaggregation.prefill.data_parallel_size=4",
+          "disaggregation.prefill.enable_expert_parallel=true", "disaggregation.decode.tensor_parallel_size=1",
+          "disaggregation.decode.data_parallel_size=4", "disaggregation.decode.enable_expert_parallel=true",
+          "workload.num_prompts=200", "workload.concurrency=16"]
+    runs = [simulate(_disagg(dp + [f"engine.framework={fw}"])) for fw in ("sglang", "sglang", "vllm")]
+    (s1, r1, _), (_, r2, _), (s3, r3, _) = runs
+    assert s1["completed"] == s3["completed"] == 200
+    assert (r1.dp_rank.to_numpy() == r2.dp_rank.to_numpy()).all()            # the same seed, the same ranks
+    counts = np.bincount(r1.dp_rank, minlength=4)
+    assert counts.min() > 20 and counts.max() - counts.min() > 4              # every rank used, unevenly
+    assert not (r1.sort_values(["arrival_s", "request_id"]).dp_rank.to_numpy() == np.arange(200) % 4).all()
+    assert np.bincount(r3.dp_rank, minlength=4).max() - np.bincount(r3.dp_rank, minlength=4).min() <= 4
+
+
 def test_disagg_conserves_requests_and_kv_bytes(monkeypatch):
     from simulator.serving.scheduler import Scheduler
     held, back = [], []

@@ -43,6 +43,10 @@ class StepEntry(Strict):
         "attention DP: the rank a new request goes to, the one with the fewest running + waiting requests "
         "(vLLM's DP coordinator) or the next in turn whatever its load (SGLang --load-balance-method "
         "round_robin, its default)"))
+    disagg_dp_dispatch: Literal["fewest_requests", "round_robin", "random"] = Field(
+        default="fewest_requests", description=(
+            "attention DP in a disaggregated prefill or decode worker: as dp_dispatch, or random (SGLang sends a "
+            "request to rank bootstrap_room % dp, the room drawn at random per request)"))
     mixed_prefill: bool = Field(default=True, description=(
         "prefill chunks ride in the same step as the running decodes (vLLM chunked prefill, TRT-LLM "
         "in-flight batching); false: a step is prefill-only whenever a prefill batch can be formed, "

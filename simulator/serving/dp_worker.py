@@ -24,13 +24,18 @@ class DPWorker(Replica):
         super().__init__(*args, **kwargs)
         self.ranks = [self.sched] + [Scheduler(self.cfg, self.R) for _ in range(dp - 1)]
         self.turn = 0
+        # its own stream, drawn only where dispatch is random: the routing draws of other runs stay as they were
+        self.pick = np.random.default_rng(int(self.rng.integers(2 ** 63))) if self.cfg.dp_dispatch == "random" else None
 
     def submit(self, i: int) -> None:
         """To the rank with the fewest requests (running + queued), the lowest on a tie (vLLM's DP
         coordinator balances on queue lengths the same way), or, under round_robin, to the next
-        rank in turn whatever its load (SGLang's data-parallel controller by default)."""
+        rank in turn whatever its load (SGLang's data-parallel controller by default), or, under random,
+        to any rank alike (SGLang's disaggregated workers: bootstrap_room % dp, the room random)."""
         if self.cfg.dp_dispatch == "round_robin":
             r, self.turn = self.turn, (self.turn + 1) % self.dp
+        elif self.pick is not None:
+            r = int(self.pick.integers(self.dp))
         else:
             r = min(range(self.dp), key=lambda j: (len(self.ranks[j].run) + len(self.ranks[j].waiting), j))
         self.R.dp_rank[i] = r

@@ -215,10 +215,9 @@ def a2a_backend(eng, entry) -> str:
 
 def dp_dispatch(eng, entry, role: str = "agg") -> str:
     """How an attention-DP worker places a new request: the scenario's --load-balance-method, else the
-    framework's for an aggregated worker. A disaggregated pool's rank follows the router's bootstrap
-    room in SGLang (random per request), which is not modelled: its ranks take the fewest requests."""
+    framework's, for an aggregated worker or a disaggregated pool's (SGLang's: random)."""
     if eng.load_balance_method is None:
-        return entry.dp_dispatch if role == "agg" else "fewest_requests"
+        return entry.dp_dispatch if role == "agg" else entry.disagg_dp_dispatch
     return "round_robin" if eng.load_balance_method == "round_robin" else "fewest_requests"
 
 
