@@ -273,6 +273,19 @@ def test_validate_silicon_runs_attention_dp_and_disaggregated_rows(tmp_path):
     assert by["nw"]["blocked_by"] == "ambiguous layout: disagg row states no worker counts"
 
 
+def test_a_disaggregated_rows_decode_rank_may_hold_every_user_of_its_worker(tmp_path):
+    """Ranks picked at random (SGLang) fill unevenly: a rank's batch limit is its worker's users, not an
+    even share of them, so no user waits for a decode slot that the stated batch did not promise."""
+    from simulator.analysis import silicon
+    f = tmp_path / "rows.csv"
+    f.write_text(SILICON_COLS + "pd,deepseek-ai/DeepSeek-V3,sglang,0.5.9,b200_sxm,fp4,disagg,256,16,nvfp4,nvfp4,,,,,,,"
+                 + "1,1,4,1,1,1,4,1,1,1,1,4,1,4,300,10\n")
+    row = silicon.load_rows(f).iloc[0].to_dict()
+    dec = silicon.scenario(row)["disaggregation"]["decode"]
+    assert dec["data_parallel_size"] == 4 and dec["num_workers"] == 1
+    assert dec["max_num_seqs"] == silicon.concurrency(row) == 4   # all 4 users on one worker, not 4 / 4 a rank
+
+
 def test_mtp_layer_runs_on_the_target_ep_group_with_every_ranks_tokens():
     """DeepSeek's MTP layer is one more MoE layer of the target: under attention DP + EP its experts
     are spread like the target's and each draft pass routes every rank's tokens (a group step)."""
