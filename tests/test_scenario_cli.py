@@ -84,6 +84,9 @@ def test_cli_simulate_writes_outputs(tmp_path):
     assert p.returncode == 0, p.stderr
     for f in ("summary.json", "requests.csv", "steps.csv", "report.html", "scenario.yaml"):
         assert (tmp_path / "r" / f).exists()
+    html = (tmp_path / "r" / "report.html").read_text()
+    # what priced the run and what its SD verdict rests on, in the report as in summary.json
+    assert "kernel tables (GEMM, MoE)</td><td>vllm " in html and "acceptance assumed</td><td>rate 0.8" in html
 
 
 def test_kernel_cli_json():

@@ -21,7 +21,8 @@ ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", "
         ("target_efficiency", "target efficiency", ""), ("mean_batch_size", "mean decode batch", "sequences"),
         ("mean_active_experts_per_layer", "active experts per MoE layer", "experts"),
         ("expert_bytes_per_output_token", "expert weights read per output token", "bytes"),
-        ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", "")]
+        ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", ""),
+        ("kernel_tables", "kernel tables (GEMM, MoE)", ""), ("mla_decode_tables", "MLA decode tables", "")]
 
 
 def _cdf(fig, values, name, points: int = 1000):
