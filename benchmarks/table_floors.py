@@ -14,10 +14,7 @@ import argparse
 
 from simulator.common.paths import shared_traces_dir
 from simulator.cost import traces
-from simulator.cost.tablerows import HOST_BOUND_FLOOR_MS, host_bound
-
-SMALL = {"gemm": lambda t: t[t.m <= 16],
-         "mla_generation": lambda t: t[(t.batch_size <= 4) & (t.step <= 128)]}
+from simulator.cost.tablerows import HOST_BOUND_FLOOR_MS, host_bound, smallest_cases
 
 
 def main():
@@ -36,7 +33,7 @@ def main():
                 for t in traces.load_versions(root, gpu, op, fw):
                     version = str(t.framework_version.iloc[0])
                     for dtype, rows in t.groupby("dtype"):
-                        small = SMALL[op](rows)
+                        small = smallest_cases(op, rows)
                         if len(small) < 10 or (gpu, fw, version, dtype) in seen:   # a reused table once
                             continue
                         seen.add((gpu, fw, version, dtype))

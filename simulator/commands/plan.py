@@ -74,9 +74,8 @@ def run(args) -> int:
 def sd_acceptance(spec: PlanSpec) -> dict:
     """Per draft, the acceptance its SD candidates assume, in words (a default said so): the SD verdict
     rests on it."""
-    out = {}
+    out, k = {}, max([x for x in spec.search.num_speculative_tokens if x] or [1])
     for d in spec.drafts:
-        k = max([x for x in spec.search.num_speculative_tokens if x] or [1])
         out[str(d.model if isinstance(d.model, str) else d.method)] = acc_mod.describe(
             Acceptance(**d.acceptance), k,
             None if "acceptance" in d.model_fields_set else "the draft's acceptance (--acceptance-rate)")

@@ -63,8 +63,7 @@ def run(args) -> int:
     spec = sc.speculative_config
     if spec is not None:
         # every k of the sweep keeps this acceptance: the verdict rests on it
-        notes.insert(0, "acceptance assumed: " + acceptance.describe(
-            spec.acceptance, spec.k, None if "acceptance" in spec.model_fields_set else "speculative_config.acceptance"))
+        notes.insert(0, "acceptance assumed: " + acceptance.describe_scenario(spec, spec.k))
     table = pd.concat(tables, ignore_index=True)
     k_sp = 3 if 3 in ks else ks[0]
     sp = sparsity(args.scenario, args.set, batches, k_sp, topks)

@@ -179,5 +179,5 @@ def older_tables(cal, framework: str, version_key: str | None, quant: dict, labe
     for op, prec in quant.items():
         v = str(_fit_record(cal, framework, version_key, prec, op).get("version", ""))
         if v and not label.endswith(f" {v}"):
-            out.append(f"{prec} {op.upper() if op == 'moe' else 'GEMM'}: {v}")
+            out.append(f"{prec} {op.upper()}: {v}")
     return "; ".join(dict.fromkeys(out))

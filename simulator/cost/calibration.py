@@ -263,9 +263,12 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
             progress(f"{prec.name} {op}: passed over {framework} {', '.join(dict.fromkeys(skipped))} (host-bound timings)")
         standin = None
         if df is None and skipped and op == "mla_generation":
-            standin = next((o for o in MLA_STANDINS if o != framework
-                            and precision_rows(traces_dir, hw.name, op, o, prec) is not None), None)
-            df = precision_rows(traces_dir, hw.name, op, standin, prec) if standin else None
+            for standin in (o for o in MLA_STANDINS if o != framework):
+                df = precision_rows(traces_dir, hw.name, op, standin, prec)
+                if df is not None:
+                    break
+            else:
+                standin = None
             if progress and standin:
                 progress(f"{prec.name} {op} on {standin}'s table: every {framework} one is host-bound")
         if df is None:

@@ -81,14 +81,19 @@ HOST_BOUND_FLOOR_MS = 0.040
 MLA_STANDINS = ("sglang", "trtllm")
 
 
+def smallest_cases(op: str, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose floor ``host_bound`` reads: GEMMs of <= 16 tokens, MLA decode of <= 4 sequences
+    and <= 128 tokens of context; none for other ops."""
+    if op == "gemm":
+        return df[df.m <= 16]
+    if op == "mla_generation":
+        return df[(df.batch_size <= 4) & (df.step <= 128)]
+    return df.iloc[:0]
+
+
 def host_bound(op: str, df: pd.DataFrame) -> bool:
     """Whether a GEMM or MLA decode table's smallest cases sit at a host-side floor (``HOST_BOUND_FLOOR_MS``)."""
-    if op == "gemm":
-        small = df[df.m <= 16]
-    elif op == "mla_generation":
-        small = df[(df.batch_size <= 4) & (df.step <= 128)]
-    else:
-        return False
+    small = smallest_cases(op, df)
     return len(small) >= MIN_ROWS and float(small.latency_ms.quantile(0.1)) > HOST_BOUND_FLOOR_MS
 
 

@@ -115,6 +115,12 @@ def describe(acc, k: int, unset: str | None = None) -> str:
     return text
 
 
+def describe_scenario(spec, k: int) -> str:
+    """``describe`` for a scenario's ``speculative_config``, saying so when it left the acceptance unset."""
+    return describe(spec.acceptance, k,
+                    None if "acceptance" in spec.model_fields_set else "speculative_config.acceptance")
+
+
 def pinned(acc, k: int) -> dict:
     """``acc`` as a scenario mapping fixed for any k: a mean acceptance length with no k of its own
     is taken as measured at ``k`` (the scenario's own), which a sweep or plan then varies."""

@@ -124,9 +124,7 @@ def build(sc, source: str = "scenario") -> Setup:
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name,
              "max_num_batched_tokens": cfg.max_num_batched_tokens,
              # what the SD verdict rests on, said even when the scenario left it to the default
-             "acceptance_model": acc_mod.describe(
-                 spec.acceptance, k, None if "acceptance" in spec.model_fields_set else "speculative_config.acceptance")
-             if spec and k else None}
+             "acceptance_model": acc_mod.describe_scenario(spec, k) if spec and k else None}
     return Setup(sc, target, draft_arch, hw, cost, main.par, target_fm, draft_fm, cfg, acceptance, routing,
                  files, pools)
 
