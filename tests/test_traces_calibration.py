@@ -260,3 +260,18 @@ def test_a_run_names_the_collection_its_precisions_were_fitted_on_when_it_is_not
     assert ds.files["mla_decode_tables"] == "sglang 0.5.14"
     qw = build(parse({"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h200_sxm"}}, "x"))
     assert qw.files["kernel_tables"] == "vllm 0.24.0" and qw.files["mla_decode_tables"] is None
+
+
+def test_gemms_of_no_tokens_are_left_out_of_a_fit(tmp_path):
+    """TensorRT-LLM 1.2.0rc5's H100 table also times GEMMs of m = 0 (a launch, 0.5 us): a fit of that
+    collection drops them instead of failing on a roofline of zero work."""
+    from simulator.config import precision
+    root = tmp_path / "x100" / "gemm" / "trtllm" / "1.2.0rc5"
+    _gemm_table(root, 0.005, "1.2.0rc5")
+    t = pd.read_parquet(root / "gemm_perf.parquet")
+    zero = t.head(6).assign(m=0, latency=0.0005)
+    pd.concat([t, zero], ignore_index=True).to_parquet(root / "gemm_perf.parquet")
+    df = calibration.precision_rows(tmp_path, "x100", "gemm", "trtllm", precision.get("fp8_block"), "1.2.0rc5")
+    assert len(df) == len(t) and df.m.min() == 1
+    params = calibration.fit("gemm", load("h100_sxm"), df, precision.get("fp8_block"))
+    assert all(np.isfinite(v) for v in params.values() if isinstance(v, float))

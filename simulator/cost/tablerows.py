@@ -17,7 +17,8 @@ def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16) -> pd.DataFra
     """The rows a serving model of this weight precision is fitted on (GEMM and MoE per precision;
     attention and all-reduce on bf16 rows)."""
     if op == "gemm":
-        df = df[(df.dtype == prec.table_dtype) & (df.m <= MAX_FIT_TOKENS)]
+        # m >= 1: TensorRT-LLM 1.2.0rc5's H100 table also times 882 GEMMs of no tokens (0.5 us, a launch)
+        df = df[(df.dtype == prec.table_dtype) & (df.m >= 1) & (df.m <= MAX_FIT_TOKENS)]
     elif op == "moe":
         # B200: FlashInfer's TRT-LLM experts for most shapes, its CUTLASS experts for two
         df = _dominant_kernel(df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)])
