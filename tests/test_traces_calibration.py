@@ -275,3 +275,35 @@ def test_gemms_of_no_tokens_are_left_out_of_a_fit(tmp_path):
     assert len(df) == len(t) and df.m.min() == 1
     params = calibration.fit("gemm", load("h100_sxm"), df, precision.get("fp8_block"))
     assert all(np.isfinite(v) for v in params.values() if isinstance(v, float))
+
+
+def test_sglang_serves_gpt_oss_experts_on_hopper_with_the_kernel_vllms_collector_timed():
+    """SGLang runs GPT-OSS's MXFP4 experts on Hopper with OpenAI's triton_kernels when expert
+    parallel is off (sglang#12696), the kernel vLLM's table times; its own table times a generic
+    Triton fused MoE 2-4x slower. TP layouts are priced on vLLM's rows, EP layouts on SGLang's own,
+    and the run says so."""
+    d = shared_or_skip()
+    from simulator.config import precision
+    mx = precision.get("mxfp4")
+    rows = calibration.precision_rows(d, "h100_sxm", "moe", "sglang", mx)
+    assert set(rows.framework[rows.moe_ep_size == 1]) == {"vllm"}
+    assert set(rows.framework[rows.moe_ep_size > 1]) == {"sglang"}
+    b200 = calibration.precision_rows(d, "b200_sxm", "moe", "sglang", mx)    # Blackwell: its own FlashInfer rows
+    assert set(b200.framework) == {"sglang"}
+
+    def measured(fw, tp, ep):
+        t = traces.load(d, "h100_sxm", "moe", fw)
+        t = calibration.select_rows("moe", t, mx)
+        t = t[(t.hidden_size == 2880) & (t.num_experts == 128) & (t.moe_tp_size == tp) & (t.moe_ep_size == ep)
+              & (t.distribution == "balanced") & (t.num_tokens == 32)]
+        return float(t.latency_ms.iloc[0])
+
+    def priced(tp, ep):
+        return CostModel("h100_sxm", framework="sglang").moe(32, 2880, 2880, 128, 4, tp, ep, "balanced", prec=mx).latency_s * 1e3
+
+    assert priced(2, 1) == pytest.approx(measured("vllm", 2, 1), rel=0.15)
+    assert measured("sglang", 2, 1) > 2 * measured("vllm", 2, 1)          # the kernel SGLang's collector timed
+    assert priced(1, 2) == pytest.approx(measured("sglang", 1, 2), rel=0.15)
+    from simulator.config.gpu import load as load_gpu, older_tables
+    label = older_tables(load_gpu("h100_sxm").calibration, "sglang", None, {"moe": "mxfp4"}, "sglang 0.5.14")
+    assert label == "mxfp4 MOE without expert parallel: vllm 0.24.0"

@@ -174,10 +174,14 @@ def mla_tables_label(cal, framework: str, version_key: str | None = None) -> str
 
 def older_tables(cal, framework: str, version_key: str | None, quant: dict, label: str) -> str:
     """The run's GEMM/MoE precisions fitted on another collection than ``label``'s (a host-bound
-    table passed over), in words: ``fp8_block GEMM: 0.19.0``; empty when none."""
+    table passed over, or layouts on another framework's rows), in words: ``fp8_block GEMM: 0.19.0``,
+    ``mxfp4 MOE without expert parallel: vllm 0.24.0``; empty when none."""
     out = []
     for op, prec in quant.items():
-        v = str(_fit_record(cal, framework, version_key, prec, op).get("version", ""))
+        rec = _fit_record(cal, framework, version_key, prec, op)
+        v = str(rec.get("version", ""))
         if v and not label.endswith(f" {v}"):
             out.append(f"{prec} {op.upper()}: {v}")
+        if rec.get("borrowed"):     # layouts whose kernel another collector timed (cost.tablerows.BORROWED_ROWS)
+            out.append(f"{prec} {op.upper()} without expert parallel: {rec['borrowed']}")
     return "; ".join(dict.fromkeys(out))

@@ -19,7 +19,7 @@ from . import kernels, routing, traces
 from ..config.precision import Precision
 from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
-from .tablerows import MIN_ROWS, MLA_STANDINS, precision_rows, select_rows
+from .tablerows import BORROWED_ROWS, MIN_ROWS, MLA_STANDINS, precision_rows, select_rows
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,8 +276,13 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
         p = fit(op, hw, df, prec)
         pred = predict_rows(op, hw, p, df, prec=prec)
         params.setdefault(prec.name, {})[op] = p
-        fits.setdefault(prec.name, {})[op] = {**summarize(errors(pred, df)), "version": str(df.framework_version.iloc[0]),
-                                              **({"framework": standin} if standin else {})}
+        # layouts priced on another collector's rows (tablerows.BORROWED_ROWS)
+        lent = df.iloc[:0] if standin else df[df.framework.isin(set(BORROWED_ROWS.values()) - {framework})]
+        own = df.drop(lent.index)
+        fits.setdefault(prec.name, {})[op] = {**summarize(errors(pred, df)), "version": str(own.framework_version.iloc[0]),
+                                              **({"framework": standin} if standin else {}),
+                                              **({"borrowed": f"{lent.framework.iloc[0]} {lent.framework_version.iloc[0]}"}
+                                                 if len(lent) else {})}
         frames.append(ResidualTable.build(op, residual_rows(op, df, pred)).to_frame().assign(precision=prec.name))
         if progress:
             progress(f"{prec.name} {op}")

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 
 from . import traces
+from ..common.paths import GPU_SPECS_DIR
+from ..config.gpu import load
 from ..config.precision import Precision
 from .kernels import BF16
 
@@ -103,7 +105,8 @@ def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precisio
     """The fitted rows of one (op, framework, precision): the newest collected version that times
     the precision (or ``version``'s table alone), capped by ``sample_rows``; None when none has enough.
     A host-bound GEMM or MLA decode table is passed over for the next older one (its version
-    appended to ``skipped``)."""
+    appended to ``skipped``). Layouts whose kernel another framework's collector timed take its rows
+    (``BORROWED_ROWS``; their ``framework`` column says whose)."""
     for t in traces.load_versions(traces_dir, gpu, op, framework, version):
         t = select_rows(op, t, prec)
         if len(t) < MIN_ROWS:
@@ -112,5 +115,31 @@ def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precisio
             if skipped is not None:
                 skipped.append(str(t.framework_version.iloc[0]))
             continue
-        return sample_rows(t)
+        return sample_rows(borrow_rows(traces_dir, gpu, op, framework, prec, t))
     return None
+
+
+# A kernel a framework serves that its own collector did not time, but another framework's did:
+# (framework, weight precision, op, GPU architecture) -> the collector whose rows price the layouts
+# with expert parallel off. SGLang serves GPT-OSS's MXFP4 experts on Hopper with OpenAI's
+# triton_kernels when expert parallel is off (server_args: moe_runner_backend "auto" becomes
+# "triton_kernel" if ep_size == 1; sgl-project/sglang#12696), the kernel vLLM's collector times
+# (vllm_gptossmxfp4moe_triton_oaitritonmxfp4experts). SGLang's collector timed its generic Triton
+# fused MoE for every layout, 2-4x slower at GPT-OSS's shape (H100, 32 tokens, TP 1: 2.2 ms against
+# 0.69 ms; TensorRT-LLM's 0.61 ms on H200). Under expert parallel SGLang's own rows stay.
+BORROWED_ROWS = {("sglang", "mxfp4", "moe", "hopper"): "vllm"}
+
+
+def borrow_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision, own: pd.DataFrame) -> pd.DataFrame:
+    """``own`` with its expert-parallel-off rows replaced by those of the collector ``BORROWED_ROWS``
+    names for this (framework, precision, op) on this GPU's architecture; ``own`` when none applies."""
+    keyed = [k for k in BORROWED_ROWS if k[:3] == (framework, prec.name, op)]
+    if not keyed or not (GPU_SPECS_DIR / f"{gpu}.yaml").is_file():
+        return own
+    lender = BORROWED_ROWS.get((framework, prec.name, op, load(gpu).architecture))
+    for t in traces.load_versions(traces_dir, gpu, op, lender) if lender else ():
+        lent = select_rows(op, t, prec)
+        lent = lent[lent.moe_ep_size == 1]
+        if len(lent) >= MIN_ROWS:      # the lender's newest collection that times it
+            return pd.concat([lent, own[own.moe_ep_size > 1]], ignore_index=True)
+    return own
