@@ -197,7 +197,8 @@ def main(args) -> int:
         for prec, ops in fits.items():
             for op, r in ops.items():
                 print(f"  {prec:<10} {op:<6} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
-                      f"p90 {r['p90_abs_err']*100:5.1f}%")
+                      f"p90 {r['p90_abs_err']*100:5.1f}%"
+                      + (f"  (without expert parallel on {r['borrowed']}'s rows)" if r.get("borrowed") else ""))
         print("dry run: nothing written" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml")
         return 0
     print(f"calibrating {args.gpu} from {traces_dir}")
