@@ -307,3 +307,32 @@ def test_sglang_serves_gpt_oss_experts_on_hopper_with_the_kernel_vllms_collector
     from simulator.config.gpu import load as load_gpu, older_tables
     label = older_tables(load_gpu("h100_sxm").calibration, "sglang", None, {"moe": "mxfp4"}, "sglang 0.5.14")
     assert label == "mxfp4 MOE without expert parallel: vllm 0.24.0"
+
+
+def test_a_framework_with_only_module_level_mla_tables_is_fitted_on_another_frameworks_and_says_so(tmp_path):
+    """vLLM's Blackwell collections time the whole MLA attention module only: its decode kernel
+    (FlashInfer's trtllm-gen MLA, vLLM's default there) is fitted on SGLang's table of that kernel,
+    and recorded so. A single version's fit asks for its own tables only."""
+    from simulator.cost import calibration
+    mod = tmp_path / "b200_sxm" / "mla" / "vllm" / "0.24.0"
+    mod.mkdir(parents=True)
+    (mod / "mla_generation_module_perf.parquet").write_bytes(b"")     # not a kernel table: never read
+    assert tablerows.precision_rows(tmp_path, "b200_sxm", "mla_generation", "vllm") is None
+    _mla_table(tmp_path / "b200_sxm" / "mla" / "sglang" / "0.5.14", 0.012, "0.5.14", "SGLang")
+    params, fits, _ = calibration.calibrate_precisions(tmp_path, load("b200_sxm"), [], "vllm")
+    assert fits["bf16"]["mla_generation"]["framework"] == "sglang" and "mla_generation" in params["bf16"]
+    _, fits, _ = calibration.calibrate_precisions(tmp_path, load("b200_sxm"), [], "vllm", version="0.24.0")
+    assert "bf16" not in fits
+
+
+def test_vllm_runs_deepseek_on_blackwell_with_its_mla_decode_priced_on_sglangs_table():
+    """DeepSeek-V3 on 8x B200 with vLLM: priced (no refusal), the summary naming whose MLA table."""
+    shared_or_skip()
+    from simulator.config.scenario import parse
+    from simulator.serving.simulation import build
+    from simulator.config import gpu as gpu_mod
+    sc = {"name": "x", "model": "DeepSeek-V3", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 8},
+          "engine": {"framework": "vllm"}, "workload": {"num_prompts": 4}}
+    setup = build(parse(sc, "x"))
+    cost = setup.cost
+    assert gpu_mod.mla_tables_label(cost.source.calibration, cost.framework, cost.version_key) == "sglang 0.5.14"

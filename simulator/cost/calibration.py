@@ -262,7 +262,9 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
         if progress and skipped:
             progress(f"{prec.name} {op}: passed over {framework} {', '.join(dict.fromkeys(skipped))} (host-bound timings)")
         standin = None
-        if df is None and skipped and op == "mla_generation":
+        # no table of the framework's own times the MLA decode kernel (every one host-bound, or, with
+        # no version asked for, only whole-module tables collected): another framework's that does
+        if df is None and (skipped or version is None) and op == "mla_generation":
             for standin in (o for o in MLA_STANDINS if o != framework):
                 df = precision_rows(traces_dir, hw.name, op, standin, prec)
                 if df is not None:
@@ -270,7 +272,8 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
             else:
                 standin = None
             if progress and standin:
-                progress(f"{prec.name} {op} on {standin}'s table: every {framework} one is host-bound")
+                progress(f"{prec.name} {op} on {standin}'s table: " + (f"every {framework} one is host-bound" if skipped
+                         else f"no {framework} table times the kernel"))
         if df is None:
             continue
         p = fit(op, hw, df, prec)

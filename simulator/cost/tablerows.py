@@ -79,8 +79,10 @@ def sample_rows(df: pd.DataFrame, n: int | None = None, seed: int = 0) -> pd.Dat
 # time the whole attention module), flat to 8k tokens (H200, 16 heads, 16 sequences: 150-165 us, SGLang
 # 12-54 us).
 HOST_BOUND_FLOOR_MS = 0.040
-# Whose MLA decode table prices a framework whose own are all host-bound, in order: the kernel a
-# CUDA-graph decode step replays (FlashMLA / FlashAttention-3 MLA on Hopper) is what SGLang's times.
+# Whose MLA decode table prices a framework none of whose own times the kernel (all host-bound, or only
+# whole attention modules collected), in order: the kernel a CUDA-graph decode step replays is what
+# SGLang's times (FlashMLA / FlashAttention-3 MLA on Hopper; on Blackwell FlashInfer's trtllm-gen MLA,
+# SGLang's "trtllm_mla" rows and vLLM's default decode backend since vllm-project/vllm#32339, 2026-01).
 MLA_STANDINS = ("sglang", "trtllm")
 
 
