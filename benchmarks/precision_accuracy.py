@@ -49,6 +49,9 @@ def main():
                         if skipped:     # every table of it host-bound (tablerows.host_bound): said, not scored
                             print(f"{g:<9} {fw:<8} {prec.name:<10} {op:<5} host-bound tables only "
                                   f"({', '.join(dict.fromkeys(skipped))}): priced on another's (moesd calibrate says whose)")
+                        elif op == "mla_generation":    # whole-module tables only (tablerows.MLA_STANDINS)
+                            print(f"{g:<9} {fw:<8} {prec.name:<10} {op:<5} no kernel-level table: priced on another's "
+                                  f"(moesd calibrate says whose)")
                         continue
                     params = calibration.fit(op, hw, df, prec)
                     ins = calibration.errors(calibration.predict_rows(op, hw, params, df, prec=prec), df)
