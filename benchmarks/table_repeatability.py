@@ -1,5 +1,5 @@
-"""How well one collection of a kernel table predicts another of the same kernel: the floor under
-leave-one-shape-out error.
+"""How well one collection of a kernel table predicts another of the same kernel: how far the
+tables themselves repeat.
 
 For each table the simulator fits (``moesd calibrate --framework F``: the newest collection that
 times the precision), the same framework's other collections on the same GPU are read, and the rows
