@@ -336,3 +336,17 @@ def test_vllm_runs_deepseek_on_blackwell_with_its_mla_decode_priced_on_sglangs_t
     setup = build(parse(sc, "x"))
     cost = setup.cost
     assert gpu_mod.mla_tables_label(cost.source.calibration, cost.framework, cost.version_key) == "sglang 0.5.14"
+
+
+def test_every_framework_with_kernel_tables_on_a_gpu_is_calibrated_there():
+    """Coverage: wherever ../shared holds a framework's GEMM tables for a GPU, that (GPU, framework)
+    has fitted kernels, so a scenario on it is priced, not refused (SGLang and TensorRT-LLM on A100
+    and L40S were missing until 2026-12-05)."""
+    d = shared_or_skip()
+    root = d / "kernels" / "aiconfigurator"
+    pairs = [(g.name, f.name) for g in sorted(root.iterdir()) if (g / "gemm").is_dir()
+             for f in sorted((g / "gemm").iterdir()) if f.is_dir()]
+    assert len(pairs) >= 18
+    for gpu_name, fw in pairs:
+        cm = CostModel(gpu_name, framework=fw)
+        assert cm.gemm(64, 4096, 4096).latency_s > 0, (gpu_name, fw)
