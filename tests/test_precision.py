@@ -544,3 +544,21 @@ def test_sglang_takes_its_own_token_budget_by_gpu_memory_when_a_scenario_sets_no
                    ("gb200", "sglang"): 16384, **{(g, "vllm"): 8192 for g in ("h100_sxm", "h200_sxm", "b200_sxm", "gb200")}}
     mine = build(scen(hardware={"gpu": "b200_sxm"}, engine={"framework": "sglang", "max_num_batched_tokens": 4096}))
     assert mine.cfg.max_num_batched_tokens == 4096
+
+
+def test_interleaved_moe_layers_alternate_with_dense_ones():
+    """Llama-4-Maverick: every second layer MoE (interleave_moe_layer_step 2), the others dense FFNs of
+    16384. Its MoE time is half that of the same model with every layer MoE; its dense layers add GEMM
+    time the all-MoE copy lacks; a step that leaves no MoE layer is refused."""
+    mav = model.load("Llama-4-Maverick-17B-128E")
+    assert mav.num_moe_layers == 24 and [i for i in range(6) if mav.is_moe_layer(i)] == [1, 3, 5]
+    assert round(sum(mav.parameter_count().values()) / 1e9) == 401       # Meta: ~400B in all, 17B active
+    every = mav.model_copy(update={"moe": mav.moe.model_copy(update={"moe_layer_step": 1})})
+    cm = CostModel("h200_sxm")
+    a = ForwardModel(mav, cm, Parallel(tensor_parallel_size=8)).forward(Batch(16, 1, 1000.0))
+    b = ForwardModel(every, cm, Parallel(tensor_parallel_size=8)).forward(Batch(16, 1, 1000.0))
+    assert a.moe_s == pytest.approx(b.moe_s / 2, rel=1e-9) and a.gemm_s > b.gemm_s
+    ds = model.load("DeepSeek-V3")
+    assert ds.num_moe_layers == 58 and not ds.is_moe_layer(2) and ds.is_moe_layer(3)
+    with pytest.raises(Exception, match="leave no MoE layer"):
+        model.ModelArch(**{**mav.model_dump(), "moe": {**mav.moe.model_dump(), "moe_layer_step": 49}})

@@ -50,6 +50,8 @@ EXTRA_MODELS = {
     # Llama 3 / 3.3 70B share Llama-3.1-70B's published shapes (hidden 8192, 80 layers, GQA 64/8)
     "meta-llama/Llama-3.3-70B-Instruct": "Llama-3.1-70B", "Llama3-70B": "Llama-3.1-70B",
     "Llama-4-Scout-17B-16E": "Llama-4-Scout-17B-16E", "meta-llama/Llama-4-Scout-17B-16E-Instruct": "Llama-4-Scout-17B-16E",
+    "Llama-4-Maverick-17B-128E": "Llama-4-Maverick-17B-128E",
+    "meta-llama/Llama-4-Maverick-17B-128E-Instruct": "Llama-4-Maverick-17B-128E",
 }
 MODELS = {**SILICON_MODELS, **EXTRA_MODELS}
 UNSUPPORTED = {**UNSUPPORTED_MODELS, "Qwen/Qwen3.5": "hybrid linear attention (Gated DeltaNet layers)"}

@@ -21,6 +21,9 @@ class MoEConfig(BaseModel):
     shared_expert_intermediate_size: int = Field(default=0, ge=0)
     gated: bool = True
     first_k_dense_replace: int = Field(default=0, ge=0, description="leading layers with a dense FFN")
+    moe_layer_step: int = Field(default=1, ge=1, description=(
+        "after the leading dense layers, every n-th layer is MoE and the rest dense (Llama-4's "
+        "interleave_moe_layer_step: layers n-1, 2n-1, ...)"))
 
     @model_validator(mode="after")
     def _topk(self):
@@ -104,6 +107,9 @@ class ModelArch(BaseModel):
             raise ValueError("num_sliding_window_layers needs sliding_window")
         if self.mla is not None and self.kv_cache_dim_per_token:
             raise ValueError("give mla or kv_cache_dim_per_token, not both")
+        if self.moe is not None and self.num_moe_layers == 0:
+            raise ValueError(f"moe: first_k_dense_replace {self.moe.first_k_dense_replace} and moe_layer_step "
+                             f"{self.moe.moe_layer_step} leave no MoE layer among {self.num_hidden_layers}")
         return self
 
     @property
@@ -115,11 +121,14 @@ class ModelArch(BaseModel):
         return self.moe is not None
 
     def is_moe_layer(self, layer: int) -> bool:
-        return self.moe is not None and layer >= self.moe.first_k_dense_replace
+        k = 0 if self.moe is None else self.moe.first_k_dense_replace
+        return self.moe is not None and layer >= k and (layer - k + 1) % self.moe.moe_layer_step == 0
 
     @property
     def num_moe_layers(self) -> int:
-        return 0 if self.moe is None else self.num_hidden_layers - self.moe.first_k_dense_replace
+        if self.moe is None:
+            return 0
+        return (self.num_hidden_layers - self.moe.first_k_dense_replace) // self.moe.moe_layer_step
 
     @property
     def latent_kv(self) -> bool:

@@ -88,7 +88,7 @@ def build(sc, source: str = "scenario") -> Setup:
         elif spec.method == "mtp":
             draft_kind = "head"
             draft_arch = draft or target.model_copy(update={"num_hidden_layers": 1, "name": f"{target.name}-MTP",
-                                                            "moe": target.moe.model_copy(update={"first_k_dense_replace": 0}) if target.moe else None})
+                                                            "moe": target.moe.model_copy(update={"first_k_dense_replace": 0, "moe_layer_step": 1}) if target.moe else None})
         else:
             draft_kind = "model" if spec.method == "draft_model" else "head"
             draft_arch = draft
