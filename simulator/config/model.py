@@ -121,8 +121,10 @@ class ModelArch(BaseModel):
         return self.moe is not None
 
     def is_moe_layer(self, layer: int) -> bool:
-        k = 0 if self.moe is None else self.moe.first_k_dense_replace
-        return self.moe is not None and layer >= k and (layer - k + 1) % self.moe.moe_layer_step == 0
+        if self.moe is None:
+            return False
+        k = self.moe.first_k_dense_replace
+        return layer >= k and (layer - k + 1) % self.moe.moe_layer_step == 0
 
     @property
     def num_moe_layers(self) -> int:

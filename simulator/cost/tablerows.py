@@ -135,8 +135,8 @@ BORROWED_ROWS = {("sglang", "mxfp4", "moe", "hopper"): "vllm"}
 def borrow_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision, own: pd.DataFrame) -> pd.DataFrame:
     """``own`` with its expert-parallel-off rows replaced by those of the collector ``BORROWED_ROWS``
     names for this (framework, precision, op) on this GPU's architecture; ``own`` when none applies."""
-    keyed = [k for k in BORROWED_ROWS if k[:3] == (framework, prec.name, op)]
-    if not keyed or not (GPU_SPECS_DIR / f"{gpu}.yaml").is_file():
+    if (not any(k[:3] == (framework, prec.name, op) for k in BORROWED_ROWS)
+            or not (GPU_SPECS_DIR / f"{gpu}.yaml").is_file()):
         return own
     lender = BORROWED_ROWS.get((framework, prec.name, op, load(gpu).architecture))
     for t in traces.load_versions(traces_dir, gpu, op, lender) if lender else ():
