@@ -34,14 +34,17 @@ def main():
         hw = load(g)
         for op in args.ops.split(","):
             t0 = time.time()
-            df = calibration.select_rows(op, traces.load(shared_traces_dir(), g, op))
+            # MoE rows timed over 2x their half-split layout are scored but not fitted, as calibrate leaves them out
+            df = calibration.select_rows(op, traces.load(shared_traces_dir(), g, op), keep_inversions=True)
             if op in ("gemm", "moe"):
                 df = df[df[SIZE[op]] <= 8192].reset_index(drop=True)
+            keep = ~calibration.split_inversions(df) if op == "moe" else np.ones(len(df), bool)
             if op == "allreduce" and df.num_gpus.nunique() < 2:
                 continue
-            params = calibration.fit_op(op, hw, df)
+            params = calibration.fit_op(op, hw, df[keep])
             ins = calibration.errors(calibration.predict_op(op, hw, params, df), df)
-            cv = calibration.cross_validate(op, hw, df, max_folds=None if op in ("moe", "allreduce") else 10)
+            cv = calibration.cross_validate(op, hw, df, max_folds=None if op in ("moe", "allreduce") else 10,
+                                            fit_mask=keep)
             tgt = TARGETS.get(op)
             mark = ""
             if tgt and g != "a100_sxm":

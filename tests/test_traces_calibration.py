@@ -174,6 +174,39 @@ def test_a_kernel_per_layout_keeps_each_layouts_rows_and_rival_kernels_keep_the_
     assert set(tablerows._dominant_kernel(rivals).kernel_source) == {"cutlass"}
 
 
+def test_a_layout_timed_far_slower_than_the_one_with_twice_its_work_per_rank_is_left_out():
+    """Doubling moe_tp or moe_ep never gives a rank more work: a row over 2x its half-split layout's
+    time (same shape, tokens, routing, kernel) is dropped; rows of other routings or kernels, and
+    ordinary slow-downs under 2x, are kept."""
+    def row(tp, ep, ms, dist="balanced", kernel="cutlass"):
+        return {"dtype": "bfloat16", "kernel_source": kernel, "hidden_size": 4096, "inter_size": 1024,
+                "num_experts": 512, "topk": 10, "distribution": dist, "num_tokens": 128,
+                "moe_tp_size": tp, "moe_ep_size": ep, "latency_ms": ms}
+    df = pd.DataFrame([row(1, 1, 4.3), row(1, 2, 2.2), row(1, 4, 5.0), row(1, 8, 0.55),   # EP4 timed 2.3x EP2
+                       row(2, 1, 2.2), row(2, 2, 1.1), row(4, 1, 2.9),                    # TP4 1.3x TP2: kept
+                       row(2, 4, 9.0, dist="power_law_1.2"),                              # no parent of its routing
+                       row(1, 2, 9.0, kernel="triton")])                                  # nor of its kernel
+    assert list(tablerows.split_inversions(df)) == [False, False, True, False, False, False, False, False, False]
+    assert not tablerows.split_inversions(df.iloc[:0]).any()
+
+
+def test_tensorrt_llm_rc20_hopper_experts_timed_slower_than_half_their_layout_are_not_fitted():
+    """TensorRT-LLM 1.3.0rc20's H100 table times 4096/1024/E512 top-10 at EP4 slower than at EP1
+    (5.0 against 4.3 ms at 128 tokens; 1.3.0rc10 timed it 1.1 ms); the fit leaves that row out."""
+    d = shared_or_skip()
+    from simulator.config import precision
+    raw = traces.load_versions(d, "h100_sxm", "moe", "trtllm", "1.3.0rc20")[0]
+    fitted = tablerows.select_rows("moe", raw, precision.get("bf16"))
+    shape = dict(hidden_size=4096, inter_size=1024, num_experts=512, num_tokens=128, distribution="balanced", moe_tp_size=1)
+    def at(t, ep):
+        return t.loc[np.logical_and.reduce([t[k] == v for k, v in shape.items()]) & (t.moe_ep_size == ep)
+                     & (t.dtype == "bfloat16"), "latency_ms"]
+    assert at(raw, 4).iloc[0] > 2 * at(raw, 2).iloc[0]
+    assert at(fitted, 4).empty and len(at(fitted, 2)) == 1 and len(at(fitted, 8)) == 1
+    gated = tablerows._dominant_kernel(raw[raw.dtype == "bfloat16"])
+    assert 0.03 < 1 - len(fitted) / len(gated) < 0.10     # 6.4% of its bf16 rows
+
+
 def test_vllm_fp8_block_experts_under_tp_are_priced_on_their_own_kernel():
     """vLLM 0.24 times FP8 block-scaled experts with Triton under TP and FlashInfer's CUTLASS under EP
     (H200): DeepSeek-V3's experts at TP 8 come out at their measured Triton time, not the CUTLASS one."""

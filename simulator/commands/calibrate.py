@@ -198,7 +198,9 @@ def main(args) -> int:
             for op, r in ops.items():
                 print(f"  {prec:<10} {op:<6} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
                       f"p90 {r['p90_abs_err']*100:5.1f}%"
-                      + (f"  (without expert parallel on {r['borrowed']}'s rows)" if r.get("borrowed") else ""))
+                      + (f"  (without expert parallel on {r['borrowed']}'s rows)" if r.get("borrowed") else "")
+                      + (f"  ({r['split_inversions']} rows timed over 2x their half-split layout left out)"
+                         if r.get("split_inversions") else ""))
         print("dry run: nothing written" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml")
         return 0
     print(f"calibrating {args.gpu} from {traces_dir}")
@@ -208,7 +210,9 @@ def main(args) -> int:
             continue
         r = f["roofline"]
         print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
-              f"p90 {r['p90_abs_err']*100:5.1f}%")
+              f"p90 {r['p90_abs_err']*100:5.1f}%"
+              + (f"  ({f['split_inversions']} rows timed over 2x their half-split layout left out)"
+                 if f.get("split_inversions") else ""))
     for op in calib.get("kept", []):
         print(f"  {op:<22} no traces: parameters kept from the earlier calibration")
     print(f"wrote {report}" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml and {report}")

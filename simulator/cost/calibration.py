@@ -19,7 +19,7 @@ from . import kernels, routing, traces
 from ..config.precision import Precision
 from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
-from .tablerows import BORROWED_ROWS, MIN_ROWS, MLA_STANDINS, precision_rows, select_rows
+from .tablerows import BORROWED_ROWS, MIN_ROWS, MLA_STANDINS, precision_rows, select_rows, split_inversions
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,9 +209,11 @@ def calibrate_gpu(traces_dir, hw, ops=BASE_OPS, progress=None):
     framework = ""
     for op in ops:
         try:
-            df = select_rows(op, traces.load(traces_dir, hw.name, op))
+            df = select_rows(op, traces.load(traces_dir, hw.name, op), keep_inversions=True)
         except traces.NoTraces:          # a damaged file is an error, not a reason to keep old values
             df = pd.DataFrame()
+        inverted = split_inversions(df) if op == "moe" else np.zeros(len(df), bool)
+        df = df[~inverted].reset_index(drop=True)
         if 0 < len(df) < MIN_ROWS:
             raise ConfigError(f"{len(df)} usable bf16 {op} rows for {hw.name}; a fit needs at least {MIN_ROWS}",
                               source=str(traces_dir))
@@ -230,7 +232,8 @@ def calibrate_gpu(traces_dir, hw, ops=BASE_OPS, progress=None):
         table = ResidualTable.build(op, rows)
         res_frames.append(table.to_frame())
         final = in_sample_corrected(op, rows, pred)
-        fits[op] = {"roofline": summarize(errors(pred, df)), "with_table": summarize(errors(final, df))}
+        fits[op] = {"roofline": summarize(errors(pred, df)), "with_table": summarize(errors(final, df)),
+                    **({"split_inversions": int(inverted.sum())} if inverted.any() else {})}
         rep = df.copy()
         rep["predicted_ms"] = pred * 1e3
         rep["predicted_table_ms"] = final * 1e3
@@ -257,8 +260,8 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
     # and MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
     jobs = [(prec, op) for prec in precisions for op in PRECISION_OPS] + [(BF16, "mla_generation")]
     for prec, op in jobs:
-        skipped = []
-        df = precision_rows(traces_dir, hw.name, op, framework, prec, version, skipped)
+        skipped, aside = [], []
+        df = precision_rows(traces_dir, hw.name, op, framework, prec, version, skipped, aside)
         if progress and skipped:
             progress(f"{prec.name} {op}: passed over {framework} {', '.join(dict.fromkeys(skipped))} (host-bound timings)")
         standin = None
@@ -285,7 +288,8 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
         fits.setdefault(prec.name, {})[op] = {**summarize(errors(pred, df)), "version": str(own.framework_version.iloc[0]),
                                               **({"framework": standin} if standin else {}),
                                               **({"borrowed": f"{lent.framework.iloc[0]} {lent.framework_version.iloc[0]}"}
-                                                 if len(lent) else {})}
+                                                 if len(lent) else {}),
+                                              **({"split_inversions": aside[0]} if aside and aside[0] else {})}
         frames.append(ResidualTable.build(op, residual_rows(op, df, pred)).to_frame().assign(precision=prec.name))
         if progress:
             progress(f"{prec.name} {op}")
@@ -317,9 +321,12 @@ def shape_groups(op: str, df: pd.DataFrame) -> pd.Series:
 
 
 def cross_validate(op: str, hw, df: pd.DataFrame, max_folds: int | None = None, seed: int = 0,
-                   prec: Precision = BF16, with_table: bool | None = None) -> np.ndarray:
-    """Leave-one-shape-out errors: refit without a shape (roofline and residual table), predict it.
-    ``with_table=False`` scores the roofline alone.
+                   prec: Precision = BF16, with_table: bool | None = None,
+                   fit_mask: np.ndarray | None = None) -> np.ndarray:
+    """Leave-one-shape-out errors, one per row of ``df`` in its order: refit without a shape
+    (roofline and residual table), predict it. ``with_table=False`` scores the roofline alone;
+    ``fit_mask`` keeps rows out of every fit and residual table while still scoring them (MoE rows
+    ``tablerows.split_inversions`` leaves out of a calibration).
 
     With many shapes (GEMM has hundreds of (n, k) pairs) the roofline is refitted on at most
     ``max_folds`` shape folds while the residual table still leaves out exactly one shape.
@@ -329,19 +336,20 @@ def cross_validate(op: str, hw, df: pd.DataFrame, max_folds: int | None = None, 
     folds = np.arange(len(uniq))
     if max_folds and len(uniq) > max_folds:
         folds = np.random.default_rng(seed).permutation(len(uniq)) % max_folds
-    errs = []
+    usable = np.ones(len(df), bool) if fit_mask is None else np.asarray(fit_mask, bool)
+    errs = np.full(len(df), np.nan)
     for f in np.unique(folds):
         held = set(uniq[folds == f])
-        train = df[~labels.isin(held)]
+        train = df[~labels.isin(held).values & usable]
         params = fit_op(op, hw, train, prec)
         pred_all = predict_op(op, hw, params, df, prec)
         for shape in held:
             test = labels.values == shape
             if with_table is False:
-                errs.append(errors(pred_all[test], df[test]))
+                errs[test] = errors(pred_all[test], df[test])
                 continue
-            tr = ~test
+            tr = ~test & usable
             table = ResidualTable.build(op, residual_rows(op, df[tr], pred_all[tr]))
             final = corrected(op, table, df[test], pred_all[test])
-            errs.append(errors(final, df[test]))
-    return np.concatenate(errs)
+            errs[test] = errors(final, df[test])
+    return errs

@@ -15,15 +15,18 @@ from .kernels import BF16
 MAX_FIT_TOKENS = 16384
 
 
-def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16) -> pd.DataFrame:
+def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16, keep_inversions: bool = False) -> pd.DataFrame:
     """The rows a serving model of this weight precision is fitted on (GEMM and MoE per precision;
-    attention and all-reduce on bf16 rows)."""
+    attention and all-reduce on bf16 rows); ``keep_inversions`` keeps MoE rows ``split_inversions``
+    would leave out (to count them)."""
     if op == "gemm":
         # m >= 1: TensorRT-LLM 1.2.0rc5's H100 table also times 882 GEMMs of no tokens (0.5 us, a launch)
         df = df[(df.dtype == prec.table_dtype) & (df.m >= 1) & (df.m <= MAX_FIT_TOKENS)]
     elif op == "moe":
         # B200: FlashInfer's TRT-LLM experts for most shapes, its CUTLASS experts for two
         df = _dominant_kernel(df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)])
+        if not keep_inversions:
+            df = df[~split_inversions(df)]
     elif op in ("attention_generation", "attention_context"):
         df = df[(df.kv_cache_dtype == "bfloat16") & (df.window_size == 0) & (df.dtype == "bfloat16")]
     elif op == "allreduce":
@@ -48,6 +51,34 @@ def _dominant_kernel(df: pd.DataFrame) -> pd.DataFrame:
         if ep.any() and (~ep).any() and set(df.kernel_source[ep]).isdisjoint(df.kernel_source[~ep]):
             return pd.concat([_dominant_kernel(df[~ep]), _dominant_kernel(df[ep])]).sort_index()
     return df[df.kernel_source == df.kernel_source.value_counts().idxmax()]
+
+
+# Doubling moe_tp or moe_ep gives each rank at most the work of the layout before it (half the
+# columns, or a subset of its experts), so the same call cannot take much longer there. A row timed
+# over SPLIT_INVERSION times its half-split layout (same shape, tokens, routing and kernel) is a
+# collection artifact, left out of fit and residuals: TensorRT-LLM 1.3.0rc20's bf16/fp8 experts on
+# H100/H200, 4-8% of rows (e.g. 4096/1024/E512/top-10 at 128 tokens: 4.29 ms at EP1, 2.16 at EP2,
+# 5.01 at EP4, 0.55 at EP8, where 1.3.0rc10 timed EP4 at 1.11 ms); every other table <= 0.3%.
+SPLIT_INVERSION = 2.0
+
+
+def split_inversions(df: pd.DataFrame) -> np.ndarray:
+    """Mask of MoE rows timed over ``SPLIT_INVERSION`` x the same call on half as many ranks."""
+    if df.empty or "moe_tp_size" not in df:
+        return np.zeros(len(df), bool)
+    key = [c for c in ("dtype", "kernel_source", "hidden_size", "inter_size", "num_experts", "topk",
+                       "distribution", "num_tokens") if c in df]
+    rows = df[key + ["moe_tp_size", "moe_ep_size", "latency_ms"]].reset_index(drop=True)
+    rows["row"] = np.arange(len(rows))
+    half = np.full(len(rows), np.inf)
+    for col in ("moe_tp_size", "moe_ep_size"):
+        parent = rows[key + ["moe_tp_size", "moe_ep_size", "latency_ms"]].rename(columns={"latency_ms": "parent_ms"})
+        parent[col] = parent[col] * 2        # the parent's layout doubled is the child's
+        m = rows.merge(parent, on=key + ["moe_tp_size", "moe_ep_size"], how="inner")
+        if len(m):
+            best = m.groupby("row").parent_ms.min()
+            half[best.index.values] = np.minimum(half[best.index.values], best.values)
+    return rows.latency_ms.values > SPLIT_INVERSION * half
 
 
 MIN_ROWS = 10      # fewer measured rows than this cannot pin an op's handful of parameters
@@ -103,20 +134,26 @@ def host_bound(op: str, df: pd.DataFrame) -> bool:
 
 
 def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precision = BF16,
-                   version: str | None = None, skipped: list | None = None) -> pd.DataFrame | None:
+                   version: str | None = None, skipped: list | None = None,
+                   set_aside: list | None = None) -> pd.DataFrame | None:
     """The fitted rows of one (op, framework, precision): the newest collected version that times
     the precision (or ``version``'s table alone), capped by ``sample_rows``; None when none has enough.
     A host-bound GEMM or MLA decode table is passed over for the next older one (its version
     appended to ``skipped``). Layouts whose kernel another framework's collector timed take its rows
-    (``BORROWED_ROWS``; their ``framework`` column says whose)."""
+    (``BORROWED_ROWS``; their ``framework`` column says whose). The count of rows left out as
+    ``split_inversions`` is appended to ``set_aside``."""
     for t in traces.load_versions(traces_dir, gpu, op, framework, version):
-        t = select_rows(op, t, prec)
+        t = select_rows(op, t, prec, keep_inversions=True)
+        inverted = split_inversions(t) if op == "moe" else np.zeros(len(t), bool)
+        t = t[~inverted].reset_index(drop=True)
         if len(t) < MIN_ROWS:
             continue
         if host_bound(op, t):
             if skipped is not None:
                 skipped.append(str(t.framework_version.iloc[0]))
             continue
+        if set_aside is not None:
+            set_aside.append(int(inverted.sum()))
         return sample_rows(borrow_rows(traces_dir, gpu, op, framework, prec, t))
     return None
 
