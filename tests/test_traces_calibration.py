@@ -190,6 +190,22 @@ def test_a_layout_timed_far_slower_than_the_one_with_twice_its_work_per_rank_is_
     assert not tablerows.split_inversions(df.iloc[:0]).any()
 
 
+def test_the_misaligned_expert_penalty_is_neutral_where_no_row_informs_it():
+    """The MoE penalty for an expert width per rank that is not a multiple of 16 is fitted only on
+    tables that time such a width; elsewhere it stays 1 (it had drifted to 4.96 and multiplied
+    gpt-oss-120b's 360-wide experts at TP 8 on B200)."""
+    rows = [{"hidden_size": 4096, "inter_size": 2048, "num_experts": 64, "topk": 4, "num_tokens": t,
+             "moe_tp_size": tp, "moe_ep_size": 1, "distribution": "balanced",
+             "latency_ms": 0.02 + 0.9e-3 * t * 2048 / tp / 1024}
+            for t in (1, 4, 16, 64, 256, 1024) for tp in (1, 2, 4, 8)]
+    aligned = pd.DataFrame(rows)
+    assert calibration.unidentified("moe", aligned) == {"misaligned_factor": 1.0}
+    assert calibration.fit("moe", load("h100_sxm"), aligned)["misaligned_factor"] == 1.0
+    odd = pd.concat([aligned, aligned.head(6).assign(inter_size=2880, moe_tp_size=8)], ignore_index=True)
+    assert calibration.unidentified("moe", odd) == {}
+    assert calibration.unidentified("gemm", aligned) == {}
+
+
 def test_tensorrt_llm_rc20_hopper_experts_timed_slower_than_half_their_layout_are_not_fitted():
     """TensorRT-LLM 1.3.0rc20's H100 table times 4096/1024/E512 top-10 at EP4 slower than at EP1
     (5.0 against 4.3 ms at 128 tokens; 1.3.0rc10 timed it 1.1 ms); the fit leaves that row out."""
