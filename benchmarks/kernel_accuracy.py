@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from simulator.cost import calibration, traces
+from simulator.cost import calibration, tablerows, traces
 from simulator.config.gpu import load
 from simulator.common.paths import shared_traces_dir
 
@@ -38,7 +38,7 @@ def main():
             df = calibration.select_rows(op, traces.load(shared_traces_dir(), g, op), keep_inversions=True)
             if op in ("gemm", "moe"):
                 df = df[df[SIZE[op]] <= 8192].reset_index(drop=True)
-            keep = ~calibration.split_inversions(df) if op == "moe" else np.ones(len(df), bool)
+            keep = ~tablerows.split_inversions(df) if op == "moe" else np.ones(len(df), bool)
             if op == "allreduce" and df.num_gpus.nunique() < 2:
                 continue
             params = calibration.fit_op(op, hw, df[keep])

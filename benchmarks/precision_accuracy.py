@@ -21,7 +21,7 @@ import pandas as pd
 from simulator.common.paths import shared_traces_dir
 from simulator.config import precision
 from simulator.config.gpu import load
-from simulator.cost import calibration, tablerows, traces
+from simulator.cost import calibration
 
 TARGETS = {"moe": (0.07, 0.22), "gemm": (0.05, 0.16), "mla_generation": (0.08, None)}     # issue 16, bf16 and fp8/fp8_block on H100/H200/B200
 
@@ -44,8 +44,8 @@ def main():
                     if ops and op not in ops:
                         continue
                     t0 = time.time()
-                    skipped = []
-                    df = calibration.precision_rows(shared_traces_dir(), g, op, fw, prec, skipped=skipped)
+                    skipped, aside = [], []
+                    df = calibration.precision_rows(shared_traces_dir(), g, op, fw, prec, skipped=skipped, set_aside=aside)
                     if df is None:
                         if skipped:     # every table of it host-bound (tablerows.host_bound): said, not scored
                             print(f"{g:<9} {fw:<8} {prec.name:<10} {op:<5} host-bound tables only "
@@ -54,7 +54,7 @@ def main():
                             print(f"{g:<9} {fw:<8} {prec.name:<10} {op:<5} no kernel-level table: priced on another's "
                                   f"(moesd calibrate says whose)")
                         continue
-                    df, keep = with_inversions(g, op, fw, prec, df)
+                    df, keep = with_inversions(df, aside)
                     params = calibration.fit(op, hw, df[keep], prec)
                     ins = calibration.errors(calibration.predict_rows(op, hw, params, df, prec=prec), df)
                     if calibration.shape_groups(op, df).nunique() < 2:
@@ -76,19 +76,14 @@ def main():
                           + aside, flush=True)
 
 
-def with_inversions(gpu, op, fw, prec, df):
-    """The fitted rows plus the MoE rows of the same collection that ``tablerows.split_inversions``
-    left out (timed over 2x the same call on half as many ranks), and a mask of the fitted ones:
-    those rows are scored, not fitted. Tables with another collector's rows (``borrowed``) as fitted."""
+def with_inversions(df, aside):
+    """The fitted rows plus the MoE rows ``tablerows.split_inversions`` left out of them (``aside``
+    from ``precision_rows``), and a mask of the fitted ones: those rows are scored, not fitted.
+    Tables with another collector's rows (``borrowed``) as fitted."""
     keep = np.ones(len(df), bool)
-    if op != "moe" or ("framework" in df and df.framework.nunique() > 1):
+    if not aside or aside[0].empty or df.framework.nunique() > 1:
         return df, keep
-    raw = traces.load_versions(shared_traces_dir(), gpu, op, fw, str(df.framework_version.iloc[0]))
-    if not raw:
-        return df, keep
-    rows = tablerows.select_rows(op, raw[0], prec, keep_inversions=True)
-    out = rows[tablerows.split_inversions(rows)]
-    return pd.concat([df, out], ignore_index=True), np.r_[keep, np.zeros(len(out), bool)]
+    return pd.concat([df, aside[0]], ignore_index=True), np.r_[keep, np.zeros(len(aside[0]), bool)]
 
 
 if __name__ == "__main__":

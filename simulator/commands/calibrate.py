@@ -199,8 +199,7 @@ def main(args) -> int:
                 print(f"  {prec:<10} {op:<6} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
                       f"p90 {r['p90_abs_err']*100:5.1f}%"
                       + (f"  (without expert parallel on {r['borrowed']}'s rows)" if r.get("borrowed") else "")
-                      + (f"  ({r['split_inversions']} rows timed over 2x their half-split layout left out)"
-                         if r.get("split_inversions") else ""))
+                      + left_out(r))
         print("dry run: nothing written" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml")
         return 0
     print(f"calibrating {args.gpu} from {traces_dir}")
@@ -211,12 +210,17 @@ def main(args) -> int:
         r = f["roofline"]
         print(f"  {op:<22} rows={r['rows']:>6}  roofline median {r['median_abs_err']*100:5.1f}%  "
               f"p90 {r['p90_abs_err']*100:5.1f}%"
-              + (f"  ({f['split_inversions']} rows timed over 2x their half-split layout left out)"
-                 if f.get("split_inversions") else ""))
+              + left_out(f))
     for op in calib.get("kept", []):
         print(f"  {op:<22} no traces: parameters kept from the earlier calibration")
     print(f"wrote {report}" if args.dry_run else f"wrote gpu_specs/{args.gpu}.yaml and {report}")
     return 0
+
+
+def left_out(fit: dict) -> str:
+    """What a fit summary says it left out (``tablerows.split_inversions``), in words; empty when nothing."""
+    n = fit.get("split_inversions")
+    return f"  ({n} rows timed over 2x their half-split layout left out)" if n else ""
 
 
 def check_report_path(path: Path) -> None:

@@ -19,7 +19,7 @@ from . import kernels, routing, traces
 from ..config.precision import Precision
 from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
-from .tablerows import BORROWED_ROWS, MIN_ROWS, MLA_STANDINS, precision_rows, select_rows, split_inversions
+from .tablerows import BORROWED_ROWS, MIN_ROWS, MLA_STANDINS, precision_rows, select_rows, without_inversions
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,7 +140,8 @@ def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
         return np.log(pred / y)
 
     res = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=400)
-    return {n: float(fixed[n]) if n in fixed else float(np.exp(res.x[names.index(n)])) for n in spec}
+    params = {**dict(zip(names, np.exp(res.x))), **fixed}
+    return {n: float(params[n]) for n in spec}
 
 
 def unidentified(op: str, df: pd.DataFrame) -> dict:
@@ -220,11 +221,11 @@ def calibrate_gpu(traces_dir, hw, ops=BASE_OPS, progress=None):
     framework = ""
     for op in ops:
         try:
-            df = select_rows(op, traces.load(traces_dir, hw.name, op), keep_inversions=True)
+            df, inverted = without_inversions(op, select_rows(op, traces.load(traces_dir, hw.name, op),
+                                                              keep_inversions=True))
+            df = df.reset_index(drop=True)
         except traces.NoTraces:          # a damaged file is an error, not a reason to keep old values
-            df = pd.DataFrame()
-        inverted = split_inversions(df) if op == "moe" else np.zeros(len(df), bool)
-        df = df[~inverted].reset_index(drop=True)
+            df, inverted = pd.DataFrame(), pd.DataFrame()
         if 0 < len(df) < MIN_ROWS:
             raise ConfigError(f"{len(df)} usable bf16 {op} rows for {hw.name}; a fit needs at least {MIN_ROWS}",
                               source=str(traces_dir))
@@ -244,7 +245,7 @@ def calibrate_gpu(traces_dir, hw, ops=BASE_OPS, progress=None):
         res_frames.append(table.to_frame())
         final = in_sample_corrected(op, rows, pred)
         fits[op] = {"roofline": summarize(errors(pred, df)), "with_table": summarize(errors(final, df)),
-                    **({"split_inversions": int(inverted.sum())} if inverted.any() else {})}
+                    **({"split_inversions": len(inverted)} if len(inverted) else {})}
         rep = df.copy()
         rep["predicted_ms"] = pred * 1e3
         rep["predicted_table_ms"] = final * 1e3
@@ -300,7 +301,7 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
                                               **({"framework": standin} if standin else {}),
                                               **({"borrowed": f"{lent.framework.iloc[0]} {lent.framework_version.iloc[0]}"}
                                                  if len(lent) else {}),
-                                              **({"split_inversions": aside[0]} if aside and aside[0] else {})}
+                                              **({"split_inversions": len(aside[0])} if aside and len(aside[0]) else {})}
         frames.append(ResidualTable.build(op, residual_rows(op, df, pred)).to_frame().assign(precision=prec.name))
         if progress:
             progress(f"{prec.name} {op}")

@@ -81,6 +81,14 @@ def split_inversions(df: pd.DataFrame) -> np.ndarray:
     return rows.latency_ms.values > SPLIT_INVERSION * half
 
 
+def without_inversions(op: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rows a fit keeps, the MoE rows ``split_inversions`` leaves out); other ops keep every row."""
+    if op != "moe":
+        return df, df.iloc[:0]
+    inverted = split_inversions(df)
+    return df[~inverted], df[inverted]
+
+
 MIN_ROWS = 10      # fewer measured rows than this cannot pin an op's handful of parameters
 
 
@@ -141,11 +149,10 @@ def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precisio
     A host-bound GEMM or MLA decode table is passed over for the next older one (its version
     appended to ``skipped``). Layouts whose kernel another framework's collector timed take its rows
     (``BORROWED_ROWS``; their ``framework`` column says whose). The count of rows left out as
-    ``split_inversions`` is appended to ``set_aside``."""
+    ``split_inversions`` (a frame) is appended to ``set_aside``."""
     for t in traces.load_versions(traces_dir, gpu, op, framework, version):
-        t = select_rows(op, t, prec, keep_inversions=True)
-        inverted = split_inversions(t) if op == "moe" else np.zeros(len(t), bool)
-        t = t[~inverted].reset_index(drop=True)
+        t, inverted = without_inversions(op, select_rows(op, t, prec, keep_inversions=True))
+        t = t.reset_index(drop=True)
         if len(t) < MIN_ROWS:
             continue
         if host_bound(op, t):
@@ -153,7 +160,7 @@ def precision_rows(traces_dir, gpu: str, op: str, framework: str, prec: Precisio
                 skipped.append(str(t.framework_version.iloc[0]))
             continue
         if set_aside is not None:
-            set_aside.append(int(inverted.sum()))
+            set_aside.append(inverted)
         return sample_rows(borrow_rows(traces_dir, gpu, op, framework, prec, t))
     return None
 
