@@ -7,7 +7,7 @@ left out of the fit and of the residual table (built per framework and precision
 simulator prices a run), then predicted.
 
     python benchmarks/precision_accuracy.py [--gpus h100_sxm,h200_sxm,b200_sxm] [--frameworks vllm,sglang,trtllm]
-        [--ops gemm,moe,mla_generation]
+        [--ops gemm,moe,mla_generation] [--precisions mxfp4,mxfp4_mxfp8]
 """
 
 from __future__ import annotations
@@ -32,14 +32,16 @@ def main():
     ap.add_argument("--frameworks", default="vllm,sglang,trtllm")
     ap.add_argument("--folds", type=int, default=8)
     ap.add_argument("--ops", default=None, help="comma-separated subset of gemm,moe,mla_generation")
+    ap.add_argument("--precisions", default=None, help="comma-separated subset of the weight precisions")
     args = ap.parse_args()
     ops = args.ops.split(",") if args.ops else None
+    precs = [precision.get(n) for n in args.precisions.split(",")] if args.precisions else precision.PRECISIONS.values()
     print(f"{'gpu':<9} {'framework':<8} {'precision':<10} {'op':<5} {'rows':>5} {'in-sample med':>13} "
           f"{'LOSO med':>9} {'p90':>6}  target")
     for g in args.gpus.split(","):
         hw = load(g)
         for fw in args.frameworks.split(","):
-            for prec in precision.PRECISIONS.values():
+            for prec in precs:
                 for op in calibration.PRECISION_OPS + (("mla_generation",) if prec.name == "bf16" else ()):
                     if ops and op not in ops:
                         continue

@@ -562,3 +562,35 @@ def test_interleaved_moe_layers_alternate_with_dense_ones():
     assert ds.num_moe_layers == 58 and not ds.is_moe_layer(2) and ds.is_moe_layer(3)
     with pytest.raises(Exception, match="leave no MoE layer"):
         model.ModelArch(**{**mav.model_dump(), "moe": {**mav.moe.model_dump(), "moe_layer_step": 49}})
+
+
+def test_mxfp4_experts_are_priced_and_sized_at_the_frameworks_padded_widths():
+    """vLLM pads gpt-oss's MXFP4 experts to multiples of 256 on Blackwell (width per rank and hidden),
+    TensorRT-LLM to 128 and 512, vLLM on Hopper to 64 (width only): the kernel runs and the GPU holds
+    the padded matrices. At TP 8 gpt-oss-120b's 360-wide experts run 512 wide, as 4096-wide ones would."""
+    oss = model.load("gpt-oss-120b")
+    assert (oss.hidden_size, oss.moe.moe_intermediate_size) == (2880, 2880)
+    mx = precision.get("mxfp4_mxfp8")
+    assert precision.expert_padding("mxfp4_mxfp8", "vllm", "blackwell") == (256, 256)
+    assert precision.expert_padding("mxfp4", "vllm", "hopper") == (64, 1)
+    assert precision.expert_padding("fp8", "vllm", "blackwell") == (1, 1)
+    cm = CostModel("b200_sxm", framework="vllm", use_tables=False)
+    counts = np.full(128, 4)
+    assert cm.moe_latency_s(counts, 2880, 2880, 4, tp=8, prec=mx) == cm.moe_latency_s(counts, 3072, 4096, 4, tp=8, prec=mx)
+    trt = CostModel("b200_sxm", framework="trtllm", use_tables=False)
+    assert trt.expert_pad(mx) == (128, 512)
+    assert memory.padded_growth(oss, 8, (256, 256)) == pytest.approx(512 * 3072 / (360 * 2880))
+    assert memory.padded_growth(oss, 1, (64, 1)) == pytest.approx(2880 / 2880 * 1.0) == 1.0   # 2880 = 45 x 64
+    # the padded experts take their room from the KV cache, exactly the extra bytes
+    hw = gpu.load("b200_sxm")
+    args = (oss, None, hw, 8, 0.9, 16, 2.0, "test", None)
+    extra = oss.expert_weight_bytes() * (memory.padded_growth(oss, 8, (256, 256)) - 1.0) / 8
+    per_block = memory.kv_bytes_per_token(oss, 8) * 16
+    lost = memory.kv_blocks(*args) - memory.kv_blocks(*args, expert_pad=memory.padded_growth(oss, 8, (256, 256)))
+    assert abs(lost - extra / per_block) <= 1
+    run = build(scen(model="gpt-oss-120b", hardware={"gpu": "b200_sxm", "tensor_parallel_size": 8},
+                     engine={"framework": "vllm"}))
+    eng = run.scenario.engine
+    sized = lambda pad: memory.kv_blocks(oss, None, hw, 8, eng.gpu_memory_utilization, eng.block_size, 2.0,  # noqa: E731
+                                         expert_pad=pad)
+    assert run.cfg.num_blocks == sized(memory.padded_growth(oss, 8, (256, 256))) < sized(1.0)

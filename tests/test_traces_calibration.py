@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.cost import calibration, tablerows, traces
+from simulator.config import precision
+from simulator.cost import calibration, kernels, tablerows, traces
 from simulator.cost.costmodel import CostModel
 from simulator.common.errors import ConfigError
 from simulator.config.gpu import load
@@ -204,6 +205,27 @@ def test_the_misaligned_expert_penalty_is_neutral_where_no_row_informs_it():
     odd = pd.concat([aligned, aligned.head(6).assign(inter_size=2880, moe_tp_size=8)], ignore_index=True)
     assert calibration.unidentified("moe", odd) == {}
     assert calibration.unidentified("gemm", aligned) == {}
+    # padded to 64 by the framework's weight layout (e.g. SGLang's Triton MXFP4 experts), 360 runs 384 wide
+    ones = np.ones(len(odd))
+    assert calibration.unidentified("moe", odd, (64 * ones, ones)) == {"misaligned_factor": 1.0}
+    assert calibration.unidentified("moe", odd, (8 * ones, ones)) == {}
+
+
+def test_a_table_is_fitted_at_the_widths_its_framework_pads_the_experts_to():
+    """A collector's MXFP4 rows are priced at the expert width and hidden size its framework pads them
+    to (vLLM on Blackwell: 256, 256), and not where the framework does not pad (another precision)."""
+    hw = load("b200_sxm")
+    p = {**{n: v[0] for n, v in kernels.PARAMS["moe"].items()}, "misaligned_factor": 1.0}
+    row = {"hidden_size": 2880, "inter_size": 2880, "num_experts": 128, "topk": 4, "num_tokens": 64,
+           "moe_ep_size": 1, "distribution": "balanced", "framework": "vllm", "latency_ms": 0.1}
+    df = pd.DataFrame([{**row, "moe_tp_size": 8}])
+    wide = pd.DataFrame([{**row, "hidden_size": 3072, "inter_size": 4096, "moe_tp_size": 8}])
+    mx = precision.PRECISIONS["mxfp4_mxfp8"]
+    assert calibration.predict_rows("moe", hw, p, df, prec=mx) == calibration.predict_rows("moe", hw, p, wide, prec=mx)
+    fp8 = precision.PRECISIONS["fp8"]
+    assert calibration.predict_rows("moe", hw, p, df, prec=fp8) < calibration.predict_rows("moe", hw, p, wide, prec=fp8)
+    assert calibration.predict_rows("moe", hw, p, df.assign(framework="trtllm"), prec=mx) < \
+        calibration.predict_rows("moe", hw, p, df, prec=mx)     # TensorRT-LLM pads to 128 (384 wide), hidden 512
 
 
 def test_tensorrt_llm_rc20_hopper_experts_timed_slower_than_half_their_layout_are_not_fitted():

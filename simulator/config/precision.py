@@ -65,6 +65,27 @@ def served_as(name: str, framework: str, architecture: str) -> str:
     return SERVED_AS.get((framework, architecture), {}).get(name, name)
 
 
+# Widths a framework pads MXFP4 expert weights to, by architecture: (expert intermediate size per
+# rank, hidden size), each rounded up to a multiple. The kernel computes and reads the padded
+# matrices, so gpt-oss's 2880-wide experts at TP 8 (360 per rank) run 512 wide on Blackwell.
+# vLLM `quantization/mxfp4.py` `Mxfp4MoEMethod.create_weights`: FlashInfer's SM100 paths 256 / 256,
+# else (Triton, Hopper's default) 64 / none. SGLang `quantization/mxfp4.py` `create_weights`: FlashInfer
+# (Blackwell) 256 / 256, Triton 64 / none. TensorRT-LLM's trtllm-gen MoE (Blackwell): weights 128,
+# input hidden 512 (`fused_moe/quantization.py`, MXFP4WeightTRTLLMGenFusedMoEMethod). Its Hopper
+# backend (Triton) is not read: unpadded. Applied alike when fitting a table and when pricing a run.
+EXPERT_PADDING = {("vllm", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256)},
+                  ("vllm", "hopper"): {"mxfp4": (64, 1)},
+                  ("sglang", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256)},
+                  ("sglang", "hopper"): {"mxfp4": (64, 1)},
+                  ("trtllm", "blackwell"): {"mxfp4": (128, 512), "mxfp4_mxfp8": (128, 512)}}
+
+
+def expert_padding(name: str, framework: str, architecture: str) -> tuple[int, int]:
+    """(intermediate, hidden) multiples ``framework`` pads ``name`` experts to on ``architecture``;
+    (1, 1) where it does not pad."""
+    return EXPERT_PADDING.get((str(framework).lower(), architecture), {}).get(name, (1, 1))
+
+
 KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}
 KV_ALIASES = {"bfloat16": "bf16", "auto": None, "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 

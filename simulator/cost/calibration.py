@@ -16,6 +16,7 @@ from scipy.optimize import least_squares
 
 from ..common.errors import ConfigError
 from . import kernels, routing, traces
+from ..config import precision
 from ..config.precision import Precision
 from .kernels import BF16
 from .residuals import LAYOUT, ResidualTable
@@ -106,7 +107,7 @@ def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = Tr
         return kernels.moe(hw, params, f[:, 0], f[:, 1], f[:, 2], df.num_tokens.values, df.topk.values,
                            df.hidden_size.values, df.inter_size.values / df.moe_tp_size.values,
                            gated=moe_gated(df), ep_size=df.moe_ep_size.values, prec=prec, l2_warm=l2_warm,
-                           l2_experts=f[:, 3])["latency_s"]
+                           l2_experts=f[:, 3], pad=expert_padding(df, prec, hw))["latency_s"]
     if op == "attention_generation":
         return kernels.attention_generation(hw, params, df.batch_size.values, df.step.values, df.num_heads.values,
                                             df.num_key_value_heads.values, df.head_dim.values,
@@ -123,10 +124,19 @@ def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = Tr
     raise ValueError(op)
 
 
+def expert_padding(df: pd.DataFrame, prec: Precision, hw) -> tuple:
+    """Per row: the (intermediate, hidden) multiples its collector's framework pads the experts to."""
+    fws = df.framework.astype(str).to_numpy() if "framework" in df else np.full(len(df), "")
+    out = np.ones((2, len(df)))
+    for f in np.unique(fws):
+        out[:, fws == f] = np.array(precision.expert_padding(prec.name, f, hw.architecture), dtype=float)[:, None]
+    return out[0], out[1]
+
+
 def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
     """Fitted parameters of ``op`` (dict) on rows of one precision."""
     spec = kernels.PARAMS[op]
-    fixed = unidentified(op, df)
+    fixed = unidentified(op, df, expert_padding(df, prec, hw) if op == "moe" else None)
     names = [n for n in spec if n not in fixed]
     x0 = np.log([spec[n][0] for n in names])
     lo = np.log([spec[n][1] for n in names])
@@ -144,12 +154,18 @@ def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
     return {n: float(params[n]) for n in spec}
 
 
-def unidentified(op: str, df: pd.DataFrame) -> dict:
+def unidentified(op: str, df: pd.DataFrame, pad: tuple | None = None) -> dict:
     """Parameters no row of ``df`` informs, held neutral: the MoE penalty for an expert width per rank
     that is not a multiple of 16 where no row has one (it had drifted to 4.96 on tables without
     such rows, e.g. vLLM's and TensorRT-LLM's MXFP4 x MXFP8 experts on B200, and multiplied
-    gpt-oss-120b's experts at TP 8, 360 wide, by it)."""
-    if op == "moe" and not (np.mod(df.inter_size.values / df.moe_tp_size.values, 16.0) != 0).any():
+    gpt-oss-120b's experts at TP 8, 360 wide, by it). ``pad``: the rows' ``expert_padding``, the
+    widths their kernels ran."""
+    if op != "moe":
+        return {}
+    width = df.inter_size.values / df.moe_tp_size.values
+    if pad is not None:
+        width = np.ceil(width / pad[0]) * pad[0]
+    if not (np.mod(width, 16.0) != 0).any():
         return {"misaligned_factor": 1.0}
     return {}
 

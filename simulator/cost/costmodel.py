@@ -15,7 +15,7 @@ import numpy as np
 from ..config import gpu as gpu_mod
 from . import kernels
 from ..common.errors import ConfigError
-from ..config.precision import Precision
+from ..config.precision import Precision, expert_padding
 from .kernels import BF16
 from .residuals import precision_tables, residual_tables
 from .routing import busiest_rank
@@ -107,6 +107,9 @@ class CostModel:
             raise ConfigError(f"gpu {self.source.name} has no calibration for {op}; run moesd calibrate",
                               field="gpu")
         return self.params[op]
+
+    def expert_pad(self, prec: Precision) -> tuple:    # the widths this framework pads the experts to
+        return expert_padding(prec.name, self.framework, self.hw.architecture)
 
     def _table_op(self, op, prec: Precision = BF16):
         """Which residual table corrects this kernel: ``op`` for the base framework's bf16 kernels,
@@ -221,7 +224,7 @@ class CostModel:
 
         def run():   # the cost depends on the loads only through these features: cache on them
             t = kernels.moe(self.hw, self._p("moe", prec), active, slots, padded, T, topk, hidden_size, inter_size / tp,
-                            gated, ep, prec, self.l2_warm)
+                            gated, ep, prec, self.l2_warm, pad=self.expert_pad(prec))
             return self._finish("moe", t, (hidden_size, inter_size, E, topk), (tp, ep, "balanced"), max(T, 1),
                                 {"active_experts": active, "weight_bytes": float(t["weight_bytes"]),
                                  "tokens_per_active_expert": slots / max(active, 1), "precision": prec.name},
@@ -277,7 +280,7 @@ class CostModel:
         rep = hi - lo
         ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))
         t = kernels.moe(self.hw, self._p("moe", prec), np.repeat(a, rep), np.repeat(s_, rep), ps, np.repeat(x, rep), topk,
-                        hidden_size, inter_size / tp, gated, ep, prec, self.l2_warm)
+                        hidden_size, inter_size / tp, gated, ep, prec, self.l2_warm, pad=self.expert_pad(prec))
         lat = t["latency_s"] * np.repeat(self._factors(self._table_op("moe", prec), shape[:4], (tp, ep, "balanced"),
                                                        np.maximum(x, 1)), rep)
         vals, ends = lat.tolist(), np.cumsum(rep).tolist()
@@ -392,9 +395,3 @@ class CostModel:
         key = self._allreduce_fit(num_gpus, "vllm_graph" if cuda_graph else "vllm_eager")
         t = kernels.allreduce(self.hw, self._p("allreduce")[key], message_bytes, num_gpus)
         return t["latency_s"] * self._factors("allreduce", (num_gpus,), (key.split(":")[1],), message_bytes)
-
-    def alltoall(self, message_bytes: float, num_gpus: int, cuda_graph: bool = True) -> KernelCost:
-        """EP dispatch or combine, priced as an all-reduce of the same payload (same links, one pass)."""
-        c = self.allreduce(message_bytes, num_gpus, cuda_graph)
-        return KernelCost("alltoall", c.latency_s * 0.5 + c.overhead_s * 0.5, c.compute_s, c.memory_s * 0.5,
-                          c.overhead_s, 0.0, c.bytes * 0.5, c.path, c.gpu, c.calibrated_on)

@@ -109,7 +109,7 @@ def gemm(hw, p, m, n, k, prec=BF16, l2_warm=False, l2_weight_copies=1):
 
 
 def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, inter_local,
-        gated=True, ep_size=1, prec=BF16, l2_warm=False, l2_experts=None):
+        gated=True, ep_size=1, prec=BF16, l2_warm=False, l2_experts=None, pad=(1, 1)):
     """Fused MoE layer on the busiest rank (both expert GEMMs, activation, align/sort, reduce).
 
     ``active_experts``/``slots``/``padded_slots`` describe that rank's experts: how many got at
@@ -118,9 +118,13 @@ def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, in
     ``inter_local`` is the expert intermediate size after TP sharding. ``l2_experts``: with
     ``l2_warm``, the distinct experts a timed loop cycles through (the collector times five
     power-law routings back to back); their weights decide L2 residency. Default: the active ones.
+    ``pad``: the multiples the framework rounds ``inter_local`` and ``hidden`` up to in its weight
+    layout (``precision.expert_padding``); the kernel runs the padded widths.
     """
     a, s, ps = (np.asarray(v, dtype=float) for v in (active_experts, slots, padded_slots))
     T, K, h, i = (np.asarray(v, dtype=float) for v in (num_tokens, topk, hidden, inter_local))
+    i_pad, h_pad = (np.asarray(v, dtype=float) for v in pad)
+    i, h = np.ceil(i / i_pad) * i_pad, np.ceil(h / h_pad) * h_pad
     mats = np.where(np.asarray(gated), 3.0, 2.0)
     weight_bytes = a * mats * h * i * prec.weight_bytes
     act_bytes = 2.0 * s * h * 2.0

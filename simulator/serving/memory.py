@@ -21,16 +21,17 @@ def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
 
 def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,
               kv_bytes_per_el: float = 2.0, source: str | None = None, quant=None, expert_gpus: int | None = None,
-              field: str = "hardware.tensor_parallel_size", of_free: bool = False) -> int:
+              field: str = "hardware.tensor_parallel_size", of_free: bool = False, expert_pad: float = 1.0) -> int:
     """KV blocks per replica (per attention-DP rank); a ConfigError when the weights do not fit.
     ``quant``: the target's weight precision (default its checkpoint's); a draft model keeps its own.
     ``expert_gpus``: the GPUs the routed experts are spread over (default ``tp``; tp x dp with
     attention data parallel). ``of_free``: ``gpu_memory_utilization`` is a fraction of the memory
-    left once weights and activations are in (TensorRT-LLM), not of the GPU's (vLLM, SGLang)."""
+    left once weights and activations are in (TensorRT-LLM), not of the GPU's (vLLM, SGLang).
+    ``expert_pad``: how much the framework's padded layout grows the routed experts (``padded_growth``)."""
     weights = target.weight_bytes(quant) / tp
-    if expert_gpus and expert_gpus != tp and target.moe:
+    if target.moe and (expert_gpus and expert_gpus != tp or expert_pad != 1.0):
         experts = target.expert_weight_bytes(quant)
-        weights += experts / expert_gpus - experts / tp
+        weights += experts * expert_pad / (expert_gpus or tp) - experts / tp
     per_tok = kv_bytes_per_token(target, tp, kv_bytes_per_el)
     if draft is not None:
         weights += draft.weight_bytes() / tp
@@ -59,3 +60,12 @@ def _label(q) -> str:
 
 def blocks_for(tokens: int, block_size: int) -> int:
     return math.ceil(tokens / block_size)
+
+
+def padded_growth(model, moe_tp: int, pad: tuple) -> float:
+    """Padded over true routed-expert bytes when a rank holds 1/moe_tp of each expert's width and the
+    framework rounds that width and the hidden size up to ``pad`` (``precision.expert_padding``)."""
+    if not model.moe:
+        return 1.0
+    width, h = model.moe.moe_intermediate_size / moe_tp, model.hidden_size
+    return math.ceil(width / pad[0]) * pad[0] * math.ceil(h / pad[1]) * pad[1] / (width * h)

@@ -157,10 +157,11 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     par = Parallel(tensor_parallel_size=tp, enable_expert_parallel=lay.enable_expert_parallel,
                    cuda_graphs=not eng.enforce_eager, data_parallel_size=pp.dp_ranks,
                    moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0, moe_a2a=a2a_backend(eng, entry))
+    pad = memory.padded_growth(target, par.moe_tp, cost.expert_pad(precision.get(quant.moe)))
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
                               expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size",
-                              of_free=entry.kv_memory == "free")
+                              of_free=entry.kv_memory == "free", expert_pad=pad)
     limit = lambda mine, default: default if mine is None else mine  # noqa: E731
     budget = eng.max_num_batched_tokens
     if "max_num_batched_tokens" not in eng.model_fields_set:   # the framework's own default, if it has one
