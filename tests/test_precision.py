@@ -594,3 +594,20 @@ def test_mxfp4_experts_are_priced_and_sized_at_the_frameworks_padded_widths():
     sized = lambda pad: memory.kv_blocks(oss, None, hw, 8, eng.gpu_memory_utilization, eng.block_size, 2.0,  # noqa: E731
                                          expert_pad=pad)
     assert run.cfg.num_blocks == sized(memory.padded_growth(oss, 8, (256, 256))) < sized(1.0)
+
+
+def test_block_fp8_experts_split_into_partial_scale_blocks_are_refused():
+    """vLLM and SGLang refuse FP8 block-scaled experts whose width per rank is not a multiple of the
+    128-wide scale blocks ("The output_size of gate's and up's weight = 192 is not divisible by weight
+    quantization block_n = 128"): Qwen3-235B-A22B-FP8 (1536 wide) at TP 8. Expert parallel keeps each
+    expert whole and runs; TP 4 (384 wide) runs too."""
+    q = {"model": "Qwen3-235B-A22B", "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 8}}
+    for fw in ("vllm", "sglang"):
+        with pytest.raises(ConfigError, match="192 wide per rank at MoE TP 8, not a multiple of the 128-wide") as e:
+            build(scen(**q, engine={"framework": fw, "quantization": "fp8_block"}))
+        assert e.value.field == "hardware.tensor_parallel_size" and "\n" not in str(e.value)
+        build(scen(**{**q, "hardware": {**q["hardware"], "enable_expert_parallel": True}},
+                   engine={"framework": fw, "quantization": "fp8_block"}))
+    build(scen(**{**q, "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 4}},
+               engine={"framework": "vllm", "quantization": "fp8_block"}))
+    build(scen(**q, engine={"framework": "vllm", "quantization": "fp8"}))     # per-tensor scales: no blocks

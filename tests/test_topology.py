@@ -331,3 +331,25 @@ def test_sources_that_record_dp_sizes_squared_are_read_as_the_run_on_x_gpus():
     assert "read as tp 2 x dp 1, EP 2" in note
     lay, note = layout({**row, "silicon_data_source": "my own runs"})
     assert lay == {"tensor_parallel_size": 2, "data_parallel_size": 2, "enable_expert_parallel": True} and note == ""
+
+
+def test_a_recorded_expert_split_the_framework_refuses_is_read_as_expert_parallel(tmp_path):
+    """SGLang refuses DeepSeek's FP8 block-scaled experts split 32 ways (64 wide per rank, not whole
+    128-wide scale blocks), so a decode pool recorded as attention DP 32 with MoE TP 32 ran expert
+    parallel over its 32 GPUs (the layout the same source records for its other runs of that shape):
+    read so, and said so. The same split of NVFP4 experts (no 128-wide blocks) is taken as recorded."""
+    from simulator.analysis import silicon
+    f = tmp_path / "rows.csv"
+    pool = "1,1,1,1,32,32,1"     # prefill (batch, workers, tp, pp, dp, moe_tp, moe_ep), then decode
+    f.write_text(SILICON_COLS
+                 + "fp8,deepseek-ai/DeepSeek-V3,sglang,0.5.9,gb200,fp8,disagg,1024,16,fp8,fp8_block,,,,,,,"
+                 + f"{pool},4,1,1,1,32,32,1,300,10\n"
+                 + "fp4,deepseek-ai/DeepSeek-V3,sglang,0.5.9,gb200,fp4,disagg,1024,16,nvfp4,nvfp4,,,,,,,"
+                 + f"{pool},4,1,1,1,32,32,1,300,10\n")
+    rows = {r["id"]: r for r in silicon.load_rows(f).to_dict("records")}
+    dec = silicon.scenario(rows["fp8"])["disaggregation"]["decode"]
+    assert dec["enable_expert_parallel"] and "moe_tensor_parallel_size" not in dec and dec["data_parallel_size"] == 32
+    note = silicon.assumption(rows["fp8"])
+    assert "moe_tp 32 x moe_ep 1 read as tp 1 x dp 32, EP 32" in note and "sglang refuses to load them" in note
+    assert "enable_expert_parallel" not in silicon.scenario(rows["fp4"])["disaggregation"]["decode"]  # MoE TP 32
+    assert silicon.assumption(rows["fp4"]) == ""

@@ -226,6 +226,11 @@ def test_a_table_is_fitted_at_the_widths_its_framework_pads_the_experts_to():
     assert calibration.predict_rows("moe", hw, p, df, prec=fp8) < calibration.predict_rows("moe", hw, p, wide, prec=fp8)
     assert calibration.predict_rows("moe", hw, p, df.assign(framework="trtllm"), prec=mx) < \
         calibration.predict_rows("moe", hw, p, df, prec=mx)     # TensorRT-LLM pads to 128 (384 wide), hidden 512
+    # FP8 block-scaled experts run in whole 128-wide scale blocks (vLLM's and SGLang's fused MoE)
+    blk = precision.PRECISIONS["fp8_block"]
+    narrow = df.assign(hidden_size=2048, inter_size=2048, moe_tp_size=32, framework="sglang")    # 64 wide
+    assert calibration.predict_rows("moe", hw, p, narrow, prec=blk) == \
+        calibration.predict_rows("moe", hw, p, narrow.assign(inter_size=4096), prec=blk)
 
 
 def test_tensorrt_llm_rc20_hopper_experts_timed_slower_than_half_their_layout_are_not_fitted():

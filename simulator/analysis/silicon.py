@@ -164,7 +164,7 @@ def classify(r: dict) -> str:
     arch = _arch(MODELS[model])
     try:
         for p in pre:
-            layout(r, p, arch.moe is None)
+            layout(r, p, arch.moe is None, refused_split(r, arch))
     except ValueError as exc:
         return f"ambiguous layout: {exc}"
     system = str(r["system"])
@@ -189,9 +189,22 @@ def classify(r: dict) -> str:
 
 def assumption(r: dict) -> str:
     """The documented assumption a row is simulated under ('' for none)."""
-    dense = _arch(MODELS[str(r["model_path"])]).moe is None
+    arch = _arch(MODELS[str(r["model_path"])])
     pre = ("prefill_", "decode_") if str(r["mode"]) == "disagg" else ("",)
-    return "; ".join(n for p in pre if (n := layout(r, p, dense)[1]))
+    return "; ".join(n for p in pre if (n := layout(r, p, arch.moe is None, refused_split(r, arch))[1]))
+
+
+def refused_split(r: dict, arch):
+    """Why the row's framework refuses to split its experts moe_tp ways ('' where it does not):
+    FP8 block-scaled experts in partial scale blocks (``precision.BLOCK_ALIGNED``)."""
+    q = quant_modes(r) or (arch.quantization.gemm, arch.quantization.moe)
+
+    def why(moe_tp: int) -> str:
+        try:
+            return precision.expert_split_refused(arch, precision.get(q[1]).name, moe_tp, str(r["backend"]))
+        except ConfigError:      # a precision it does not know: blocked by its own check
+            return ""
+    return why
 
 
 # AIConfigurator's generator launches vLLM with --max-num-batched-tokens max_batch_size + isl + 1500
@@ -212,7 +225,8 @@ def scenario(r: dict) -> dict:
     isl = cell_int(r["isl"])
     backend = str(r["backend"])
     budgeted = backend in GENERATOR_TOKEN_BUDGET
-    dense = _arch(MODELS[str(r["model_path"])]).moe is None
+    arch = _arch(MODELS[str(r["model_path"])])
+    dense, refused = arch.moe is None, refused_split(r, arch)
     data = {
         "name": "silicon_row", "model": MODELS[str(r["model_path"])],
         "hardware": {"gpu": str(r["system"])},
@@ -235,7 +249,7 @@ def scenario(r: dict) -> dict:
         # (generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2)
         data["engine"]["gpu_memory_utilization"] = 0.8
     if str(r["mode"]) == "agg":
-        lay = layout(r, "", dense)[0]
+        lay = layout(r, "", dense, refused)[0]
         data["hardware"].update(lay)
         # each attention-DP rank batches its share of the users
         data["engine"]["max_num_seqs"] = max(1, -(-conc // lay["data_parallel_size"]))
@@ -244,7 +258,7 @@ def scenario(r: dict) -> dict:
     else:
         pools = {}
         for role in ("prefill", "decode"):
-            lay = layout(r, f"{role}_", dense)[0]
+            lay = layout(r, f"{role}_", dense, refused)[0]
             pools[role] = {**lay, "num_workers": layout_size(r[f"{role}_num_workers"]),
                            "max_num_seqs": layout_size(r[f"{role}_batch_size"])}
         # the decode pool holds every user (some sources state decode_batch_size 1 at any concurrency),

@@ -39,10 +39,11 @@ def concurrency(r: dict) -> int:
 SQUARED_DP_SOURCES = ("source_file=2026-04-06.csv", "db-dump/")
 
 
-def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
+def layout(r: dict, prefix: str = "", dense: bool = False, refused=None) -> tuple[dict, str]:
     """(scenario layout keys, assumption made) of the agg row or one disagg pool (``prefill_`` /
     ``decode_``); a ValueError names an inconsistent layout. AIConfigurator's sizes: ``tp_size`` per
-    attention-DP rank, ``moe_tp_size x moe_ep_size`` = tp x dp."""
+    attention-DP rank, ``moe_tp_size x moe_ep_size`` = tp x dp. ``refused(moe_tp)``: why the row's
+    framework will not split its experts that many ways ('' when it will)."""
     tp, dp = layout_size(r.get(f"{prefix}tp_size")), layout_size(r.get(f"{prefix}attention_dp_size"))
     mtp, mep = layout_size(r.get(f"{prefix}moe_tp_size")), layout_size(r.get(f"{prefix}moe_ep_size"))
     note, run = "", None
@@ -57,10 +58,15 @@ def layout(r: dict, prefix: str = "", dense: bool = False) -> tuple[dict, str]:
         run = (tp, 1, 1, tp)          # the same squaring with attention DP (see SQUARED_DP_SOURCES)
     elif not dense and mtp * mep != tp * dp:
         raise ValueError(f"MoE group moe_tp {mtp} x moe_ep {mep} differs from tp {tp} x attention_dp {dp}")
+    why = "sizes recorded squared"
+    if not run and not dense and mtp > 1 and mep == 1 and refused and (why := refused(mtp)):
+        # a split the framework refuses to load cannot be what ran; expert parallel over the same GPUs
+        # (what the same sources record for the other runs of that shape) can
+        run = (tp, dp, 1, mtp)
     if run:
         was = f"tp {tp} x dp {dp}, moe_tp {mtp} x moe_ep {mep}"
         tp, dp, mtp, mep = run
-        note = f"{was} read as tp {tp} x dp {dp}, EP {mep} (sizes recorded squared)"
+        note = f"{was} read as tp {tp} x dp {dp}, EP {mep} ({why})"
     out = {"tensor_parallel_size": tp, "data_parallel_size": dp}
     if not dense and mep > 1:
         out["enable_expert_parallel"] = True

@@ -65,19 +65,52 @@ def served_as(name: str, framework: str, architecture: str) -> str:
     return SERVED_AS.get((framework, architecture), {}).get(name, name)
 
 
-# Widths a framework pads MXFP4 expert weights to, by architecture: (expert intermediate size per
-# rank, hidden size), each rounded up to a multiple. The kernel computes and reads the padded
+# Widths a framework's MoE kernel runs expert weights at, by architecture: (expert intermediate size
+# per rank, hidden size), each rounded up to a multiple. The kernel computes and reads the padded
 # matrices, so gpt-oss's 2880-wide experts at TP 8 (360 per rank) run 512 wide on Blackwell.
-# vLLM `quantization/mxfp4.py` `Mxfp4MoEMethod.create_weights`: FlashInfer's SM100 paths 256 / 256,
-# else (Triton, Hopper's default) 64 / none. SGLang `quantization/mxfp4.py` `create_weights`: FlashInfer
-# (Blackwell) 256 / 256, Triton 64 / none. TensorRT-LLM's trtllm-gen MoE (Blackwell): weights 128,
-# input hidden 512 (`fused_moe/quantization.py`, MXFP4WeightTRTLLMGenFusedMoEMethod). Its Hopper
-# backend (Triton) is not read: unpadded. Applied alike when fitting a table and when pricing a run.
-EXPERT_PADDING = {("vllm", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256)},
-                  ("vllm", "hopper"): {"mxfp4": (64, 1)},
-                  ("sglang", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256)},
-                  ("sglang", "hopper"): {"mxfp4": (64, 1)},
+# MXFP4 weights are stored padded: vLLM `quantization/mxfp4.py` `Mxfp4MoEMethod.create_weights`:
+# FlashInfer's SM100 paths 256 / 256, else (Triton, Hopper's default) 64 / none. SGLang
+# `quantization/mxfp4.py` `create_weights`: FlashInfer (Blackwell) 256 / 256, Triton 64 / none.
+# TensorRT-LLM's trtllm-gen MoE (Blackwell): weights 128, input hidden 512 (`fused_moe/quantization.py`,
+# MXFP4WeightTRTLLMGenFusedMoEMethod); its Hopper backend (Triton) is not read: unpadded.
+# FP8 block-scaled experts run in whole 128-wide scale blocks: vLLM's and SGLang's fused MoE take
+# BLOCK_SIZE_N = block_n (`fused_moe.get_default_config`, "BLOCK_SIZE_N must be divisible by
+# block_shape[0]"). Serving refuses such widths (BLOCK_ALIGNED below); collectors time them.
+# Applied alike when fitting a table and when pricing a run.
+_FP8_BLOCK = {"fp8_block": (128, 1)}
+EXPERT_PADDING = {("vllm", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256), **_FP8_BLOCK},
+                  ("vllm", "hopper"): {"mxfp4": (64, 1), **_FP8_BLOCK},
+                  ("vllm", "ada"): _FP8_BLOCK,
+                  ("sglang", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256), **_FP8_BLOCK},
+                  ("sglang", "hopper"): {"mxfp4": (64, 1), **_FP8_BLOCK},
+                  ("sglang", "ada"): _FP8_BLOCK,
                   ("trtllm", "blackwell"): {"mxfp4": (128, 512), "mxfp4_mxfp8": (128, 512)}}
+
+
+# Block-scaled expert weights whose width per rank is not a whole number of scale blocks do not load:
+# vLLM and SGLang raise "The output_size of gate's and up's weight = 192 is not divisible by weight
+# quantization block_n = 128" (their fp8 MoE `create_weights`), e.g. Qwen3-235B-A22B-FP8 (1536 wide)
+# at TP 8. Users serve such a model with expert parallel instead, which keeps every expert whole.
+BLOCK_ALIGNED = {"fp8_block": (128, ("vllm", "sglang"))}
+
+
+def expert_split_refused(model, name: str, moe_tp: int, framework: str) -> str:
+    """Why ``framework`` refuses ``model``'s ``name`` experts split ``moe_tp`` ways ('' where it does not)."""
+    block, frameworks = BLOCK_ALIGNED.get(name, (1, ()))
+    if model.moe is None or str(framework).lower() not in frameworks:
+        return ""
+    width = model.moe.moe_intermediate_size / moe_tp
+    if width % block == 0:
+        return ""
+    return (f"{model.name}'s {name} experts are {width:g} wide per rank at MoE TP {moe_tp}, not a multiple of the "
+            f"{block}-wide weight-scale blocks: {framework} refuses to load them")
+
+
+def check_expert_blocks(model, name: str, moe_tp: int, framework: str, source: str | None, field: str) -> None:
+    """A one-line error where ``framework`` refuses ``model``'s ``name`` experts split ``moe_tp`` ways."""
+    why = expert_split_refused(model, name, moe_tp, framework)
+    if why:
+        raise ConfigError(f"{why}; enable expert parallel or lower the TP size", source=source, field=field)
 
 
 def expert_padding(name: str, framework: str, architecture: str) -> tuple[int, int]:

@@ -157,6 +157,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
     par = Parallel(tensor_parallel_size=tp, enable_expert_parallel=lay.enable_expert_parallel,
                    cuda_graphs=not eng.enforce_eager, data_parallel_size=pp.dp_ranks,
                    moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0, moe_a2a=a2a_backend(eng, entry))
+    precision.check_expert_blocks(target, quant.moe, par.moe_tp, eng.framework, source, f"{pp.field}.tensor_parallel_size")
     pad = memory.padded_growth(target, par.moe_tp, cost.expert_pad(precision.get(quant.moe)))
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
