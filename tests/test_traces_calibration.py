@@ -231,6 +231,13 @@ def test_a_table_is_fitted_at_the_widths_its_framework_pads_the_experts_to():
     narrow = df.assign(hidden_size=2048, inter_size=2048, moe_tp_size=32, framework="sglang")    # 64 wide
     assert calibration.predict_rows("moe", hw, p, narrow, prec=blk) == \
         calibration.predict_rows("moe", hw, p, narrow.assign(inter_size=4096), prec=blk)
+    # NVFP4: SGLang's FlashInfer TRT-LLM MoE and TensorRT-LLM's CUTLASS MoE round the width to 128; vLLM's is not read
+    fp4 = precision.PRECISIONS["nvfp4"]
+    for fw, padded in (("sglang", True), ("trtllm", True), ("vllm", False)):
+        row = narrow.assign(framework=fw)
+        same = calibration.predict_rows("moe", hw, p, row, prec=fp4) == \
+            calibration.predict_rows("moe", hw, p, row.assign(inter_size=4096), prec=fp4)
+        assert bool(same[0]) == padded, fw
 
 
 def test_tensorrt_llm_rc20_hopper_experts_timed_slower_than_half_their_layout_are_not_fitted():

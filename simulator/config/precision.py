@@ -76,15 +76,20 @@ def served_as(name: str, framework: str, architecture: str) -> str:
 # FP8 block-scaled experts run in whole 128-wide scale blocks: vLLM's and SGLang's fused MoE take
 # BLOCK_SIZE_N = block_n (`fused_moe.get_default_config`, "BLOCK_SIZE_N must be divisible by
 # block_shape[0]"). Serving refuses such widths (BLOCK_ALIGNED below); collectors time them.
+# NVFP4 experts: SGLang's FusedMoE rounds the width to 128 for FlashInfer's TRT-LLM MoE kernels, its
+# Blackwell backend ("flashinfer_trtllm kernel requires intermediate_size to be a multiple of 128",
+# `moe/fused_moe_triton/layer.py`); TensorRT-LLM's default CUTLASS MoE pads the width to 128
+# (AIConfigurator's candidate checks: "CUTLASS pads intermediate_size_per_partition up to 128").
 # Applied alike when fitting a table and when pricing a run.
 _FP8_BLOCK = {"fp8_block": (128, 1)}
 EXPERT_PADDING = {("vllm", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256), **_FP8_BLOCK},
                   ("vllm", "hopper"): {"mxfp4": (64, 1), **_FP8_BLOCK},
                   ("vllm", "ada"): _FP8_BLOCK,
-                  ("sglang", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256), **_FP8_BLOCK},
+                  ("sglang", "blackwell"): {"mxfp4": (256, 256), "mxfp4_mxfp8": (256, 256), "nvfp4": (128, 1),
+                                            **_FP8_BLOCK},
                   ("sglang", "hopper"): {"mxfp4": (64, 1), **_FP8_BLOCK},
                   ("sglang", "ada"): _FP8_BLOCK,
-                  ("trtllm", "blackwell"): {"mxfp4": (128, 512), "mxfp4_mxfp8": (128, 512)}}
+                  ("trtllm", "blackwell"): {"mxfp4": (128, 512), "mxfp4_mxfp8": (128, 512), "nvfp4": (128, 1)}}
 
 
 # Block-scaled expert weights whose width per rank is not a whole number of scale blocks do not load:
