@@ -124,13 +124,15 @@ def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = Tr
     raise ValueError(op)
 
 
-def expert_padding(df: pd.DataFrame, prec: Precision, hw) -> tuple:
-    """Per row: the (intermediate, hidden) multiples its collector's framework pads the experts to."""
-    fws = df.framework.astype(str).to_numpy() if "framework" in df else np.full(len(df), "")
-    out = np.ones((2, len(df)))
-    for f in np.unique(fws):
-        out[:, fws == f] = np.array(precision.expert_padding(prec.name, f, hw.architecture), dtype=float)[:, None]
-    return out[0], out[1]
+def expert_padding(df: pd.DataFrame, prec: Precision, hw) -> np.ndarray:
+    """Per row: the (intermediate, hidden) multiples its collector's framework pads the experts to,
+    shape (2, rows). Factorised, not cached: a fit prices the same rows hundreds of times, and a
+    frame derived with another ``framework`` keeps the attrs a cache would live in."""
+    if "framework" not in df:
+        return np.ones((2, len(df)))
+    codes, fws = pd.factorize(df.framework)
+    by = np.array([precision.expert_padding(prec.name, str(f), hw.architecture) for f in fws], dtype=float)
+    return by.reshape(-1, 2)[codes].T
 
 
 def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
