@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..common.errors import ConfigError
 
 
@@ -116,6 +118,11 @@ def check_expert_blocks(model, name: str, moe_tp: int, framework: str, source: s
     why = expert_split_refused(model, name, moe_tp, framework)
     if why:
         raise ConfigError(f"{why}; enable expert parallel or lower the TP size", source=source, field=field)
+
+
+def padded(width, multiple):
+    """``width`` rounded up to a multiple of ``multiple`` (elementwise)."""
+    return np.ceil(np.asarray(width, dtype=float) / multiple) * multiple
 
 
 def expert_padding(name: str, framework: str, architecture: str) -> tuple[int, int]:

@@ -34,7 +34,7 @@ def _collector_features(T, E, K, ep, dist):
         c = routing.collector_counts(T, E, K, ep, dist, np.random.default_rng(s))
         touched = touched | (c > 0)
         c = c[c > 0]
-        feats.append((len(c), c.sum(), (np.ceil(c / 16.0) * 16.0).sum()))
+        feats.append((len(c), c.sum(), precision.padded(c, 16.0).sum()))
     return tuple(np.mean(feats, axis=0)) + (float(np.count_nonzero(touched)),)
 
 
@@ -166,7 +166,7 @@ def unidentified(op: str, df: pd.DataFrame, pad: tuple | None = None) -> dict:
         return {}
     width = df.inter_size.values / df.moe_tp_size.values
     if pad is not None:
-        width = np.ceil(width / pad[0]) * pad[0]
+        width = precision.padded(width, pad[0])
     if not (np.mod(width, 16.0) != 0).any():
         return {"misaligned_factor": 1.0}
     return {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config.precision import PRECISIONS
+from ..config.precision import PRECISIONS, padded
 
 BF16 = PRECISIONS["bf16"]
 
@@ -123,8 +123,7 @@ def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, in
     """
     a, s, ps = (np.asarray(v, dtype=float) for v in (active_experts, slots, padded_slots))
     T, K, h, i = (np.asarray(v, dtype=float) for v in (num_tokens, topk, hidden, inter_local))
-    i_pad, h_pad = (np.asarray(v, dtype=float) for v in pad)
-    i, h = np.ceil(i / i_pad) * i_pad, np.ceil(h / h_pad) * h_pad
+    i, h = padded(i, pad[0]), padded(h, pad[1])
     mats = np.where(np.asarray(gated), 3.0, 2.0)
     weight_bytes = a * mats * h * i * prec.weight_bytes
     act_bytes = 2.0 * s * h * 2.0
@@ -176,7 +175,7 @@ def attention_context(hw, p, batch_size, seq_len, num_heads, num_kv_heads, head_
     """Prefill attention (causal) of seq_len new tokens over prefix_len + seq_len keys."""
     B, S, H, KV, D, P = (np.asarray(v, dtype=float) for v in
                          (batch_size, seq_len, num_heads, num_kv_heads, head_dim, prefix_len))
-    s_pad = np.ceil(S / p["tile_tokens"]) * p["tile_tokens"]
+    s_pad = padded(S, p["tile_tokens"])
     flops = 4.0 * B * H * D * S * (P + S / 2.0)
     compute = 4.0 * B * H * D * s_pad * (P + s_pad / 2.0) / (hw.peak_flops_per_s() * p["eff_compute"])
     bytes_ = B * (S * H * D * 2.0 * 2.0 + (P + S) * 2.0 * KV * D * kv_bytes_per_el)

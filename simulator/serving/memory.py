@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..common.errors import ConfigError
+from ..config.precision import padded
 
 ACTIVATION_RESERVE_BYTES = 2.0 * 2 ** 30   # activations, CUDA graphs, NCCL buffers (per GPU)
 
@@ -68,4 +69,4 @@ def padded_growth(model, moe_tp: int, pad: tuple) -> float:
     if not model.moe:
         return 1.0
     width, h = model.moe.moe_intermediate_size / moe_tp, model.hidden_size
-    return math.ceil(width / pad[0]) * pad[0] * math.ceil(h / pad[1]) * pad[1] / (width * h)
+    return float(padded(width, pad[0]) * padded(h, pad[1]) / (width * h))
