@@ -515,6 +515,31 @@ def test_silicon_rows_take_the_generators_token_budget():
     assert sglang == {"c": 8192, "d": 16384}
 
 
+def test_rows_of_a_campaign_that_ran_mtp_draft_with_it_and_say_so():
+    """AIConfigurator's TensorRT-LLM DeepSeek-R1 campaigns of 2026-01-14 and 2026-02-05/06 ran MTP (the
+    same release measured the same configurations at about half the TPOT on another date:
+    silicon_campaigns.MTP_CAMPAIGNS): their rows draft one token with the MTP layer at 0.85 acceptance,
+    and their assumption says so. The same configuration measured on another date, and a model with no
+    MTP layer in the same campaign, run without a draft; and the draft makes the simulated TPOT lower."""
+    import csv
+    import io
+    from simulator.analysis import silicon
+    base = "trtllm,1.2.0rc6.post3,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,200,5"
+    rows = list(csv.DictReader(io.StringIO(
+        SILICON_HEADER + f"mtp,deepseek-ai/DeepSeek-R1,{base}\nlater,deepseek-ai/DeepSeek-R1,{base}\n"
+        + "oss,openai/gpt-oss-120b,trtllm,1.2.0rc6.post3,b200_sxm,fp8,agg,1024,1024,,,8,8,1,1,8,1,200,5\n")))
+    for r, day in zip(rows, ("2026-02-05T17:21:58Z", "2026-02-07T10:00:00Z", "2026-02-05T17:21:58Z")):
+        r["silicon_data_source"] = f"source_file=x.csv; silicon_concurrency=8; measured={day}; wip=False"
+    by = {r["id"]: r for r in rows}
+    sc = {k: silicon.scenario(r) for k, r in by.items()}
+    assert sc["mtp"]["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1, "acceptance": {"rate": 0.85}}
+    assert "speculative_config" not in sc["later"] and "speculative_config" not in sc["oss"]
+    assert "MTP layer" in silicon.assumption(by["mtp"]) and "2026-02-05" in silicon.assumption(by["mtp"])
+    assert silicon.assumption(by["later"]) == "" and silicon.assumption(by["oss"]) == ""
+    tpot = {k: silicon.simulate_row({"id": k, "scenario": sc[k]})["sim_tpot_ms"] for k in ("mtp", "later")}
+    assert tpot["mtp"] < 0.8 * tpot["later"]
+
+
 def test_tensorrt_llm_sizes_kv_from_the_memory_left_free():
     """vLLM/SGLang: utilization x GPU memory, less activations and weights; TensorRT-LLM
     (kv_memory: free): utilization x (GPU memory less activations and weights)."""

@@ -24,6 +24,7 @@ from ..config.scenario import parse
 from ..cost.costmodel import CostModel
 from ..serving.metrics import first_sent
 from ..serving.simulation import build, missing_kernels, simulate
+from . import silicon_campaigns as campaigns
 from .runner import run_many
 from .silicon_layout import cell_int, concurrency, layout, layout_size
 
@@ -191,7 +192,10 @@ def assumption(r: dict) -> str:
     """The documented assumption a row is simulated under ('' for none)."""
     arch = _arch(MODELS[str(r["model_path"])])
     pre = ("prefill_", "decode_") if str(r["mode"]) == "disagg" else ("",)
-    return "; ".join(n for p in pre if (n := layout(r, p, arch.moe is None, refused_split(r, arch))[1]))
+    notes = [n for p in pre if (n := layout(r, p, arch.moe is None, refused_split(r, arch))[1])]
+    if campaigns.mtp_draft(r, arch):
+        notes.append(campaigns.MTP_NOTE.format(campaign=" ".join(campaigns.campaign(r))))
+    return "; ".join(notes)
 
 
 def refused_split(r: dict, arch):
@@ -271,6 +275,8 @@ def scenario(r: dict) -> dict:
         pools["prefill"]["max_num_batched_tokens"] = (isl + 1500 if budgeted
                                                       else max(8192, isl * pools["prefill"]["max_num_seqs"]))
         data["disaggregation"] = pools
+    if draft := campaigns.mtp_draft(r, arch):
+        data["speculative_config"] = draft
     return data
 
 
