@@ -433,3 +433,16 @@ def test_every_framework_with_kernel_tables_on_a_gpu_is_calibrated_there():
     for gpu_name, fw in pairs:
         cm = CostModel(gpu_name, framework=fw)
         assert cm.gemm(64, 4096, 4096).latency_s > 0, (gpu_name, fw)
+
+
+def test_per_row_moe_features_follow_the_rows_of_a_derived_frame():
+    """The per-row MoE features are kept on the frame for the fit loop. pandas copies them to derived
+    frames: one with the same index but other token counts (``assign``) must get its own, not the
+    parent's; one whose columns are the same reuses them; the parent keeps its own."""
+    df = pd.DataFrame({"num_tokens": [1, 8, 64], "num_experts": [8] * 3, "topk": [2] * 3, "moe_ep_size": [1] * 3,
+                       "distribution": ["uniform"] * 3, "hidden_size": [4096] * 3, "inter_size": [14336] * 3})
+    base = calibration.moe_features(df)
+    doubled = calibration.moe_features(df.assign(num_tokens=df.num_tokens * 2))
+    assert np.array_equal(doubled[:, 1], 2 * base[:, 1])       # routed slots follow the token count
+    assert np.array_equal(calibration.moe_features(df.assign(other=1)), base)
+    assert np.array_equal(calibration.moe_features(df), base)
