@@ -7,8 +7,6 @@ builds the residual tables; ``cross_validate`` leaves one shape out at a time.
 
 from __future__ import annotations
 
-import weakref
-
 import datetime as _dt
 import functools
 
@@ -17,7 +15,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from ..common.errors import ConfigError
-from . import kernels, routing, traces
+from . import kernels, routing, rowcache, traces
 from ..config import precision
 from ..config.precision import Precision
 from .kernels import BF16
@@ -45,7 +43,7 @@ def moe_features(df: pd.DataFrame) -> np.ndarray:
     parameter-free, so kept on the frame once computed (a fit evaluates the roofline hundreds of
     times on the same rows)."""
     cols = ("num_tokens", "num_experts", "topk", "moe_ep_size", "distribution")
-    cached = _attr_cache(df, "_moe_features", cols)
+    cached = rowcache.cached(df, "_moe_features", cols)
     if cached is not None:
         return cached
     keys = list(zip(df.num_tokens.to_numpy().tolist(), df.num_experts.to_numpy().tolist(),
@@ -53,7 +51,7 @@ def moe_features(df: pd.DataFrame) -> np.ndarray:
                     df.distribution.astype(str).tolist()))
     uniq = {k: _collector_features(int(k[0]), int(k[1]), int(k[2]), int(k[3]), k[4]) for k in set(keys)}
     f = np.array([uniq[k] for k in keys])
-    df.attrs["_moe_features"] = _RowCache(df, cols, f)
+    df.attrs["_moe_features"] = rowcache.RowCache(df, cols, f)
     return f
 
 
@@ -71,7 +69,7 @@ def moe_gated(df: pd.DataFrame) -> np.ndarray:
     """Per row: whether the timed experts were gated (three weight matrices), by shape and collection."""
     cols = tuple(c for c in ("hidden_size", "inter_size", "num_experts", "topk", "framework", "framework_version")
                  if c in df)
-    cached = _attr_cache(df, "_moe_gated", cols)
+    cached = rowcache.cached(df, "_moe_gated", cols)
     if cached is not None:
         return cached
     n = len(df)
@@ -79,54 +77,8 @@ def moe_gated(df: pd.DataFrame) -> np.ndarray:
     ver = df.framework_version.astype(str).tolist() if "framework_version" in df else [""] * n
     keys = zip(df.hidden_size, df.inter_size, df.num_experts, df.topk, fw, ver)
     g = np.array([traces.timed_gated((int(a), int(b), int(c), int(d)), f, v) for a, b, c, d, f, v in keys], dtype=bool)
-    df.attrs["_moe_gated"] = _RowCache(df, cols, g)
+    df.attrs["_moe_gated"] = rowcache.RowCache(df, cols, g)
     return g
-
-
-class _RowCache:
-    """A per-row array kept in ``DataFrame.attrs``, with the frame it was computed on and the values
-    of the columns it depends on. pandas copies attrs to derived frames, whose rows or columns may
-    differ (``assign`` keeps the index), and compares attrs with ``==``: an object compares by
-    identity, an array would not."""
-
-    __slots__ = ("frame", "index", "keys", "values")
-
-    def __init__(self, df: pd.DataFrame, cols: tuple, values):
-        self.frame = weakref.ref(df)
-        self.index = df.index.to_numpy().copy()
-        self.keys = {c: df[c].to_numpy().copy() for c in cols}
-        self.values = values
-
-    def __deepcopy__(self, memo):
-        # pandas deep-copies attrs into every frame or column derived from the frame (each df[col]);
-        # this is never edited, so share it rather than copy 40,000 strings per column read
-        return self
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape:
-        return False
-    if a.dtype.kind in "iufb" and b.dtype.kind in "iufb":
-        return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f" and b.dtype.kind == "f"))
-    return bool(((a == b) | (pd.isna(a) & pd.isna(b))).all())
-
-
-def _attr_cache(df: pd.DataFrame, name: str, cols: tuple):
-    """The cached array if it was computed on this frame, or on one with the same rows and the same
-    values of ``cols`` (then kept for this frame too). The frame it was computed on is trusted
-    without a look: a fit evaluates the same rows hundreds of times, and nothing here edits a
-    frame in place."""
-    hit = df.attrs.get(name)
-    if not isinstance(hit, _RowCache) or set(hit.keys) != set(cols):
-        return None
-    if hit.frame() is df:
-        return hit.values
-    if len(hit.index) != len(df) or not np.array_equal(hit.index, df.index.to_numpy()):
-        return None
-    if not all(_same(v, df[c].to_numpy()) for c, v in hit.keys.items()):
-        return None
-    df.attrs[name] = _RowCache(df, cols, hit.values)
-    return hit.values
 
 
 def predict_rows(op: str, hw, params: dict, df: pd.DataFrame, l2_warm: bool = True, prec: Precision = BF16) -> np.ndarray:
