@@ -12,7 +12,8 @@ from __future__ import annotations
 # what changed is the launch, not the software. Likewise 1.2.0rc6.post3 of 2026-02-05/06 against
 # 1.2.0rc6.post2 of 2026-01-29/02-03 (0.54-0.82x, 39 configurations) and against a 2025-11-02 campaign
 # (0.50x). One MTP draft accepted 85% of the time gives at most 1 / 1.85 = 0.54x, less the draft's and
-# the verification's cost: the size of these ratios. `python benchmarks/silicon_campaigns.py` prints
+# the verification's cost: the size of these ratios (a few FP8 pairs at 4 users go to 0.43x, so some
+# runs may have drafted or accepted more). `python benchmarks/silicon_campaigns.py` prints
 # them. AIConfigurator's generator runs DeepSeek with MTP when its nextn is set
 # (generator/rule_plugin/benchmark/trtllm.rule: speculative_decoding_type MTP, num_nextn_predict_layers
 # nextn); one draft; acceptance 0.85, the DeepSeek-V3 technical report's lower bound for the second
