@@ -16,9 +16,10 @@ from __future__ import annotations
 # runs may have drafted or accepted more). `python benchmarks/silicon_campaigns.py` prints
 # them. AIConfigurator's generator runs DeepSeek with MTP when its nextn is set
 # (generator/rule_plugin/benchmark/trtllm.rule: speculative_decoding_type MTP, num_nextn_predict_layers
-# nextn); one draft; acceptance 0.85, the DeepSeek-V3 technical report's lower bound for the second
-# token (arXiv 2412.19437, section 5.4.3), also the first default accept rate Dynamo's planner passes
-# AIConfigurator (DEFAULT_NEXTN_ACCEPT_RATES 0.85, 0.3, ...). Nothing here is fitted
+# nextn), and its DeepSeek defaults are one draft at 0.85 (docs/advanced_tuning.md, the
+# deepseek_default.yaml template: nextn 1, nextn_accept_rates [0.85, 0, 0, 0, 0]; its CLI guide:
+# "nextn: 1 for deepseek"). 0.85 is the DeepSeek-V3 technical report's lower bound for the second
+# token too (arXiv 2412.19437, section 5.4.3). Nothing here is fitted
 # on the rows' TPOT; the two 0.8.1.post2 campaigns, by contrast, agree (1.00-1.01).
 MTP_CAMPAIGNS = (("trtllm", "1.1.0rc2.post2", "2026-01-14"), ("trtllm", "1.2.0rc6.post3", "2026-02-05"),
                  ("trtllm", "1.2.0rc6.post3", "2026-02-06"))
