@@ -636,3 +636,18 @@ def test_block_fp8_experts_split_into_partial_scale_blocks_are_refused():
     build(scen(**{**q, "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 4}},
                engine={"framework": "vllm", "quantization": "fp8_block"}))
     build(scen(**q, engine={"framework": "vllm", "quantization": "fp8"}))     # per-tensor scales: no blocks
+
+
+def test_fp8_asked_of_a_block_scaled_checkpoint_is_priced_as_asked_and_says_what_the_frameworks_run():
+    """DeepSeek-V3's checkpoint stores 128x128 block-scaled FP8, which vLLM, SGLang and TensorRT-LLM run
+    block-scaled whatever the flag. `fp8` is still priced per tensor, as documented, but the run says
+    so; its own precision (unset, or fp8_block) and a model stored in bf16 carry no note."""
+    base = {"name": "q", "model": "DeepSeek-V3", "hardware": {"gpu": "h200_sxm", "tensor_parallel_size": 8},
+            "workload": {"random_input_len": 128, "random_output_len": 16, "num_prompts": 4}}
+    def note(q, m="DeepSeek-V3"):
+        eng = {} if q is None else {"quantization": q}
+        return build(parse({**base, "model": m, "engine": eng}, "q")).files["quantization_note"]
+    assert "gemm and moe priced as per-tensor fp8" in note("fp8") and "fp8_block" in note("fp8")
+    assert "moe priced as per-tensor fp8" in note({"gemm": "fp8_block", "moe": "fp8"})
+    assert note(None) is None and note("fp8_block") is None
+    assert note("fp8", "Qwen3-30B-A3B") is None

@@ -62,6 +62,8 @@ def print_table(summary: dict, out_dir: Path) -> None:
             ("expert bytes / output token", f"{summary['expert_bytes_per_output_token'] / 1e6:.1f} MB")]
     if summary.get("request_goodput") is not None:
         rows.insert(3, ("request goodput (req/s)", f(summary["request_goodput"])))
+    if summary.get("quantization_note"):
+        rows.append(("precision", summary["quantization_note"]))
     w = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"  {a:<{w}}  {b}")

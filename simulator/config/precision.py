@@ -62,6 +62,19 @@ ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "none": "bf16", "fp8_blockwise": 
 SERVED_AS = {("trtllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}, ("vllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}}
 
 
+def asked_against_checkpoint(quant, native) -> str | None:
+    """What a run should know when its precisions are not how the frameworks would run the checkpoint
+    (None when they are): fp8 asked of weights stored with 128x128 block scales, which vLLM, SGLang
+    (their Fp8Config reads weight_block_size from the checkpoint) and TensorRT-LLM
+    (ModelConfig.load_hf_quant_config: FP8_BLOCK_SCALES) run block-scaled whatever the flag."""
+    parts = [p for p in ("gemm", "moe") if getattr(quant, p) == "fp8" and getattr(native, p) == "fp8_block"]
+    if not parts:
+        return None
+    return (f"{' and '.join(parts)} priced as per-tensor fp8, as asked, but the checkpoint stores "
+            f"fp8_block weights, which vLLM, SGLang and TensorRT-LLM run block-scaled: leave "
+            f"engine.quantization unset or write fp8_block to price what they run")
+
+
 def served_as(name: str, framework: str, architecture: str) -> str:
     """The precision ``framework`` runs checkpoint precision ``name`` in on ``architecture``."""
     return SERVED_AS.get((framework, architecture), {}).get(name, name)

@@ -122,6 +122,7 @@ def build(sc, source: str = "scenario") -> Setup:
              "prefill_kernel_launch_us": cfg.step_model.kernel_launch_s * 1e6,
              "dp_dispatch": cfg.dp_dispatch if main.dp_ranks > 1 else None,
              "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name,
+             "quantization_note": precision.asked_against_checkpoint(quant, target.quantization),
              "max_num_batched_tokens": cfg.max_num_batched_tokens,
              # what the SD verdict rests on, said even when the scenario left it to the default
              "acceptance_model": acc_mod.describe_scenario(spec, k) if spec and k else None}
