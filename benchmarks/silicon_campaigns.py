@@ -34,6 +34,11 @@ CONFIG = ["architecture", "system", "mode", "precision", "isl", "osl", "users", 
           "prefill_attention_dp_size", "prefill_moe_ep_size", "decode_num_workers", "decode_tp_size",
           "decode_attention_dp_size", "decode_moe_ep_size", "decode_batch_size"]
 USERS = [0, 8, 32, 128, 1 << 20]
+USER_BINS = ["<=8", "9-32", "33-128", ">128"]
+
+
+def by_users(users: pd.Series) -> pd.Series:
+    return pd.cut(users, USERS, labels=USER_BINS)
 
 
 def paired(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +66,7 @@ def summary(t: pd.DataFrame, min_shared: int) -> pd.DataFrame:
     median TPOT and TTFT ratio."""
     if t.empty:
         return t
-    t = t.assign(users_bin=pd.cut(t.users, USERS, labels=["<=8", "9-32", "33-128", ">128"]))
+    t = t.assign(users_bin=by_users(t.users))
     n = t.groupby(["a", "b"]).tpot.transform("size")
     return (t[n >= min_shared].groupby(["a", "b", "users_bin"], observed=True)
             .agg(configs=("tpot", "size"), tpot_ratio=("tpot", "median"), ttft_ratio=("ttft", "median"))
@@ -116,7 +121,7 @@ def main() -> None:
         c = sd_check(per, df, a.workers)
         print(f"\nMTP speedup, measured (the paired campaign's TPOT over the MTP campaign's) against simulated "
               f"(the MTP row without its draft over with it), {len(c)} configurations:")
-        for users, g in c.groupby(pd.cut(c.users, USERS, labels=["<=8", "9-32", "33-128", ">128"]), observed=True):
+        for users, g in c.groupby(by_users(c.users), observed=True):
             print(f"  users {users:>6}  {len(g):3d}  measured {g.measured.median():.2f}x  simulated "
                   f"{g.simulated.median():.2f}x  |error| median {g.error.abs().median():.1%}")
         print(f"  all: |error| median {c.error.abs().median():.1%}, p90 {np.percentile(c.error.abs(), 90):.1%}; "

@@ -24,8 +24,9 @@ from __future__ import annotations
 MTP_CAMPAIGNS = (("trtllm", "1.1.0rc2.post2", "2026-01-14"), ("trtllm", "1.2.0rc6.post3", "2026-02-05"),
                  ("trtllm", "1.2.0rc6.post3", "2026-02-06"))
 MTP_DRAFT = {"method": "mtp", "num_speculative_tokens": 1, "acceptance": {"rate": 0.85}}
-MTP_NOTE = ("drafts with its MTP layer, k 1, acceptance 0.85 (campaign {campaign}: about 0.5-0.7x the TPOT "
-            "of other campaigns' identical configurations)")
+MTP_NOTE = (f"drafts with its MTP layer, k {MTP_DRAFT['num_speculative_tokens']}, acceptance "
+            f"{MTP_DRAFT['acceptance']['rate']} (campaign {{campaign}}: about 0.5-0.7x the TPOT of other "
+            "campaigns' identical configurations)")
 
 
 def campaign(r: dict) -> tuple[str, str, str]:
