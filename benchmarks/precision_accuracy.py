@@ -7,7 +7,7 @@ left out of the fit and of the residual table (built per framework and precision
 simulator prices a run), then predicted.
 
     python benchmarks/precision_accuracy.py [--gpus h100_sxm,h200_sxm,b200_sxm] [--frameworks vllm,sglang,trtllm]
-        [--ops gemm,moe,mla_generation] [--precisions mxfp4,mxfp4_mxfp8]
+        [--ops gemm,moe,mla_generation] [--precisions mxfp4,mxfp4_mxfp8,nvfp4@min_latency]
 """
 
 from __future__ import annotations
@@ -35,15 +35,21 @@ def main():
     ap.add_argument("--precisions", default=None, help="comma-separated subset of the weight precisions")
     args = ap.parse_args()
     ops = args.ops.split(",") if args.ops else None
-    precs = [precision.get(n) for n in args.precisions.split(",")] if args.precisions else precision.PRECISIONS.values()
+    wanted = args.precisions.split(",") if args.precisions else None
+    known = {*precision.PRECISIONS, *(v.name for fw in ("vllm", "sglang", "trtllm") for v in precision.moe_kernel_variants(fw))}
+    if wanted and set(wanted) - known:
+        ap.error(f"--precisions: unknown {', '.join(sorted(set(wanted) - known))}; allowed: {', '.join(sorted(known))}")
     print(f"{'gpu':<9} {'framework':<8} {'precision':<10} {'op':<5} {'rows':>5} {'in-sample med':>13} "
           f"{'LOSO med':>9} {'p90':>6}  target")
     for g in args.gpus.split(","):
         hw = load(g)
         for fw in args.frameworks.split(","):
-            for prec in precs:
+            # each weight precision, then the framework's batch-size MoE kernels (precision.SMALL_BATCH_MOE)
+            for prec in [*precision.PRECISIONS.values(), *precision.moe_kernel_variants(fw)]:
+                if wanted and prec.name not in wanted:
+                    continue
                 for op in calibration.PRECISION_OPS + (("mla_generation",) if prec.name == "bf16" else ()):
-                    if ops and op not in ops:
+                    if (ops and op not in ops) or (prec.kernel_source and op != "moe"):
                         continue
                     t0 = time.time()
                     skipped, aside = [], []

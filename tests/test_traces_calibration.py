@@ -446,3 +446,55 @@ def test_per_row_moe_features_follow_the_rows_of_a_derived_frame():
     assert np.array_equal(doubled[:, 1], 2 * base[:, 1])       # routed slots follow the token count
     assert np.array_equal(calibration.moe_features(df.assign(other=1)), base)
     assert np.array_equal(calibration.moe_features(df), base)
+
+
+def test_a_batch_size_kernel_variant_is_fitted_on_its_own_rows_and_the_precision_never_on_them():
+    """TensorRT-LLM's min-latency NVFP4 experts: the variant's fit takes that kernel's rows up to the
+    batch it runs at (128 tokens); the nvfp4 fit never takes them, whichever kernel the collector
+    timed most."""
+    v = precision.served_moe(precision.get("nvfp4"), "trtllm", True, 128, 8, 1, {"nvfp4@min_latency"})
+    assert v.name == "nvfp4@min_latency" and v.base == "nvfp4"
+
+    def rows(kernel, tokens, n):
+        return pd.DataFrame({"dtype": "nvfp4", "kernel_source": kernel, "num_tokens": tokens, "moe_tp_size": 1,
+                             "moe_ep_size": 8, "latency_ms": np.ones(n)})
+    df = pd.concat([rows("moe_torch_flow_min_latency", 16, 9), rows("moe_torch_flow_min_latency", 256, 3),
+                    rows("moe_torch_flow_cutlass", 16, 4), rows("moe_torch_flow_cutlass", 256, 2)], ignore_index=True)
+    mine = tablerows.select_rows("moe", df, v)
+    assert set(mine.kernel_source) == {"moe_torch_flow_min_latency"} and mine.num_tokens.max() == 128 - 112
+    assert set(tablerows.select_rows("moe", df, precision.get("nvfp4")).kernel_source) == {"moe_torch_flow_cutlass"}
+
+
+def test_tensorrt_llm_prices_small_nvfp4_expert_batches_on_its_min_latency_kernel():
+    """At most 128 tokens on a tensor-parallel rank, without attention DP (the kernel is fused with the
+    TP all-reduce), gated NVFP4 experts on TensorRT-LLM take the min-latency kernel's measured time
+    (B200, 1.3.0rc20, DeepSeek's experts at EP 8, balanced: 0.085 ms at 16 tokens, the default CUTLASS
+    kernel 0.185 ms); from 129 tokens, under attention DP, at TP 1, for non-gated experts and on other
+    frameworks, the precision's own kernel."""
+    d = shared_or_skip()
+    t = traces.load_versions(d, "b200_sxm", "moe", "trtllm", "1.3.0rc20")[0]
+    t = t[(t.dtype == "nvfp4") & (t.hidden_size == 7168) & (t.inter_size == 2048) & (t.num_experts == 256)
+          & (t.moe_tp_size == 1) & (t.moe_ep_size == 8) & (t.distribution == "balanced")]
+    ms = t.groupby(["kernel_source", "num_tokens"]).latency_ms.min()
+    nv = precision.get("nvfp4")
+    cm = CostModel("b200_sxm", framework="trtllm")
+    price = lambda n: cm.moe(n, 7168, 2048, 256, 8, 1, 8, "balanced", prec=nv).latency_s * 1e3  # noqa: E731
+    assert price(16) == pytest.approx(ms["moe_torch_flow_min_latency", 16], rel=0.1)
+    assert price(256) == pytest.approx(ms["moe_torch_flow_cutlass", 256], rel=0.1)
+    served = lambda gated, tokens, tp, dp=1, fw="trtllm", fits=cm.moe_fits: precision.served_moe(  # noqa: E731
+        nv, fw, gated, tokens, tp, dp, fits)
+    assert served(True, 128, 8).name == "nvfp4@min_latency"
+    assert served(True, 129, 8) is served(True, 16, 1) is served(True, 16, 8, 8) is served(False, 16, 8) is nv
+    assert served(True, 16, 8, fw="sglang") is nv
+    assert served(True, 16, 8, fits={"nvfp4"}) is nv        # a GPU whose tables do not time the kernel
+    # in a step: a TP-8 worker's MoE layers leave the kernel past 128 tokens; an attention-DP one never takes it
+    from simulator.config import model
+    from simulator.cost.forward import Batch, ForwardModel, Parallel
+    q = model.Quantization(gemm="nvfp4", moe="nvfp4")
+    ds = model.load("DeepSeek-V3")
+    tp8 = ForwardModel(ds, cm, Parallel(tensor_parallel_size=8, enable_expert_parallel=True), q)
+    step = lambda fm, n: fm.forward(Batch(n, 1, 1024.0)).moe_s      # noqa: E731
+    assert step(tp8, 129) / step(tp8, 128) > 1.3 and step(tp8, 128) / step(tp8, 127) < 1.1
+    dp8 = ForwardModel(ds, cm, Parallel(enable_expert_parallel=True, data_parallel_size=8, moe_a2a="deepep"), q)
+    small = lambda fm, n: fm.group_forward(Batch(n, 1, 1024.0)).moe_s    # noqa: E731  (n decodes on each rank)
+    assert small(dp8, 16) / small(dp8, 17) > 0.9          # 128 -> 136 tokens: no change of kernel

@@ -80,6 +80,7 @@ def run_precisions(traces_dir, gpu_name: str, framework: str, log=print, write: 
                           field="--framework")
     base = gpu_mod.base_framework(hw.calibration)[0]
     precs = [p for p in precision.PRECISIONS.values() if framework != base or p.name != "bf16" or version]
+    precs += precision.moe_kernel_variants(framework)
     params, fits, residuals = calibration.calibrate_precisions(traces_dir, hw, precs, framework,
                                                                lambda w: log(f"  fitted {w}"), version)
     if not params:

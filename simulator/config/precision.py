@@ -22,6 +22,12 @@ class Precision:
     tensor_core: str           # which peak runs the math: bf16 | fp8 | fp4
     table_dtype: str           # AIConfigurator dtype column value
     about: str = ""
+    kernel_source: str = ""    # a batch-size kernel variant's collector label (SMALL_BATCH_MOE); "" for the precision
+
+    @property
+    def base(self) -> str:
+        """The weight precision a kernel variant runs (its own name for a precision)."""
+        return self.name.split("@")[0]
 
     @property
     def quantizes_activations(self) -> bool:
@@ -60,6 +66,37 @@ ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "none": "bf16", "fp8_blockwise": 
 # MXFP4 x MXFP8 MoE; vllm-project/recipes OpenAI/GPT-OSS.md, "Recipe for NVIDIA Blackwell & Hopper
 # Hardware"); AIConfigurator's measured vLLM gpt-oss-120b runs on B200 decode at that kernel's speed.
 SERVED_AS = {("trtllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}, ("vllm", "blackwell"): {"mxfp4": "mxfp4_mxfp8"}}
+
+
+# A MoE kernel a framework picks by batch size within one weight precision, fitted on its own rows and
+# priced where the framework runs it: (framework, precision) -> (variant, most tokens on the rank).
+# TensorRT-LLM runs gated NVFP4 experts of at most 128 tokens in CUTLASS's min-latency mode, fused
+# with the tensor-parallel all-reduce, so only with TP > 1 and without attention DP
+# (NVIDIA/TensorRT-LLM tensorrt_llm/_torch/models/modeling_deepseekv3.py: min_latency_mode needs
+# POST_MOE_FUSION, i.e. has_tp and not enable_attention_dp; Deepseekv3MoE asserts not use_dp).
+# AIConfigurator's collector times it as "moe_torch_flow_min_latency" and its estimator picks it for
+# such layers (ai-dynamo/aiconfigurator src/aiconfigurator/sdk/operations/moe.py,
+# MoE._query_moe_table, which also counts attention-DP ranks' tokens; the framework's rule is followed
+# here). B200, 1.3.0rc20, DeepSeek's experts at EP 8, balanced routing, 16 tokens: 0.085 ms against
+# the default CUTLASS kernel's 0.185 ms.
+SMALL_BATCH_MOE = {("trtllm", "nvfp4"): (Precision("nvfp4@min_latency", 0.5 + 1.0 / 16, 0.5 + 1.0 / 16, "fp4", "nvfp4",
+                                                   "NVFP4 experts, TensorRT-LLM's min-latency kernel",
+                                                   "moe_torch_flow_min_latency"), 128)}
+
+
+def moe_kernel_variants(framework: str) -> list:
+    """The batch-size MoE kernel variants ``framework`` runs (fitted beside its precisions)."""
+    return [v for (f, _), (v, _) in SMALL_BATCH_MOE.items() if f == framework]
+
+
+def served_moe(prec: Precision, framework: str, gated: bool, tokens: int, tp: int, attention_dp: int,
+               fitted) -> Precision:
+    """The MoE kernel ``framework`` runs ``prec`` experts with for ``tokens`` tokens on a rank, with
+    tensor parallel ``tp`` and attention data parallel ``attention_dp``: a variant where ``fitted``
+    (the GPU's calibrated names) holds it, else ``prec``'s own."""
+    variant, most = SMALL_BATCH_MOE.get((framework, prec.name), (None, 0))
+    ok = variant is not None and gated and tokens <= most and tp > 1 and attention_dp == 1 and variant.name in fitted
+    return variant if ok else prec
 
 
 def asked_against_checkpoint(quant, native) -> str | None:
@@ -141,7 +178,7 @@ def padded(width, multiple):
 def expert_padding(name: str, framework: str, architecture: str) -> tuple[int, int]:
     """(intermediate, hidden) multiples ``framework`` pads ``name`` experts to on ``architecture``;
     (1, 1) where it does not pad."""
-    return EXPERT_PADDING.get((str(framework).lower(), architecture), {}).get(name, (1, 1))
+    return EXPERT_PADDING.get((str(framework).lower(), architecture), {}).get(name.split("@")[0], (1, 1))
 
 
 KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}

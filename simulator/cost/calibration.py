@@ -272,7 +272,9 @@ def calibrate_precisions(traces_dir, hw, precisions, framework: str = "vllm", pr
     model then refuses it, naming what exists)."""
     params, fits, frames = {}, {}, []
     # and MLA decode attention of this framework's kernels (bf16 weights; fp8 and bf16 KV)
-    jobs = [(prec, op) for prec in precisions for op in PRECISION_OPS] + [(BF16, "mla_generation")]
+    # (a batch-size kernel variant is a MoE kernel only)
+    jobs = [(prec, op) for prec in precisions for op in PRECISION_OPS if op == "moe" or not prec.kernel_source]
+    jobs += [(BF16, "mla_generation")]
     for prec, op in jobs:
         skipped, aside = [], []
         df = precision_rows(traces_dir, hw.name, op, framework, prec, version, skipped, aside)

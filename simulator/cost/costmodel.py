@@ -15,7 +15,7 @@ import numpy as np
 from ..config import gpu as gpu_mod
 from . import kernels
 from ..common.errors import ConfigError
-from ..config.precision import Precision, expert_padding
+from ..config.precision import Precision, expert_padding, served_moe
 from .kernels import BF16
 from .residuals import precision_tables, residual_tables
 from .routing import busiest_rank
@@ -81,6 +81,7 @@ class CostModel:
         self._by_precision = {name: {op: kernels.time_scaled(op, p, s, f) if op in ("gemm", "moe") else p
                                      for op, p in ops.items()} for name, ops in by_prec.items()}
         self.l2_warm, self._base, self._cache, self._lookups = l2_warm, base, {}, {}
+        self.moe_fits = frozenset(name for name, ops in by_prec.items() if "moe" in ops)    # precisions and variants
         self.tables = dict(residual_tables(self.source.name)) if use_tables else {}
         # the other (framework, precision) kernels' residual tables, keyed (op, precision); an older
         # version's own override the newest's
@@ -221,6 +222,7 @@ class CostModel:
             _pos(name, v)
         E = len(counts)
         T, active, slots, padded = self._moe_loads(counts, topk, ep)
+        prec = served_moe(prec, self.framework, gated, T, tp * ep, 1, self.moe_fits)   # its GPUs tensor parallel
 
         def run():   # the cost depends on the loads only through these features: cache on them
             t = kernels.moe(self.hw, self._p("moe", prec), active, slots, padded, T, topk, hidden_size, inter_size / tp,
@@ -313,6 +315,7 @@ class CostModel:
         mean = lambda a: float(np.mean([getattr(c, a) for c in costs]))  # noqa: E731
         extra = {k: (float(np.mean([c.extra[k] for c in costs])) if k != "precision" else prec.name)
                  for k in costs[0].extra}
+        extra |= {"kernel": costs[0].extra["precision"]} if costs[0].extra["precision"] != prec.name else {}
         return KernelCost("moe", mean("latency_s"), mean("compute_s"), mean("memory_s"), mean("overhead_s"),
                           mean("flops"), mean("bytes"), costs[0].path, self.hw.name, self.source.name, extra)
 

@@ -308,11 +308,12 @@ class ForwardModel:
             return 0.0, 0.0, 0
         m, par = self.m, self.par
         L = m.num_moe_layers
+        prec = precision.served_moe(self.moe_prec, self.cm.framework, m.moe.gated, loads[0], par.tensor_parallel_size,
+                                    par.data_parallel_size, self.cm.moe_fits)
         if par.dispatches:   # the kernel sees this rank's dispatched token-slots, not the group's
             loads = (max(1, round(loads[2] / m.moe.num_experts_per_tok)),) + tuple(loads[1:])
         moe_s = L * self.cm.moe_latency_from_loads(loads, m.hidden_size, m.moe.moe_intermediate_size, m.moe.num_experts,
-                                                   m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated,
-                                                   self.moe_prec)
+                                                   m.moe.num_experts_per_tok, par.moe_tp, par.moe_ep, m.moe.gated, prec)
         mats = 3 if m.moe.gated else 2
         return (moe_s, L * active * mats * m.hidden_size * m.moe.moe_intermediate_size * self.moe_prec.weight_bytes,
                 active)
