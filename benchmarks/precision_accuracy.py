@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     ops = args.ops.split(",") if args.ops else None
     wanted = args.precisions.split(",") if args.precisions else None
-    known = {*precision.PRECISIONS, *(v.name for fw in ("vllm", "sglang", "trtllm") for v in precision.moe_kernel_variants(fw))}
+    known = {*precision.PRECISIONS, *(v.name for v, _ in precision.SMALL_BATCH_MOE.values())}
     if wanted and set(wanted) - known:
         ap.error(f"--precisions: unknown {', '.join(sorted(set(wanted) - known))}; allowed: {', '.join(sorted(known))}")
     print(f"{'gpu':<9} {'framework':<8} {'precision':<10} {'op':<5} {'rows':>5} {'in-sample med':>13} "

@@ -178,7 +178,7 @@ def padded(width, multiple):
 def expert_padding(name: str, framework: str, architecture: str) -> tuple[int, int]:
     """(intermediate, hidden) multiples ``framework`` pads ``name`` experts to on ``architecture``;
     (1, 1) where it does not pad."""
-    return EXPERT_PADDING.get((str(framework).lower(), architecture), {}).get(name.split("@")[0], (1, 1))
+    return EXPERT_PADDING.get((str(framework).lower(), architecture), {}).get(name, (1, 1))
 
 
 KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}

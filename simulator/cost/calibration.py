@@ -115,7 +115,7 @@ def expert_padding(df: pd.DataFrame, prec: Precision, hw) -> np.ndarray:
     if "framework" not in df:
         return np.ones((2, len(df)))
     codes, fws = pd.factorize(df.framework)
-    by = np.array([precision.expert_padding(prec.name, str(f), hw.architecture) for f in fws], dtype=float)
+    by = np.array([precision.expert_padding(prec.base, str(f), hw.architecture) for f in fws], dtype=float)
     return by.reshape(-1, 2)[codes].T
 
 

@@ -110,7 +110,7 @@ class CostModel:
         return self.params[op]
 
     def expert_pad(self, prec: Precision) -> tuple:    # the widths this framework pads the experts to
-        return expert_padding(prec.name, self.framework, self.hw.architecture)
+        return expert_padding(prec.base, self.framework, self.hw.architecture)
 
     def _table_op(self, op, prec: Precision = BF16):
         """Which residual table corrects this kernel: ``op`` for the base framework's bf16 kernels,

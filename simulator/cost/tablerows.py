@@ -24,19 +24,17 @@ def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16, keep_inversio
     if op == "gemm":
         # m >= 1: TensorRT-LLM 1.2.0rc5's H100 table also times 882 GEMMs of no tokens (0.5 us, a launch)
         df = df[(df.dtype == prec.table_dtype) & (df.m >= 1) & (df.m <= MAX_FIT_TOKENS)]
-    elif op == "moe" and prec.kernel_source:    # a batch-size variant: its kernel's rows, at the batches it runs
-        most = SMALL_BATCH_MOE_TOKENS[prec.name]
-        df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= most)]
-        df = df[df.kernel_source == prec.kernel_source] if "kernel_source" in df else df.iloc[:0]
-        if not keep_inversions:
-            df = df[~split_inversions(df)]
     elif op == "moe":
-        # B200: FlashInfer's TRT-LLM experts for most shapes, its CUTLASS experts for two; never a
-        # variant's kernel (priced on its own fit)
-        df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)]
-        if "kernel_source" in df:
-            df = df[~df.kernel_source.isin(VARIANT_KERNELS)]
-        df = _dominant_kernel(df)
+        if prec.kernel_source:      # a batch-size variant: its kernel's rows, at the batches it runs
+            df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= SMALL_BATCH_MOE_TOKENS[prec.name])]
+            df = df[df.kernel_source == prec.kernel_source] if "kernel_source" in df else df.iloc[:0]
+        else:
+            # B200: FlashInfer's TRT-LLM experts for most shapes, its CUTLASS experts for two; never a
+            # variant's kernel (priced on its own fit)
+            df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)]
+            if "kernel_source" in df:
+                df = df[~df.kernel_source.isin(VARIANT_KERNELS)]
+            df = _dominant_kernel(df)
         if not keep_inversions:
             df = df[~split_inversions(df)]
     elif op in ("attention_generation", "attention_context"):
