@@ -5,10 +5,11 @@ it leave-one-source-out (simulator/analysis/sdfit.py).
 
 1. Every expressible setup of the SD table that runs SD is simulated twice with SD (no round cost,
    and PROBE ms per round) and once without.
-2. Per framework, (spec_round_cpu_ms, draft_pass_cpu_ms) are fitted on every measured SD value and
-   stated speedup (robust loss on log(predicted / measured)); each source is then predicted by a fit
-   that never saw it. A framework whose other sources hold fewer than two setups has no held-out fit
-   for that source (n/a): no constant is fitted on a single case.
+2. spec_round_cpu_ms per framework and one draft_pass_cpu_ms for every framework are fitted together
+   on every measured SD value and stated speedup (robust loss on log(predicted / measured),
+   sdfit.fit_frameworks); each source is then predicted by a fit that never saw it. A framework whose
+   other sources hold fewer than two setups has no held-out fit for that source (n/a): no constant
+   is fitted on a single case.
 3. Printed per source: the rows, the fold's parameters, the SD speedup and SD-value errors held out,
    in-sample, and with no round cost at all. The values go into workloads/frameworks.yaml by hand,
    with this output as their source (benchmarks/results/fit_sd_step.txt).
@@ -162,13 +163,14 @@ def main():
     print(f"{'framework':<9} {'source':<44} {'obs':>4} {'setups':>6}  {'fold round ms':>13} {'pass ms':>7}  "
           f"{'LOSO speedup':>12} {'value':>6}  {'in-sample':>9}  {'no cost':>7}  sign")
     tot = {"loso": [], "ins": [], "zero": [], "val": [], "sign": [], "rows": []}
+    p_all = sdfit.fit_frameworks(obs)
+    folds = sdfit.leave_one_source_out(obs)
     for fw in sorted({o["framework"] for o in obs}):
         fo = [o for o in obs if o["framework"] == fw]
-        p_all = sdfit.fit(fo) if len({o["setup"] for o in fo}) >= 2 else None
-        folds = sdfit.leave_one_source_out(fo)
-        for s, p in folds.items():
+        for s in sorted({o["source"] for o in fo}):
+            p = folds[s]
             so, ss = [o for o in fo if o["source"] == s], [o for o in sp if o["source"] == s]
-            ins = errors(ss, p_all) if p_all else np.array([])
+            ins = errors(ss, p_all[fw]) if fw in p_all else np.array([])
             zero = errors(ss, (0.0, 0.0))
             loso = errors(ss, p) if p else np.array([])
             val = value_errors(so, p) if p else np.array([])
@@ -181,11 +183,15 @@ def main():
             fold = f"{p[0]:>13.2f} {p[1]:>7.3f}" if p else f"{'n/a':>13} {'':>7}"
             print(f"{fw:<9} {s[7:51]:<44} {len(so):>4} {len({o['setup'] for o in so}):>6}  {fold}  {fmt(loso):>12} "
                   f"{fmt(val):>6}  {fmt(ins):>9}  {fmt(zero):>7}  {sum(sg)}/{len(sg)}")
-        if p_all:
-            print(f"  -> {fw}: spec_round_cpu_ms {p_all[0]:.2f}, draft_pass_cpu_ms {p_all[1]:.3f} from "
-                  f"{len({o['source'] for o in fo})} sources, {len({o['setup'] for o in fo})} setups")
+        if fw in p_all:
+            print(f"  -> {fw}: spec_round_cpu_ms {p_all[fw][0]:.2f} from {len({o['source'] for o in fo})} sources, "
+                  f"{len({o['setup'] for o in fo})} setups")
         else:
             print(f"  -> {fw}: not fitted (one setup)")
+    if p_all:
+        fitted = [o for o in obs if o["framework"] in p_all]
+        print(f"  -> every framework: draft_pass_cpu_ms {next(iter(p_all.values()))[1]:.3f} from "
+              f"{len({o['source'] for o in fitted})} sources, {len({o['setup'] for o in fitted})} setups")
     lo = np.array(tot["loso"])
     print(f"\nall held-out speedups: {len(lo)} rows, median {fmt(lo)}, p90 "
           f"{np.percentile(lo, 90) if len(lo) else float('nan'):.1%}; SD-value median {fmt(np.array(tot['val']))}; "

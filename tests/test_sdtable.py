@@ -65,15 +65,15 @@ def test_round_cost_adds_to_every_speculative_step_in_the_engine():
 
 # --- the fit ---------------------------------------------------------------------------------
 
-def synthetic_obs(true, rng, sources=("a", "b", "c")):
+def synthetic_obs(true, rng, sources=("a", "b", "c"), framework="f"):
     obs = []
     for i in range(30):
         passes = int(rng.integers(1, 8))
         metric = ["throughput_tok_s", "tpot_ms"][i % 2]
         v0 = float(rng.uniform(50, 500) if metric == "throughput_tok_s" else rng.uniform(2, 20))
         v1 = v0 * (0.8 if metric == "throughput_tok_s" else 1.25)
-        o = {"source": sources[i % len(sources)], "setup": str(i), "passes": passes, "probe_ms": 2.0,
-             "metric": metric, "v0": v0, "v1": v1}
+        o = {"source": sources[i % len(sources)], "framework": framework, "setup": f"{framework}{i}",
+             "passes": passes, "probe_ms": 2.0, "metric": metric, "v0": v0, "v1": v1}
         o["measured"] = float(sdfit.predict(o, sdfit.round_ms(true, o)))
         obs.append(o)
     return obs
@@ -83,7 +83,7 @@ def test_fit_recovers_known_round_and_pass_costs():
     rng = np.random.default_rng(3)
     true = (1.7, 0.45)
     obs = synthetic_obs(true, rng)
-    a, b = sdfit.fit(obs)
+    a, b = sdfit.fit_frameworks(obs)["f"]
     assert a == pytest.approx(true[0], rel=0.02) and b == pytest.approx(true[1], rel=0.02)
     folds = sdfit.leave_one_source_out(obs)
     assert all(p is not None and p[0] == pytest.approx(true[0], rel=0.05) for p in folds.values())
@@ -91,8 +91,27 @@ def test_fit_recovers_known_round_and_pass_costs():
     same = [{**o, "passes": 3} for o in obs]
     for o in same:
         o["measured"] = float(sdfit.predict(o, sdfit.round_ms(true, o)))
-    a1, b1 = sdfit.fit(same)
+    a1, b1 = sdfit.fit_frameworks(same)["f"]
     assert b1 == 0.0 and a1 == pytest.approx(true[0] + 3 * true[1], rel=0.02)
+
+
+def test_frameworks_share_the_draft_pass_and_keep_their_own_round():
+    rng = np.random.default_rng(5)
+    obs = (synthetic_obs((2.0, 0.4), rng, ("a", "b"), "sglang")
+           + synthetic_obs((0.3, 0.4), rng, ("c", "d"), "vllm"))
+    fits = sdfit.fit_frameworks(obs)
+    assert fits["sglang"] == pytest.approx((2.0, 0.4), rel=0.02)
+    assert fits["vllm"] == pytest.approx((0.3, 0.4), rel=0.05)
+    # a framework whose draft passes never vary still gets its round: the pass comes from the other
+    fixed = [{**o, "passes": 3} if o["framework"] == "vllm" else o for o in obs]
+    for o in fixed:
+        o["measured"] = float(sdfit.predict(o, sdfit.round_ms((2.0, 0.4) if o["framework"] == "sglang"
+                                                               else (0.3, 0.4), o)))
+    fits = sdfit.fit_frameworks(fixed)
+    assert fits["vllm"] == pytest.approx((0.3, 0.4), rel=0.05)
+    # held out, a source is predicted with its own framework's round and the pooled pass
+    folds = sdfit.leave_one_source_out(obs)
+    assert folds["c"] == pytest.approx((0.3, 0.4), rel=0.05) and folds["a"] == pytest.approx((2.0, 0.4), rel=0.05)
 
 
 def test_no_fold_is_fitted_on_a_single_setup():
@@ -100,6 +119,11 @@ def test_no_fold_is_fitted_on_a_single_setup():
     lone = {**obs[0], "source": "b"}
     folds = sdfit.leave_one_source_out(obs + [lone])
     assert folds["a"] is None and folds["b"] is not None
+    # nor a framework: one setup of another framework is left out of the joint fit
+    other = {**obs[0], "source": "c", "framework": "g", "setup": "g0"}
+    fits = sdfit.fit_frameworks(obs + [other])
+    assert set(fits) == {"f"}
+    assert sdfit.leave_one_source_out(obs + [other])["c"] is None
 
 
 # --- reading and classifying rows ---------------------------------------------------------------
