@@ -11,11 +11,16 @@ terms alone (launch and setup, k-loop and per-expert latency: what a standalone 
 and a CUDA-graph serving path largely does not), so few-token steps and large ones can differ.
 Attention, communication and the CPU side are untouched.
 
-How: each expressible row of the framework (all of them by default, about 45 minutes on 2 cores; a
-stratified sample with --per-group N: up to N rows per (model, mode, GPU), seeded) is simulated at
-(time, fixed) scales (1, 1), (0.5, 0.5) and (0.5, 1); a kernel's time is its fixed part x the fixed
-scale + the rest x the time scale, and a row's TPOT is taken as linear in both (its batch is set by
-the client's concurrency). Per architecture the scales minimise
+How: each expressible row of the framework (all of them by default; a stratified sample with
+--per-group N: up to N rows per (model, mode, GPU), seeded; --arch A: one GPU architecture's rows) is
+simulated at (time, fixed) scales (1, 1), (1.25, 1.25) and (1.25, 1): at time scales of 1 and above a
+kernel's time is its fixed part x the fixed scale + the rest x the time scale, and a row's TPOT is
+linear in both (its batch is set by the client's concurrency). Below 1 it is not: a scale cannot
+raise a kernel's compute or memory efficiency past the datasheet peak (kernels.time_scaled), so a
+compute- or bandwidth-bound kernel stops shrinking. One scale below 1 is therefore simulated at 0.8,
+0.65, 0.5 and 0.4 and interpolated between them (linearly; below 0.4 the last segment carries on),
+and the two scales apart are searched at time scales of 1 and above only, where the linear model is
+exact. Per architecture the scales minimise
 the median |log(simulated / measured TPOT)| over a grid, once with the fixed terms on the time scale
 (one scale) and once apart; each model's rows are predicted by a fit that never saw that model
 (same-architecture checkpoints, e.g. DeepSeek-R1 and its NVFP4 release, are one model). An
@@ -42,8 +47,12 @@ from simulator.config.gpu import load as load_gpu       # noqa: E402
 
 SCALES = np.round(np.arange(0.20, 1.501, 0.01), 2)
 FIXED = np.round(np.arange(0.0, 1.501, 0.02), 2)
-# (time scale, fixed-term scale) of the three simulations of a row
-RUNS = {"11": (1.0, 1.0), "55": (0.5, 0.5), "51": (0.5, 1.0)}
+APART = SCALES[SCALES >= 1.0]     # the two scales apart: where the linear model is exact
+# (time scale, fixed-term scale) of a row's simulations: three for the linear model at time scales >= 1,
+# and one scale at points below 1 (where efficiencies stop at the datasheet peak)
+LINEAR = {"11": (1.0, 1.0), "hh": (1.25, 1.25), "h1": (1.25, 1.0)}
+BELOW = (0.8, 0.65, 0.5, 0.4)
+RUNS = {**LINEAR, **{f"s{s}": (s, s) for s in BELOW}}
 
 
 def sample(df: pd.DataFrame, framework: str, per_group: int | None, seed: int = 0) -> pd.DataFrame:
@@ -90,14 +99,27 @@ def simulate(rows: pd.DataFrame, workers) -> pd.DataFrame:
 
 
 def at(t: pd.DataFrame, metric: str, scale, fixed) -> np.ndarray:
-    """A row's metric at (scale, fixed): the kernels' fixed and scaled parts are each linear in their
-    own scale (a time or one over a rate), the rest (attention, collectives, CPU) stays. Broadcasts
-    over arrays of scales (the grid) against the rows."""
-    t11, t55, t51 = (t[f"{metric}_{k}"].to_numpy(float) for k in RUNS)
-    var = 2.0 * (t11 - t51)                  # the part that goes with the time scale
-    fix = 2.0 * (t11 - t55) - var            # the fixed terms' part
+    """A row's metric at (scale, fixed), time scale >= 1: the kernels' fixed and scaled parts are each
+    linear in their own scale (a time or one over a rate), the rest (attention, collectives, CPU)
+    stays. Broadcasts over arrays of scales (the grid) against the rows."""
+    t11, thh, th1 = (t[f"{metric}_{k}"].to_numpy(float) for k in LINEAR)
+    var = 4.0 * (th1 - t11)                  # the part that goes with the time scale
+    fix = 4.0 * (thh - th1)                  # the fixed terms' part
     rest = t11 - var - fix
     return rest + np.multiply.outer(scale, var) + np.multiply.outer(fixed, fix)
+
+
+def at_one(t: pd.DataFrame, metric: str, scale) -> np.ndarray:
+    """A row's metric with one scale for every kernel term: the linear model from 1 up, below 1
+    interpolated between the simulated points (the last segment carried on below the lowest)."""
+    s = np.atleast_1d(np.asarray(scale, dtype=float))
+    xs = np.array([1.0, *BELOW])[::-1]                                   # ascending
+    ys = np.stack([t[f"{metric}_{k}"].to_numpy(float) for k in ["11", *[f"s{b}" for b in BELOW]]])[::-1]
+    j = np.clip(np.searchsorted(xs, s), 1, len(xs) - 1)                  # segment of each scale
+    w = ((s - xs[j - 1]) / (xs[j] - xs[j - 1]))[:, None]
+    below = ys[j - 1] * (1.0 - w) + ys[j] * w
+    out = np.where((s >= 1.0)[:, None], at(t, metric, s, s).reshape(len(s), -1), below)
+    return out if np.ndim(scale) else out[0]
 
 
 def losses(t: pd.DataFrame, one: bool) -> np.ndarray:
@@ -105,9 +127,9 @@ def losses(t: pd.DataFrame, one: bool) -> np.ndarray:
     same scale (``one``), else [scales, fixed scales]."""
     meas = t.silicon_tpot_ms.to_numpy(float)
     if one:
-        pred = at(t, "tpot", SCALES, SCALES)
+        pred = at_one(t, "tpot", SCALES)
     else:
-        pred = at(t, "tpot", SCALES[:, None], FIXED[None, :])   # [scales, fixed, rows]
+        pred = at(t, "tpot", APART[:, None], FIXED[None, :])    # [scales, fixed, rows]
     return np.median(np.abs(np.log(np.maximum(pred, 1e-6) / meas)), axis=-1)
 
 
@@ -118,12 +140,13 @@ def fit(t: pd.DataFrame, one: bool) -> tuple:
         s = float(SCALES[int(np.argmin(L))])
         return s, s
     i, j = np.unravel_index(int(np.argmin(L)), L.shape)
-    return float(SCALES[i]), float(FIXED[j])
+    return float(APART[i]), float(FIXED[j])
 
 
 def err(t: pd.DataFrame, metric: str, scale: float, fixed: float) -> np.ndarray:
     meas = t[f"silicon_{metric}_ms"].to_numpy(float)
-    return at(t, metric, scale, fixed) / meas - 1.0
+    pred = at_one(t, metric, scale) if scale == fixed else at(t, metric, scale, fixed)
+    return pred / meas - 1.0
 
 
 def report(fw: str, t: pd.DataFrame) -> None:
@@ -149,7 +172,7 @@ def report(fw: str, t: pd.DataFrame) -> None:
             print(f"  {m:<22} {te.sum():>4} {np.median(base[te]):>7.1%} | {s1[0]:>5.2f} {np.median(np.abs(e1)):>8.1%} | "
                   f"{s2[0]:>5.2f} {s2[1]:>5.2f} {np.median(np.abs(e2)):>8.1%} {np.median(e2):>+7.1%}")
         tt0 = np.abs(err(g, "ttft", 1.0, 1.0))
-        for one, label in ((True, "one scale"), (False, "time + fixed scales")):
+        for one, label in ((True, "one scale"), (False, "time (>= 1) + fixed scales")):
             a = np.abs(held[one])
             print(f"  leave-one-model-out TPOT, {label}: median {np.median(a):.1%}, p90 {np.percentile(a, 90):.1%}")
         print(f"  (at 1.0: {np.median(base):.1%}, p90 {np.percentile(base, 90):.1%}); TTFT held out "
@@ -170,6 +193,8 @@ def silicon_args(per_group: int | None, framework: str | None = None, sampled: b
         ap.add_argument("--per-group", type=int, default=per_group,
                         help="rows per group (default: %(default)s; None: every row)")
     ap.add_argument("--workers", type=int, default=None)
+    if framework:
+        ap.add_argument("--arch", default=None, help="only this GPU architecture's rows (e.g. blackwell)")
     args = ap.parse_args()
     path = Path(args.silicon)
     if not path.is_file():
@@ -187,6 +212,8 @@ def main() -> int:
     args, df = got
     for fw in args.framework.split(","):
         rows = sample(df, fw, args.per_group)
+        if args.arch:
+            rows = rows[rows.gpu_arch == args.arch].reset_index(drop=True)
         print(f"{fw}: {len(rows)} rows ({'every expressible row' if args.per_group is None else f'up to {args.per_group} per model, mode and GPU'})")
         report(fw, simulate(rows, args.workers))
     return 0

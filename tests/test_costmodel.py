@@ -156,15 +156,15 @@ def test_kernel_time_scale_scales_gemm_and_moe_only():
     rates), on the scalar and the tabulated paths; attention and all-reduce are untouched."""
     from simulator.config import precision
     a = CostModel("b200_sxm", framework="trtllm")
-    b = CostModel("b200_sxm", framework="trtllm", kernel_time_scale=0.4)
+    b = CostModel("b200_sxm", framework="trtllm", kernel_time_scale=1.6)
     fp4 = precision.get("nvfp4")
     for m in (1, 64, 8192):
-        assert b.gemm(m, 8192, 8192, fp4).latency_s == pytest.approx(0.4 * a.gemm(m, 8192, 8192, fp4).latency_s)
+        assert b.gemm(m, 8192, 8192, fp4).latency_s == pytest.approx(1.6 * a.gemm(m, 8192, 8192, fp4).latency_s)
     ms = np.array([1, 32, 4096])
-    np.testing.assert_allclose(b.gemm_latency_s(ms, 7168, 2048, fp4), 0.4 * a.gemm_latency_s(ms, 7168, 2048, fp4))
+    np.testing.assert_allclose(b.gemm_latency_s(ms, 7168, 2048, fp4), 1.6 * a.gemm_latency_s(ms, 7168, 2048, fp4))
     for T in (1, 256):
         assert b.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s == pytest.approx(
-            0.4 * a.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s)
+            1.6 * a.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s)
     assert b.attention_decode(16, 2048, 64, 8, 128).latency_s == a.attention_decode(16, 2048, 64, 8, 128).latency_s
     assert b.allreduce(1e6, 8).latency_s == a.allreduce(1e6, 8).latency_s
 
@@ -175,16 +175,60 @@ def test_kernel_fixed_scale_scales_the_fixed_terms_apart():
     from simulator.config import precision
     fp4 = precision.get("nvfp4")
     cm = lambda s, f: CostModel("b200_sxm", framework="trtllm", kernel_time_scale=s, kernel_fixed_scale=f)  # noqa: E731
-    one, rest, mix = cm(1.0, 1.0), cm(1.0, 0.0), cm(0.4, 0.7)
+    one, rest, mix = cm(1.0, 1.0), cm(1.0, 0.0), cm(1.6, 0.7)
     for m in (1, 64, 8192):
         full, var = one.gemm(m, 7168, 2048, fp4).latency_s, rest.gemm(m, 7168, 2048, fp4).latency_s
         assert 0 < var < full
-        assert mix.gemm(m, 7168, 2048, fp4).latency_s == pytest.approx(0.7 * (full - var) + 0.4 * var)
+        assert mix.gemm(m, 7168, 2048, fp4).latency_s == pytest.approx(0.7 * (full - var) + 1.6 * var)
     for T in (1, 256):
         full, var = (c.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s for c in (one, rest))
-        assert mix.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s == pytest.approx(0.7 * (full - var) + 0.4 * var)
+        assert mix.moe(T, 7168, 2048, 256, 8, 1, 8, prec=fp4).latency_s == pytest.approx(0.7 * (full - var) + 1.6 * var)
     # unset, the fixed terms follow the time scale
     assert CostModel("b200_sxm", framework="trtllm", kernel_time_scale=0.4).kernel_fixed_scale == 0.4
+
+
+def test_a_time_scale_below_one_stops_at_the_datasheet():
+    """A scale below 1 shortens a kernel until its compute or memory term would beat the tensor cores'
+    or HBM's peak: an FP8 expert batch that reads every local expert's weights (DeepSeek, EP 8, 256
+    tokens) stays at or above those bytes over HBM bandwidth however small the scale, and a large
+    GEMM at or above its FLOPs over the tensor-core peak."""
+    from simulator.config import precision
+    from simulator.cost import kernels
+    fp8b = precision.get("fp8_block")
+    one = CostModel("b200_sxm", framework="trtllm")
+    hbm = one.hw.hbm_bytes_per_s
+    for s in (0.53, 0.2):
+        cm = CostModel("b200_sxm", framework="trtllm", kernel_time_scale=s)
+        big = cm.moe(256, 7168, 2048, 256, 8, 1, 8, prec=fp8b)
+        assert big.memory_s >= 32 * 3 * 7168 * 2048 * fp8b.weight_bytes / hbm
+        assert big.latency_s > s * one.moe(256, 7168, 2048, 256, 8, 1, 8, prec=fp8b).latency_s
+        assert cm.gemm(1, 24576, 7168, fp8b).memory_s >= 24576 * 7168 * fp8b.weight_bytes / hbm
+        dense = cm.gemm(8192, 8192, 8192, fp8b)
+        assert dense.compute_s >= 2 * 8192 ** 3 / cm.hw.peak_flops_per_s(fp8b.tensor_core)
+    # the efficiencies themselves: raised by 1 / scale up to 1, never lowered, kept where fitted above 1
+    p = {"eff_compute": 0.4, "eff_memory": 0.9, "eff_elementwise": 2.0, "overhead_s": 1e-5, "k_loop_s": 1e-9}
+    q = kernels.time_scaled("gemm", p, 0.5)
+    assert (q["eff_compute"], q["eff_memory"], q["overhead_s"]) == (0.8, 1.0, 5e-6)
+    assert kernels.time_scaled("gemm", {**p, "eff_memory": 1.1}, 0.5)["eff_memory"] == 1.1
+
+
+def test_the_scale_fit_reads_one_scale_below_1_from_its_simulated_points():
+    """benchmarks/fit_kernel_scale.py: a row's TPOT is linear in (time, fixed) scales from 1 up and
+    piecewise linear below (a kernel stops at the datasheet peak): a TPOT of 5 + 10 max(s, 0.6) + 2 f
+    comes back exactly at and above 1 and at the simulated points, within the kink's segment between."""
+    import importlib.util
+    from simulator.common.paths import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("fit_kernel_scale", REPO_ROOT / "benchmarks" / "fit_kernel_scale.py")
+    fks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fks)
+    tpot = lambda s, f: 5 + 10 * max(s, 0.6) + 2 * f       # noqa: E731
+    import pandas as pd
+    t = pd.DataFrame({f"{m}_{k}": [tpot(*sf)] for k, sf in fks.RUNS.items() for m in ("tpot", "ttft")})
+    for s in (1.3, 1.0, 0.8, 0.65, 0.5, 0.4, 0.3):
+        assert fks.at_one(t, "tpot", s)[0] == pytest.approx(tpot(s, s))
+    assert tpot(0.6, 0.6) <= fks.at_one(t, "tpot", 0.6)[0] <= tpot(0.6, 0.6) + 0.5
+    assert fks.at(t, "tpot", 1.2, 0.5)[0] == pytest.approx(tpot(1.2, 0.5))
+    assert fks.APART.min() >= 1.0
 
 
 def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_weighted_median_correction():

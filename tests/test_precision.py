@@ -425,12 +425,15 @@ def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a
     assert entry.kernel_scale("cdna3") == 1.0                     # no entry for the architecture: the tables'
     mine = build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 0.5}))
     assert mine.cost.kernel_time_scale == 0.5
-    # the step's GEMM and MoE time halves from the tables' (scale 1); attention does not move
+    # the step's GEMM and MoE time doubles from the tables' (scale 1) at scale 2; at 0.5 it shrinks,
+    # by at most half (a kernel stops at the datasheet peak); attention does not move
     one = build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 1.0}))
+    two = build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 2.0}))
     b = Batch(num_decode=8, decode_ctx_mean=1024.0)
-    c1, c5 = one.target_fm.forward(b), mine.target_fm.forward(b)
-    assert c5.gemm_s == pytest.approx(0.5 * c1.gemm_s) and c5.moe_s == pytest.approx(0.5 * c1.moe_s)
-    assert c5.attention_s == pytest.approx(c1.attention_s)
+    c1, c2, c5 = one.target_fm.forward(b), two.target_fm.forward(b), mine.target_fm.forward(b)
+    assert c2.gemm_s == pytest.approx(2 * c1.gemm_s) and c2.moe_s == pytest.approx(2 * c1.moe_s)
+    assert 0.5 * c1.gemm_s <= c5.gemm_s < c1.gemm_s and 0.5 * c1.moe_s <= c5.moe_s < c1.moe_s
+    assert c5.attention_s == pytest.approx(c1.attention_s) == pytest.approx(c2.attention_s)
     with pytest.raises(ConfigError, match="kernel_time_scale"):
         build(scen(**oss, engine={"framework": "trtllm", "kernel_time_scale": 0}))
     # the fixed terms: the entry's per architecture, a scenario's time scale carries them, its own wins

@@ -57,18 +57,28 @@ PARAMS = {
 # the first by s and dividing the second by s makes the kernel take s x the time at every shape.
 _TIME_TERMS = {"gemm": ("overhead_s", "k_loop_s"), "moe": ("overhead_s", "expert_s", "k_loop_s", "ep_overhead_s")}
 _RATE_TERMS = {"gemm": ("eff_compute", "eff_memory"), "moe": ("eff_compute", "eff_memory", "eff_elementwise")}
+# Fractions of a datasheet peak (tensor-core FLOP/s, HBM bandwidth); eff_elementwise is not one (it
+# stands for fused elementwise passes of unknown count).
+_PEAK_BOUND = ("eff_compute", "eff_memory")
 
 
 def time_scaled(op: str, p: dict, scale: float, fixed_scale: float | None = None) -> dict:
     """Parameters of a kernel that takes ``scale`` x the time of ``p``'s at every shape (the formula
-    is homogeneous: every term is a time or one over a rate, and the smooth max keeps the scale).
-    ``fixed_scale`` (default ``scale``) scales the fixed terms alone (launch and setup, the k-loop and
-    per-expert latency): those that do not grow with the tokens, e.g. a collector's per-op setup
-    that a serving path under CUDA graphs with fused quantisation does not pay."""
+    is homogeneous: every term is a time or one over a rate, and the smooth max keeps the scale),
+    except where that would beat the datasheet: a scale below 1 raises the compute and memory
+    efficiencies to at most 1 (or the fitted value where already above it). A serving path may run
+    faster than its collector timed the kernel (tuned tactics, fused quantisation), not faster than
+    the tensor cores and HBM allow: an FP8 expert batch reading all its experts' weights stays
+    bandwidth-bound however slow its table. ``fixed_scale`` (default ``scale``) scales the fixed terms
+    alone (launch and setup, the k-loop and per-expert latency): those that do not grow with the
+    tokens, e.g. a collector's per-op setup that a serving path under CUDA graphs with fused
+    quantisation does not pay."""
     fixed = scale if fixed_scale is None else fixed_scale
     if scale == 1.0 and fixed == 1.0:
         return p
-    return {**p, **{k: p[k] * fixed for k in _TIME_TERMS[op]}, **{k: p[k] / scale for k in _RATE_TERMS[op]}}
+    rates = {k: p[k] / scale if k not in _PEAK_BOUND else min(p[k] / scale, max(p[k], 1.0))
+             for k in _RATE_TERMS[op]}
+    return {**p, **{k: p[k] * fixed for k in _TIME_TERMS[op]}, **rates}
 
 
 def _blend(a, b, q):
