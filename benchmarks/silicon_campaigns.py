@@ -75,11 +75,13 @@ def summary(t: pd.DataFrame, min_shared: int) -> pd.DataFrame:
 
 def sd_check(t: pd.DataFrame, df: pd.DataFrame, workers) -> pd.DataFrame:
     """The MTP speedup each pair of an MTP campaign and another one measured (the other's TPOT over the
-    MTP one's), against the simulator's (the MTP row simulated without its draft over with it)."""
+    MTP one's), against the simulator's (the MTP row simulated without its draft over with it); and
+    MTP's effect on TTFT the same way (``ttft_measured``, ``ttft_simulated``: with MTP over without)."""
     mtp = {" ".join(c) for c in MTP_CAMPAIGNS}
     t = t[t.a.isin(mtp) ^ t.b.isin(mtp)].copy()
     t["mtp_row"] = np.where(t.b.isin(mtp), t.row_b, t.row_a)
     t["measured"] = np.where(t.b.isin(mtp), 1 / t.tpot, t.tpot)
+    t["ttft_measured"] = np.where(t.b.isin(mtp), t.ttft, 1 / t.ttft)
     rows = df.set_index("id").loc[t.mtp_row.unique()].reset_index().to_dict("records")
     jobs = []
     for r in rows:
@@ -88,7 +90,10 @@ def sd_check(t: pd.DataFrame, df: pd.DataFrame, workers) -> pd.DataFrame:
         jobs.append({"id": f"{r['id']}@none", "scenario": {k: v for k, v in sc.items() if k != "speculative_config"}})
     res = run_many(silicon.simulate_row, jobs, workers, "local", None, None, "MTP rows with and without", True)
     tpot = {j["id"]: x.get("sim_tpot_ms") for j, x in zip(jobs, res)}
+    ttft = {j["id"]: x.get("sim_ttft_ms") for j, x in zip(jobs, res)}
     t["simulated"] = [tpot[f"{i}@none"] / tpot[f"{i}@mtp"] for i in t.mtp_row]
+    t["ttft_simulated"] = [ttft[f"{i}@mtp"] / ttft[f"{i}@none"] for i in t.mtp_row]
+    t["isl"] = [int(r["isl"]) for r in df.drop_duplicates("id").set_index("id").loc[t.mtp_row].reset_index().to_dict("records")]
     t["error"] = t.simulated / t.measured - 1
     return t
 
@@ -127,6 +132,15 @@ def main() -> None:
         print(f"  all: |error| median {c.error.abs().median():.1%}, p90 {np.percentile(c.error.abs(), 90):.1%}; "
               f"speedup above 1 measured {int((c.measured > 1).sum())} of {len(c)}, simulated "
               f"{int((c.simulated > 1).sum())}")
+        print("\nMTP's effect on TTFT (with MTP over without), measured against simulated, same configurations:")
+        for users, g in c.groupby(by_users(c.users), observed=True):
+            print(f"  users {users:>6}  {len(g):3d}  measured {g.ttft_measured.median():.2f}x  simulated "
+                  f"{g.ttft_simulated.median():.2f}x")
+        for isl, g in c.groupby("isl"):
+            print(f"  prompts {isl:>6}  {len(g):3d}  measured {g.ttft_measured.median():.2f}x  simulated "
+                  f"{g.ttft_simulated.median():.2f}x")
+        print(f"  all: measured {c.ttft_measured.median():.2f}x (above 1 in {int((c.ttft_measured > 1).sum())} of "
+              f"{len(c)}), simulated {c.ttft_simulated.median():.2f}x (above 1 in {int((c.ttft_simulated > 1).sum())})")
 
 
 if __name__ == "__main__":
