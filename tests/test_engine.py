@@ -256,6 +256,22 @@ def test_prefill_first_keeps_a_closed_loop_in_step():
     assert mixed[mixed.request_id < 8].finish_time_s.nunique() > 1
 
 
+def test_prompts_per_prefill_counts_a_closed_loops_cohorts():
+    """A closed loop with identical lengths whose users' prompts fit one step: the cohort prefills in
+    one step, finishes on one step and sends together again, every round (4 prompts a step). With a
+    budget of one prompt a step each prefills alone (1). SD's per-user acceptance ends the users'
+    requests on different steps, so after the first round the cohort breaks up."""
+    sets = ["workload.concurrency=4", "workload.request_rate=inf", "workload.dataset_name=fixed",
+            "workload.random_input_len=500", "workload.random_output_len=30", "workload.num_prompts=12"]
+    together, req, _ = run(small(sets + ["speculative_config=null", "engine.max_num_batched_tokens=4096"]))
+    assert req.completed.all() and together["mean_prompts_per_prefill"] == 4.0
+    alone, _, _ = run(small(sets + ["speculative_config=null", "engine.max_num_batched_tokens=600",
+                                    "engine.enable_chunked_prefill=false"]))
+    assert alone["mean_prompts_per_prefill"] == 1.0
+    sd, req, _ = run(small(sets + ["engine.max_num_batched_tokens=4096"]))
+    assert req.num_drafts.sum() > 0 and 1.0 <= sd["mean_prompts_per_prefill"] < 4.0
+
+
 def test_adaptive_k_probes_with_one_draft_so_an_unlucky_start_cannot_switch_sd_off_for_good():
     """An adaptive policy that chose k = 0 would never see another draft. Every PROBE_EVERY decoding
     steps at k = 0 it drafts one token; a real choice of k > 0, or a step with nobody decoding, resets

@@ -58,6 +58,7 @@ def print_table(summary: dict, out_dir: Path) -> None:
             ("acceptance assumed", summary.get("acceptance_model") or "-"),
             ("target efficiency", f(summary.get("target_efficiency"), 3)),
             ("mean batch size", f(summary["mean_batch_size"], 1)),
+            ("prompts per prefill step", f(summary.get("mean_prompts_per_prefill"), 2)),
             ("active experts / MoE layer", f(summary["mean_active_experts_per_layer"], 1)),
             ("expert bytes / output token", f"{summary['expert_bytes_per_output_token'] / 1e6:.1f} MB")]
     if summary.get("request_goodput") is not None:

@@ -19,6 +19,7 @@ ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", "
         ("spec_decode_acceptance_length", "acceptance length", "tokens/round"),
         ("acceptance_model", "acceptance assumed", ""),
         ("target_efficiency", "target efficiency", ""), ("mean_batch_size", "mean decode batch", "sequences"),
+        ("mean_prompts_per_prefill", "prompts sharing each prompt's prefill step", "prompts"),
         ("mean_active_experts_per_layer", "active experts per MoE layer", "experts"),
         ("expert_bytes_per_output_token", "expert weights read per output token", "bytes"),
         ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", ""),
