@@ -89,6 +89,18 @@ def test_cli_simulate_writes_outputs(tmp_path):
     assert "kernel tables (GEMM, MoE)</td><td>vllm " in html and "acceptance assumed</td><td>rate 0.8" in html
 
 
+def test_cli_simulate_notes_a_closed_loops_cohorts(tmp_path):
+    """A closed loop with identical lengths whose users' prompts fit one step prefills them together
+    every round: the console says its TTFT rests on those cohorts; an open loop does not get the note."""
+    closed = ["--set", "workload.concurrency=4", "--set", "workload.request_rate=inf", "--set",
+              "workload.dataset_name=fixed", "--set", "workload.num_prompts=12", "--set", "speculative_config=null"]
+    p = cli("simulate", "quickstart", "--out", str(tmp_path / "c"), *closed)
+    assert p.returncode == 0, p.stderr
+    assert "note: prompts prefilled 4.0 at a time" in p.stdout
+    p = cli("simulate", "quickstart", "--out", str(tmp_path / "o"), "--set", "workload.num_prompts=12")
+    assert p.returncode == 0 and "TTFT mean" in p.stdout and "note: prompts prefilled" not in p.stdout
+
+
 def test_kernel_cli_json():
     import json
     p = cli("kernel", "moe", "--gpu", "h200_sxm", "--num-tokens", "64", "--hidden-size", "3584", "--inter-size",

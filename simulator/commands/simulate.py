@@ -41,6 +41,10 @@ def write_outputs(out_dir: Path, sc, summary: dict, req, steps, report: bool = T
             simulation_report(tmp / "report.html", sc, summary, req, steps)
 
 
+# prompts per prefill step at which a closed loop's console summary says its TTFT rests on cohorts
+COHORT_NOTE = 1.5
+
+
 def print_table(summary: dict, out_dir: Path) -> None:
     f = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     done = f"{summary['completed']} / {summary['failed']}"
@@ -68,6 +72,11 @@ def print_table(summary: dict, out_dir: Path) -> None:
     w = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"  {a:<{w}}  {b}")
+    cohort = summary.get("mean_prompts_per_prefill")
+    if summary.get("concurrency") and cohort is not None and cohort >= COHORT_NOTE:
+        # users of a closed loop that prefill together finish together and resend together
+        print(f"  note: prompts prefilled {cohort:.1f} at a time; a closed loop keeps such cohorts, so its TTFT "
+              "(and SD's effect on TTFT) depends on them (README, \"Closed-loop TTFT\")")
     print(f"  results: {out_dir}")
 
 
