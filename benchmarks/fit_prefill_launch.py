@@ -10,9 +10,10 @@ value; a framework's value is the candidate with the least median |log(simulated
 over its rows, and each architecture's rows are predicted by the value fitted on the other
 architectures (DeepSeek-V3 and R1, one architecture under two names, are held out together). A value goes into
 workloads/frameworks.yaml by hand, with this output as its source (benchmarks/results/
-fit_prefill_launch.txt), only where it predicts held-out architectures better: so far none (README,
-"Framework step model": SGLang's value is set by DeepSeek's rows alone, TensorRT-LLM's gains on
-held-out models nothing).
+fit_prefill_launch.txt), only where it predicts held-out architectures better and the rest of the
+measured runs agree: so far none (README, "Framework step model": SGLang's value is set by DeepSeek's
+rows alone; TensorRT-LLM's gains on held-out architectures, but its disaggregated rows, refitted with
+it by benchmarks/fit_disagg_handoff.py, get worse).
 
     python benchmarks/fit_prefill_launch.py [--silicon FILE] [--workers N] [--max-concurrency N]
 """
