@@ -472,11 +472,12 @@ def test_silicon_rows_average_as_the_benchmark_does():
     a warm-up, the steady rounds alone."""
     from simulator.analysis import silicon
     from simulator.analysis.silicon import REQUESTS_PER_USER, protocol_means
+    from simulator.serving.metrics import prompts_per_prefill
     from simulator.serving.simulation import simulate
-    sc = parse({"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h100_sxm"},
-                "workload": {"dataset_name": "fixed", "random_input_len": 2048, "random_output_len": 32,
-                             "concurrency": 8, "num_prompts": 24, "measurement": "steady"}}, "t")
-    _, req, _ = simulate(build(sc))
+    row = {"model": "Qwen3-30B-A3B", "hardware": {"gpu": "h100_sxm"},
+           "workload": {"dataset_name": "fixed", "random_input_len": 2048, "random_output_len": 32,
+                        "concurrency": 8, "num_prompts": 24, "measurement": "steady"}}
+    _, req, _ = simulate(build(parse(row, "t")))
     first = req.groupby("user").start_s.transform("min") == req.start_s
     assert first.sum() == 8 and req.start_s[first].max() == 0.0        # every user's first leaves at t=0
     steady = req.measured & ~first
@@ -491,6 +492,12 @@ def test_silicon_rows_average_as_the_benchmark_does():
     # after a warm-up (genai-perf's, in AIConfigurator's gap-analysis runs) the steady rounds alone
     warm = protocol_means(req, warm_up=True)
     assert warm["sim_ttft_ms"] == pytest.approx(req.ttft_s[steady].mean() * 1e3)
+    # a row also says how many prompts shared each steady-round prompt's prefill step: at most the four
+    # 2048-token prompts an 8192-token step holds
+    sim = silicon.simulate_row({"id": "t", "scenario": row})
+    assert sim["sim_ttft_ms"] == pytest.approx(got["sim_ttft_ms"])
+    assert sim["sim_prompts_per_prefill"] == prompts_per_prefill(req[steady & req.completed])
+    assert 1.0 <= sim["sim_prompts_per_prefill"] <= 4.0
     assert silicon.warmed_up({"silicon_data_source": "source_file=/x/aic-auto-gap-analysis/data/a.csv"})
     assert not silicon.warmed_up({"silicon_data_source": "db-dump/2026-04-27; config_id=759"})
 

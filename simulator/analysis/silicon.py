@@ -22,7 +22,7 @@ from ..config.gpu import load as load_gpu
 from ..config.model import load as load_model
 from ..config.scenario import parse
 from ..cost.costmodel import CostModel
-from ..serving.metrics import first_sent
+from ..serving.metrics import first_sent, prompts_per_prefill
 from ..serving.simulation import build, missing_kernels, simulate
 from . import silicon_campaigns as campaigns
 from .runner import run_many
@@ -324,7 +324,11 @@ def simulate_row(job: dict) -> dict:
     except ConfigError as exc:
         return {"blocked": f"{exc.field}: {exc.message}" if exc.field else exc.message}
     _, req, _ = simulate(setup)
-    return {**protocol_means(req, job.get("warm_up", False)), "kernel_tables": setup.files.get("kernel_tables", "")}
+    # the cohorts its steady rounds prefilled in (README, "Closed-loop TTFT"); the first round's alone if none
+    done, first = req.completed.values, first_sent(req)
+    steady = req[done & req.measured.values & ~first]
+    return {**protocol_means(req, job.get("warm_up", False)), "kernel_tables": setup.files.get("kernel_tables", ""),
+            "sim_prompts_per_prefill": prompts_per_prefill(steady if len(steady) else req[done])}
 
 
 def validate_silicon(path: Path, sample: int | None = None, workers=None, executor="local", address=None,
@@ -349,7 +353,8 @@ def validate_silicon(path: Path, sample: int | None = None, workers=None, execut
                "kernel_tables": res.get("kernel_tables", ""),
                "assumption": "" if b else assumption(r),
                "measured_ttft_ms": r["silicon_ttft_ms"], "measured_tpot_ms": r["silicon_tpot_ms"],
-               "sim_ttft_ms": res.get("sim_ttft_ms"), "sim_tpot_ms": res.get("sim_tpot_ms")}
+               "sim_ttft_ms": res.get("sim_ttft_ms"), "sim_tpot_ms": res.get("sim_tpot_ms"),
+               "sim_prompts_per_prefill": res.get("sim_prompts_per_prefill")}
         for m in ("ttft", "tpot"):
             meas, sim = rec[f"measured_{m}_ms"], rec[f"sim_{m}_ms"]
             ok = sim is not None and meas == meas and meas > 0

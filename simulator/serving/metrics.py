@@ -83,7 +83,7 @@ def _agg_hist(h, name: str) -> dict:
     return out
 
 
-def _prompts_per_prefill(done: pd.DataFrame) -> float | None:
+def prompts_per_prefill(done: pd.DataFrame) -> float | None:
     """How many prompts took their first token in the same step of the same rank as each request,
     averaged over requests: 1 when every prompt prefilled alone. In a closed loop with identical
     lengths, users whose prompts share a step finish together and send together again, so this
@@ -153,7 +153,7 @@ def summary(outcome, req: pd.DataFrame, scenario, extra: dict) -> dict:
     out_tokens = max(int(done.generated.sum()), 1)
     s["expert_bytes_per_output_token"] = st.sums["expert_weight_bytes"] / out_tokens
     s["num_preemptions"] = int(req.preemptions.sum())
-    s["mean_prompts_per_prefill"] = _prompts_per_prefill(done)
+    s["mean_prompts_per_prefill"] = prompts_per_prefill(done)
     if scenario.engine.enable_prefix_caching:      # vLLM's prefix cache hit rate: cached / prompt tokens
         s["prefix_cache_hit_rate"] = float(req.cached_tokens.sum()) / max(float(req.input_len.sum()), 1.0)
     total = sum(st.sums[p] for p in PARTS) or 1.0
