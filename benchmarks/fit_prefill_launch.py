@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from simulator.analysis import silicon                  # noqa: E402
 from simulator.analysis.runner import run_many          # noqa: E402
 from fit_kernel_scale import silicon_args               # noqa: E402
-from simulator.config.model import load as load_model   # noqa: E402
 
 MAX_CONCURRENCY = 16
 FRAMEWORKS = ("sglang", "trtllm")
@@ -51,15 +50,17 @@ def best(g: pd.DataFrame) -> float:
     return min(CANDIDATES_US, key=lambda x: (_loss(g[g.us == x]), x))
 
 
+def _shape(name: str) -> str:
+    return str(silicon._arch(name).model_dump(exclude={"name", "source", "notes", "quantization"}))
+
+
 def architecture(model_path: str) -> str:
     """The catalog name standing for every model of the same architecture (a checkpoint's name and
     precision aside): DeepSeek-V3 and R1 are one."""
     names = {}
     for m in silicon.MODELS.values():
-        key = str(load_model(m).model_dump(exclude={"name", "source", "notes", "quantization"}))
-        names.setdefault(key, m)
-    m = silicon.MODELS[model_path]
-    return names[str(load_model(m).model_dump(exclude={"name", "source", "notes", "quantization"}))]
+        names.setdefault(_shape(m), m)
+    return names[_shape(silicon.MODELS[model_path])]
 
 
 def main() -> int:

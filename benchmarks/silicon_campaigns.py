@@ -93,7 +93,7 @@ def sd_check(t: pd.DataFrame, df: pd.DataFrame, workers) -> pd.DataFrame:
     ttft = {j["id"]: x.get("sim_ttft_ms") for j, x in zip(jobs, res)}
     t["simulated"] = [tpot[f"{i}@none"] / tpot[f"{i}@mtp"] for i in t.mtp_row]
     t["ttft_simulated"] = [ttft[f"{i}@mtp"] / ttft[f"{i}@none"] for i in t.mtp_row]
-    t["isl"] = [int(r["isl"]) for r in df.drop_duplicates("id").set_index("id").loc[t.mtp_row].reset_index().to_dict("records")]
+    t["isl"] = df.drop_duplicates("id").set_index("id").isl.loc[t.mtp_row].astype(int).to_numpy()
     t["error"] = t.simulated / t.measured - 1
     return t
 

@@ -301,13 +301,18 @@ def warmed_up(r: dict) -> bool:
     return isinstance(src, str) and any(s in src for s in WARMED_UP_SOURCES)
 
 
+def rounds(req: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A closed loop's finished requests of the first round (every user at once) and of the steady
+    rounds (the measured ones after it)."""
+    first, done = first_sent(req), req.completed.values
+    return req[first & done], req[req.measured.values & ~first & done]
+
+
 def protocol_means(req: pd.DataFrame, warm_up: bool = False) -> dict:
     """Mean TTFT/TPOT (ms) of a closed-loop run as the benchmark averages them over
     ``REQUESTS_PER_USER`` rounds: the first round's mean once (never after a warm-up), the steady
     rounds' (``measured``) for the rest; the first round's alone when no steady round finished."""
-    first_mask = first_sent(req)
-    first = req[first_mask & req.completed.values]
-    steady = req[req.measured.values & ~first_mask & req.completed.values]
+    first, steady = rounds(req)
     out = {}
     for m in ("ttft", "tpot"):
         f = float(np.nanmean(first[f"{m}_s"].values)) if first[f"{m}_s"].notna().any() else np.nan
@@ -324,11 +329,10 @@ def simulate_row(job: dict) -> dict:
     except ConfigError as exc:
         return {"blocked": f"{exc.field}: {exc.message}" if exc.field else exc.message}
     _, req, _ = simulate(setup)
-    # the cohorts its steady rounds prefilled in (README, "Closed-loop TTFT"); the first round's alone if none
-    done, first = req.completed.values, first_sent(req)
-    steady = req[done & req.measured.values & ~first]
+    # the cohorts its steady rounds prefilled in (README, "Closed-loop TTFT"); every finished request's if none
+    steady = rounds(req)[1]
     return {**protocol_means(req, job.get("warm_up", False)), "kernel_tables": setup.files.get("kernel_tables", ""),
-            "sim_prompts_per_prefill": prompts_per_prefill(steady if len(steady) else req[done])}
+            "sim_prompts_per_prefill": prompts_per_prefill(steady if len(steady) else req[req.completed.values])}
 
 
 def validate_silicon(path: Path, sample: int | None = None, workers=None, executor="local", address=None,

@@ -90,9 +90,7 @@ def prompts_per_prefill(done: pd.DataFrame) -> float | None:
     measures the cohorts that decide its TTFT (README, "Closed-loop TTFT")."""
     if not len(done):
         return None
-    keys = [done.replica.values, done.dp_rank.values, done.first_token_time_s.values]
-    sizes = pd.DataFrame(dict(zip("rdt", keys))).groupby(["r", "d", "t"]).t.transform("size")
-    return float(sizes.mean())
+    return float(done.groupby(["replica", "dp_rank", "first_token_time_s"]).request_id.transform("size").mean())
 
 
 def summary(outcome, req: pd.DataFrame, scenario, extra: dict) -> dict:
