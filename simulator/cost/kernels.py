@@ -27,8 +27,10 @@ PARAMS = {
         "l2_gain": (2.0, 1.0, 6.0), "q": (3.0, 1.5, 8.0), "wave_beta": (0.5, 1e-3, 1.0),
         "l2_fit_frac": (0.5, 0.1, 3.0), "k_loop_s": (5e-10, 1e-13, 1e-7), "min_m": (16.0, 1.0, 128.0),
     },
+    # MoE memory efficiency down to 5% of HBM: vLLM 0.24's per-tensor FP8 experts (FlashInfer CUTLASS)
+    # run at 13-19% on Hopper (H200's table held out: 8.3/24.2% median/p90 at the old 0.2 floor, 4.8/15.0% now)
     "moe": {
-        "eff_compute": (0.6, 0.05, 1.0), "eff_memory": (0.8, 0.2, 1.2), "overhead_s": (1e-5, 1e-6, 1e-4),
+        "eff_compute": (0.6, 0.05, 1.0), "eff_memory": (0.8, 0.05, 1.2), "overhead_s": (1e-5, 1e-6, 1e-4),
         "expert_s": (1e-7, 1e-9, 1e-5), "l2_gain": (2.0, 1.0, 6.0), "q": (3.0, 1.5, 8.0),
         "l2_fit_frac": (0.5, 0.1, 3.0), "misaligned_factor": (2.5, 1.0, 5.0), "k_loop_s": (1e-9, 1e-12, 1e-7),
         "occupancy": (1.0, 0.05, 4.0), "eff_elementwise": (0.5, 0.01, 5.0), "ep_overhead_s": (5e-6, 1e-8, 1e-4),
