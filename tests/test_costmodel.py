@@ -255,6 +255,31 @@ def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_weighted_me
     assert g.lookup((2048, 1024), (), 8)[0] == pytest.approx(0.4)
 
 
+def test_an_unmeasured_gemm_shape_borrows_its_neighbours_corrections_without_their_isolated_spikes(monkeypatch):
+    """A neighbour timed 2.7x slow at one token count between two that agree (a collector glitch, as in
+    vLLM 0.24's FP8 GEMMs on B200) lends the mean of those two there; a departure every shape shares at
+    that token count is lent as measured; a measured shape keeps its own cells, spike included."""
+    import pandas as pd
+    from simulator.cost import residuals
+    from simulator.cost.residuals import ResidualTable
+    ms, spike = [16, 32, 48, 64, 80], float(np.log(2.7))
+    def shape(n, k, res):
+        return pd.DataFrame({"n": n, "k": k, "m": ms, "log_residual": res})
+    flat = [0.1] * 5
+    t = ResidualTable.build("gemm", pd.concat([shape(1024, 1024, [0, 0, spike, 0, 0]), shape(4096, 1024, flat),
+                                               shape(1024, 4096, flat)]))
+    assert t.lookup((1024, 1024), (), 48) == (pytest.approx(spike), "table")
+    corr, path = t.lookup((2048, 1024), (), 48)
+    assert path == "roofline+neighbours" and corr == pytest.approx(t.lookup((2048, 1024), (), 32)[0])
+    # a bump of about 1.8x at 48 tokens in every shape is structure (a kernel switch), lent as measured
+    rows = pd.concat([shape(1024, 1024, [0, 0, 0.5, 0, 0]), shape(4096, 1024, [0.1, 0.1, 0.7, 0.1, 0.1]),
+                      shape(1024, 4096, [0.1, 0.1, 0.8, 0.1, 0.1])])
+    monkeypatch.setattr(residuals, "_DESPIKE", {})
+    raw = ResidualTable.build("gemm", rows).lookup((2048, 1024), (), 48)[0]
+    monkeypatch.undo()
+    assert ResidualTable.build("gemm", rows).lookup((2048, 1024), (), 48)[0] == pytest.approx(raw)
+
+
 def test_eagle3_head_qkv_reads_twice_the_hidden_width(cm):
     """An EAGLE-3 head's decoder layer projects [token embedding; fused hidden state] to q/k/v: its
     weights and its GEMM are 2 x hidden deep, and nothing else about the layer changes."""
