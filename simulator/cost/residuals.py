@@ -53,14 +53,15 @@ _NEIGHBOUR_SHRINK = {"moe": 0.75}
 # tables lose 1-4 points of p90, vLLM's fp8_block gains 2-4). The median taken whole: 20 and 14 tables,
 # but mean p90 29.6% and L40S's base MoE table (kernel_accuracy.py) over 22% (22.4%).
 _NEIGHBOUR_MEDIAN = {"moe"}
-# ... and an unmeasured GEMM shape borrows its neighbours' corrections with their isolated spikes
-# taken out (2026-12-06): a cell over 1.5x off the mean of its shape's two adjacent measured token
-# counts (which agree within 1.22x), in a way the other shapes do not share at that token count, is
-# read as that mean plus the shared departure. Some collections time single calls with glitches:
-# vLLM 0.24's FP8 GEMMs on B200 take 27-29 us at a few token counts where the next ones take 10-12
-# (N 64 x K 7168 at 49, 64, 128, 225, 256 tokens), and the nearest neighbour's glitch landed on the
-# query as is. A measured shape keeps its own cells. Leave one shape out over the 27 bf16/fp8/
-# fp8_block GEMM tables of H100, H200 and B200: see README "Precisions, architectures, framework kernels".
+# GEMM corrections are read with their isolated spikes taken out (2026-12-06): a cell over 1.5x off
+# the mean of its shape's two adjacent measured token counts (which agree within 1.22x), in a way the
+# other shapes do not share at that token count, is read as that mean plus the shared departure.
+# Some collections time single calls with glitches: vLLM 0.24's FP8 GEMMs on B200 take 27-29 us at a
+# few token counts where the next ones take 10-12 (N 64 x K 7168 at 49, 64, 128, 225, 256 tokens).
+# An unmeasured shape took its nearest neighbour's glitch as is, and a measured one its own (Llama-
+# 3.1-70B's at some batch sizes: 9 of its measured B200 FP8 serving runs 15.8% -> 6.4% TPOT). Leave
+# one shape out over the 27 bf16/fp8/fp8_block GEMM tables of H100, H200 and B200, and the silicon
+# file: README "Precisions, architectures, framework kernels". The stored cells stay as measured.
 _DESPIKE = {"gemm": np.log(1.5)}
 
 
@@ -69,7 +70,7 @@ class _Group:
     sizes: np.ndarray          # sorted log2 sizes
     shapes: np.ndarray         # [S, dims] log2 shape vectors
     table: np.ndarray          # [n_sizes, S] log residuals (NaN where not measured)
-    borrowed: np.ndarray | None = None   # what an unmeasured shape reads of them (``_despiked``); None: ``table``
+    read: np.ndarray | None = None   # what lookups read of them (``_despiked``); None: ``table``
 
 
 @dataclass
@@ -159,7 +160,7 @@ class ResidualTable:
             d2 = (((g.shapes - q) * np.asarray(_AXIS_SCALE.get(self.op, 1.0))) ** 2).sum(axis=1)
             exact = d2 < 1e-9
             w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS.get(self.op, 0.05)) ** _POWER.get(self.op, 2)
-            table = g.table if exact.any() or g.borrowed is None else g.borrowed
+            table = g.table if g.read is None else g.read
             ok = ~np.isnan(table) & (w > 0)
             if self.op in _NEIGHBOUR_MEDIAN and not exact.any():
                 rows = _weighted_median_rows(table, ok, w)
