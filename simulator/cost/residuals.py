@@ -70,7 +70,7 @@ class _Group:
     sizes: np.ndarray          # sorted log2 sizes
     shapes: np.ndarray         # [S, dims] log2 shape vectors
     table: np.ndarray          # [n_sizes, S] log residuals (NaN where not measured)
-    read: np.ndarray | None = None   # what lookups read of them (``_despiked``); None: ``table``
+    read: np.ndarray           # what lookups read of them: ``table`` less its isolated spikes (``_despiked``)
 
 
 @dataclass
@@ -160,24 +160,23 @@ class ResidualTable:
             d2 = (((g.shapes - q) * np.asarray(_AXIS_SCALE.get(self.op, 1.0))) ** 2).sum(axis=1)
             exact = d2 < 1e-9
             w = np.where(exact, 1.0, 0.0) if exact.any() else 1.0 / (d2 + _EPS.get(self.op, 0.05)) ** _POWER.get(self.op, 2)
-            table = g.table if g.read is None else g.read
-            ok = ~np.isnan(table) & (w > 0)
+            ok = ~np.isnan(g.read) & (w > 0)
             if self.op in _NEIGHBOUR_MEDIAN and not exact.any():
-                rows = _weighted_median_rows(table, ok, w)
+                rows = _weighted_median_rows(g.read, ok, w)
             else:
                 den = (w * ok).sum(axis=1)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    rows = np.where(den > 0, np.where(ok, table, 0.0) @ w / den, np.nan)
+                    rows = np.where(den > 0, np.where(ok, g.read, 0.0) @ w / den, np.nan)
             hit = self._row_cache[(key, shape)] = (rows, bool(exact.any()))
         return hit
 
 
-def _despiked(table: np.ndarray, thresh: float | None) -> np.ndarray | None:
+def _despiked(table: np.ndarray, thresh: float | None) -> np.ndarray:
     """``table`` [sizes, shapes] with each isolated spike (``_DESPIKE``) replaced by the mean of its
-    shape's adjacent measured cells plus the departure all shapes share at that size; None without
-    a threshold."""
+    shape's adjacent measured cells plus the departure all shapes share at that size; ``table``
+    itself without a threshold."""
     if thresh is None:
-        return None
+        return table
     dep, between = np.full(table.shape, np.nan), np.full(table.shape, np.nan)
     agree = np.zeros(table.shape, dtype=bool)
     for j in range(table.shape[1]):
