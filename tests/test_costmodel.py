@@ -255,6 +255,40 @@ def test_unmeasured_moe_shape_takes_three_quarters_of_its_neighbours_weighted_me
     assert g.lookup((2048, 1024), (), 8)[0] == pytest.approx(0.4)
 
 
+def test_unmeasured_triton_moe_shape_takes_the_correction_of_series_with_its_tile_config():
+    """Triton fused-MoE kernels pick tiles per (experts per rank, width per rank): an unmeasured shape
+    takes the median correction of the measured series with that key and its routing, at any layout,
+    not its neighbours' at its own layout. Other kernels, and the stored calibration, keep the rule."""
+    import pandas as pd
+    from simulator.cost import calibration
+    from simulator.cost.residuals import ResidualTable
+    def series(h, i, e, k, tp, res, dist="balanced"):
+        return dict(hidden_size=h, inter_size=i, num_experts=e, topk=k, moe_tp_size=tp, moe_ep_size=1,
+                    distribution=dist, num_tokens=1024, log_residual=res)
+    rows = pd.DataFrame([series(4096, 1536, 128, 8, 1, 0.0), series(6144, 3072, 128, 4, 1, 0.1),
+                         series(4096, 1536, 128, 8, 2, -0.7), series(6144, 3072, 128, 4, 4, -0.5),
+                         series(6144, 3072, 128, 4, 4, 0.9, "power_law_1.2")])    # E 128 / N 768 at TP 2 and 4
+    qwen3_30b, key = (2048, 768, 128, 8), (1, 1, "balanced")                      # E 128 / N 768 at TP 1
+    tiled = ResidualTable.build("moe", rows.assign(tile_keyed=True))
+    assert tiled.lookup(qwen3_30b, key, 1024) == (pytest.approx(-0.6), "roofline+same-tiles")
+    assert tiled.lookup((4096, 1536, 128, 8), key, 1024) == (pytest.approx(0.0), "table")
+    # no series shares E 64 / N 768: the neighbours' rule, as for every other kernel
+    assert tiled.lookup((2048, 768, 64, 8), key, 1024)[1] == "roofline+neighbours"
+    plain = ResidualTable.build("moe", rows)
+    corr, path = plain.lookup(qwen3_30b, key, 1024)
+    assert path == "roofline+neighbours" and corr == pytest.approx(0.0)    # the nearest shape's, 4096/1536
+    # the stored calibration: MoE and GEMM rows in one file, the GEMM rows reading NaN for the flag
+    gemm = ResidualTable.build("gemm", pd.DataFrame({"n": [1024], "k": [1024], "m": [8], "log_residual": [0.2]}))
+    stored = pd.concat([tiled.to_frame(), gemm.to_frame()], ignore_index=True)
+    assert ResidualTable.from_frame("moe", stored).lookup(qwen3_30b, key, 1024) == \
+        (pytest.approx(-0.6), "roofline+same-tiles")
+    assert ResidualTable.from_frame("gemm", stored).lookup((2048, 1024), (), 8) == \
+        (pytest.approx(0.2), "roofline+neighbours")
+    kernels = pd.DataFrame([dict(rows.iloc[0].drop("log_residual"), latency_ms=1.0, kernel_source=k)
+                            for k in ("sglang_fused_moe_triton", "moe_torch_flow_cutlass")])
+    assert calibration.residual_rows("moe", kernels, np.array([1e-3, 1e-3])).tile_keyed.tolist() == [True, False]
+
+
 def test_gemm_corrections_are_read_without_isolated_spikes(monkeypatch):
     """A shape timed 2.7x slow at one token count between two that agree (a collector glitch, as in
     vLLM 0.24's FP8 GEMMs on B200) is read as the mean of those two there, by itself and by its

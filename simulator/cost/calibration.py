@@ -19,7 +19,7 @@ from . import kernels, routing, rowcache, traces
 from ..config import precision
 from ..config.precision import Precision
 from .kernels import BF16
-from .residuals import LAYOUT, ResidualTable
+from .residuals import LAYOUT, TILE_KEYED_MOE, ResidualTable
 from .tablerows import BORROWED_ROWS, MIN_ROWS, MLA_STANDINS, precision_rows, select_rows, without_inversions
 
 
@@ -183,6 +183,8 @@ def residual_rows(op: str, df: pd.DataFrame, pred_s: np.ndarray) -> pd.DataFrame
     shape_cols, key_cols, size_col = LAYOUT[op]
     out = df[shape_cols + key_cols + [size_col]].copy()
     out["log_residual"] = np.log(df.latency_ms.values / 1e3 / pred_s)
+    if op == "moe" and "kernel_source" in df:
+        out["tile_keyed"] = df["kernel_source"].isin(TILE_KEYED_MOE).values
     return out
 
 

@@ -2,8 +2,8 @@
 
 Pure: no SimPy, no globals beyond read-only caches of files. Every call returns a
 :class:`KernelCost` with the latency, its roofline terms, bytes moved, and which path answered
-(``table`` = the exact shape was measured; ``roofline+neighbours``; ``roofline``), and whether
-the GPU's parameters were transferred from another GPU.
+(``table`` = the exact shape was measured; ``roofline+neighbours``; ``roofline+same-tiles``;
+``roofline``), and whether the GPU's parameters were transferred from another GPU.
 """
 
 from __future__ import annotations

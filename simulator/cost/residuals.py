@@ -4,7 +4,9 @@ The roofline captures physics; what it misses (kernel-config switches at token-c
 tile effects of one shape family) is stored as log(measured / roofline) per measured point and
 carried to a query by inverse-distance weighting over shapes (in log2 space) and linear
 interpolation along the op's size axis (log scale). A measured shape gets its own ratios back
-(``path = "table"``); an unmeasured one gets its neighbours' (``"roofline+neighbours"``).
+(``path = "table"``); an unmeasured one gets its neighbours' (``"roofline+neighbours"``), or, for
+a MoE kernel that picks its tiles by local experts and width, the measured shapes' that share those
+(``"roofline+same-tiles"``, ``TILE_KEYED_MOE``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ _NEIGHBOUR_MEDIAN = {"moe"}
 # one shape out over the 27 bf16/fp8/fp8_block GEMM tables of H100, H200 and B200, and the silicon
 # file: README "Precisions, architectures, framework kernels". The stored cells stay as measured.
 _DESPIKE = {"gemm": np.log(1.5)}
+# Triton fused-MoE kernels read their tile configuration from a file per (experts on the rank, expert
+# width on the rank, device, dtype) -- `E={E},N={N},device_name=...json`, N the width after TP (SGLang's
+# fused_moe_triton/configs/README.md; vLLM's fused_moe/configs the same) -- and take a default where
+# none was tuned. Shapes sharing that key run one configuration, whatever their hidden size, top-k or
+# layout: SGLang's bf16 experts on H200 at >= 1,024 tokens run 0.49-0.58x the roofline at E 128 /
+# N 768 in all three shapes that have it (Qwen3-30B-A3B at TP 1, Qwen3-235B at TP 2, 6144/3072 at TP 4),
+# and Qwen3-30B-A3B 0.88-0.90x at E 64 and 32 / N 768 (EP 2 and 4). An unmeasured shape there takes the
+# median correction of the measured series with its key (same routing) instead of its neighbours' at
+# its own layout; with none, the neighbours'. Weighting those series by top-k/experts or hidden size,
+# or keeping only series within 1-2 octaves of the query's tokens per expert, did worse over the 14
+# affected tables. Leave one shape out: README "Precisions, architectures, framework kernels".
+TILE_KEYED_MOE = frozenset({"sglang_fused_moe_triton", "sglang_fused_moe_triton_situ_as_silu", "vllm_fused_moe",
+                            "vllm_unquantizedfusedmoe_triton_tritonexperts", "vllm_fp8moe_triton_tritonexperts",
+                            "vllm_modeloptfp8moe_triton_tritonexperts"})
 
 
 @dataclass
@@ -71,6 +87,7 @@ class _Group:
     shapes: np.ndarray         # [S, dims] log2 shape vectors
     table: np.ndarray          # [n_sizes, S] log residuals (NaN where not measured)
     read: np.ndarray           # what lookups read of them: ``table`` less its isolated spikes (``_despiked``)
+    tile_keyed: bool = False   # a MoE kernel in ``TILE_KEYED_MOE`` timed every row of it
 
 
 @dataclass
@@ -99,7 +116,10 @@ class ResidualTable:
             with np.errstate(invalid="ignore"):
                 mean = np.bincount(cell, weights=vals, minlength=len(n)) / np.where(n, n, np.nan)
             table = mean.reshape(len(sizes), len(shapes))
-            out.groups[tuple(key)] = _Group(np.log2(sizes), np.log2(shapes), table, _despiked(table, _DESPIKE.get(op)))
+            # other ops' rows share the stored file and read NaN there
+            tiled = op == "moe" and "tile_keyed" in g and bool(g["tile_keyed"].fillna(False).astype(bool).all())
+            out.groups[tuple(key)] = _Group(np.log2(sizes), np.log2(shapes), table, _despiked(table, _DESPIKE.get(op)),
+                                            tiled)
         return out
 
     def to_frame(self) -> pd.DataFrame:
@@ -112,8 +132,12 @@ class ResidualTable:
                 df[c] = v
             df[size_col] = np.round(2 ** g.sizes[sz.ravel()]).astype(np.int64)
             df["log_residual"] = g.table.ravel().astype(np.float32)
+            if g.tile_keyed:
+                df["tile_keyed"] = True
             frames.append(df.dropna(subset=["log_residual"]))
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if "tile_keyed" in frame:
+            frame["tile_keyed"] = frame["tile_keyed"].fillna(False).astype(bool)
         return frame.assign(op=self.op) if not frame.empty else frame
 
     @classmethod
@@ -125,7 +149,12 @@ class ResidualTable:
         vals, found, exact = self.lookup_many(shape, key, np.array([float(size)]))
         if not found[0]:
             return 0.0, "roofline"
-        return float(vals[0]), ("table" if exact else "roofline+neighbours")
+        if exact:
+            return float(vals[0]), "table"
+        tiled = self.groups[tuple(key)].tile_keyed
+        tiles = self._same_tiles(tuple(key), tuple(shape)) if tiled else []
+        same = bool(tiles) and not np.isnan(_median_at(tiles, np.log2([max(float(size), 1.0)]))[0])
+        return float(vals[0]), ("roofline+same-tiles" if same else "roofline+neighbours")
 
     def lookup_many(self, shape, key, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Log corrections of one shape at many sizes: (values, found per size, shape measured).
@@ -137,19 +166,35 @@ class ResidualTable:
         if g is None or len(g.sizes) == 0:
             return np.zeros(len(sizes)), np.zeros(len(sizes), dtype=bool), False
         rows, exact = self._rows(g, tuple(key), tuple(shape))
-        n = len(g.sizes)
         ls = np.log2(np.maximum(sizes, 1.0))
-        j = np.clip(np.searchsorted(g.sizes, ls), 1, max(n - 1, 1))
-        i = j - 1 if n > 1 else np.zeros_like(j)
-        j = np.minimum(j, n - 1)
-        a, b = rows[i], rows[j]
-        span = g.sizes[j] - g.sizes[i]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = np.clip((ls - g.sizes[i]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
-        val = np.where(np.isnan(a), b, np.where(np.isnan(b) | (span <= 0), a, (1 - t) * a + t * b))
+        val = _interpolated(g.sizes, rows, ls)
         found = ~np.isnan(val)
         shrink = 1.0 if exact else _NEIGHBOUR_SHRINK.get(self.op, 1.0)
-        return np.where(found, shrink * val, 0.0), found, exact
+        val = np.where(found, shrink * val, 0.0)
+        tiles = [] if exact or not g.tile_keyed else self._same_tiles(tuple(key), tuple(shape))
+        if tiles:       # the series that run the same tile configuration, where they have data
+            same = _median_at(tiles, ls)
+            val, found = np.where(np.isnan(same), val, same), found | ~np.isnan(same)
+        return val, found, exact
+
+    def _same_tiles(self, key: tuple, shape: tuple) -> list:
+        """(log2 sizes, residual column) of every measured MoE series, any layout, with the query's
+        experts per rank and width per rank and its routing, in groups a ``TILE_KEYED_MOE`` kernel
+        timed; cached per query."""
+        hit = self._row_cache.get(("tiles", key, shape))
+        if hit is None:
+            tp, ep, dist = key
+            experts = np.log2(float(shape[2])) - np.log2(float(ep))
+            width = np.log2(float(shape[1])) - np.log2(float(tp))
+            hit = []
+            for (tp2, ep2, dist2), g in self.groups.items():
+                if dist2 != dist or not g.tile_keyed:
+                    continue
+                same = (np.abs(g.shapes[:, 2] - np.log2(float(ep2)) - experts) < 1e-9) & \
+                       (np.abs(g.shapes[:, 1] - np.log2(float(tp2)) - width) < 1e-9)
+                hit += [(g.sizes, g.read[:, c]) for c in np.flatnonzero(same)]
+            self._row_cache[("tiles", key, shape)] = hit
+        return hit
 
     def _rows(self, g: _Group, key: tuple, shape: tuple) -> tuple[np.ndarray, bool]:
         """One shape's weighted residual at every size-axis row (NaN where no neighbour has data),
@@ -169,6 +214,29 @@ class ResidualTable:
                     rows = np.where(den > 0, np.where(ok, g.read, 0.0) @ w / den, np.nan)
             hit = self._row_cache[(key, shape)] = (rows, bool(exact.any()))
         return hit
+
+
+def _interpolated(sizes: np.ndarray, rows: np.ndarray, ls: np.ndarray) -> np.ndarray:
+    """``rows`` (one value per log2 size of ``sizes``, NaN where none) at log2 sizes ``ls``: linear
+    between the bracketing rows, the nearer one where the other is NaN, flat beyond the ends."""
+    n = len(sizes)
+    j = np.clip(np.searchsorted(sizes, ls), 1, max(n - 1, 1))
+    i = j - 1 if n > 1 else np.zeros_like(j)
+    j = np.minimum(j, n - 1)
+    a, b = rows[i], rows[j]
+    span = sizes[j] - sizes[i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.clip((ls - sizes[i]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    return np.where(np.isnan(a), b, np.where(np.isnan(b) | (span <= 0), a, (1 - t) * a + t * b))
+
+
+def _median_at(series: list, ls: np.ndarray) -> np.ndarray:
+    """Median over ``series`` [(log2 sizes, values)] of each interpolated at ``ls`` (NaN where none has data)."""
+    vals = np.array([_interpolated(s, v, ls) for s, v in series])
+    out = np.full(len(ls), np.nan)
+    some = ~np.isnan(vals).all(axis=0)
+    out[some] = np.nanmedian(vals[:, some], axis=0)
+    return out
 
 
 def _despiked(table: np.ndarray, thresh: float | None) -> np.ndarray:
