@@ -289,6 +289,24 @@ def test_unmeasured_triton_moe_shape_takes_the_correction_of_series_with_its_til
     assert calibration.residual_rows("moe", kernels, np.array([1e-3, 1e-3])).tile_keyed.tolist() == [True, False]
 
 
+def test_table_noise_scores_a_cell_against_its_shapes_level_and_the_shared_departure():
+    """benchmarks/table_noise.py: in the flat region (<= 16 tokens) a cell is read as its shape's
+    level times the departure every shape shares at its token count, so a 1.5x bump all three shapes
+    make is predicted exactly, and one shape's lone 2x spike is off by exactly half."""
+    import importlib.util
+    import pandas as pd
+    from simulator.common.paths import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("table_noise", REPO_ROOT / "benchmarks" / "table_noise.py")
+    tn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tn)
+    rows = [dict(n=n, k=1024, m=m, latency_ms=level * (1.5 if m == 8 else 1.0) * (2.0 if (n, m) == (1024, 4) else 1.0))
+            for n, level in ((1024, 0.010), (2048, 0.020), (4096, 0.040)) for m in [*range(1, 17), 32]]
+    rel = tn.levels(pd.DataFrame(rows))
+    err = pd.Series(tn.own_scatter(rel), index=rel.index)
+    assert len(err) == 48 and err[(1024, 1024, 4)] == pytest.approx(0.5)
+    assert err.drop((1024, 1024, 4)).abs().max() < 1e-12
+
+
 def test_gemm_corrections_are_read_without_isolated_spikes(monkeypatch):
     """A shape timed 2.7x slow at one token count between two that agree (a collector glitch, as in
     vLLM 0.24's FP8 GEMMs on B200) is read as the mean of those two there, by itself and by its
