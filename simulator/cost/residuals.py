@@ -146,25 +146,28 @@ class ResidualTable:
 
     def lookup(self, shape, key, size) -> tuple[float, str]:
         """(log correction, path) for one query."""
-        vals, found, exact = self.lookup_many(shape, key, np.array([float(size)]))
+        vals, found, exact, same = self._corrections(shape, key, np.array([float(size)]))
         if not found[0]:
             return 0.0, "roofline"
         if exact:
             return float(vals[0]), "table"
-        tiled = self.groups[tuple(key)].tile_keyed
-        tiles = self._same_tiles(tuple(key), tuple(shape)) if tiled else []
-        same = bool(tiles) and not np.isnan(_median_at(tiles, np.log2([max(float(size), 1.0)]))[0])
-        return float(vals[0]), ("roofline+same-tiles" if same else "roofline+neighbours")
+        return float(vals[0]), ("roofline+same-tiles" if same[0] else "roofline+neighbours")
 
     def lookup_many(self, shape, key, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Log corrections of one shape at many sizes: (values, found per size, shape measured).
 
         Per size-axis row, the inverse-distance-weighted mean over measured neighbours; between
         rows, linear in log size (flat beyond the ends); 0 where neither bracketing row has data."""
+        return self._corrections(shape, key, sizes)[:3]
+
+    def _corrections(self, shape, key, sizes) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+        """``lookup_many``'s answer and, per size, whether series with the query's tile configuration
+        (``_same_tiles``) gave it."""
         sizes = np.asarray(sizes, dtype=float)
+        none = np.zeros(len(sizes), dtype=bool)
         g = self.groups.get(tuple(key))
         if g is None or len(g.sizes) == 0:
-            return np.zeros(len(sizes)), np.zeros(len(sizes), dtype=bool), False
+            return np.zeros(len(sizes)), none, False, none
         rows, exact = self._rows(g, tuple(key), tuple(shape))
         ls = np.log2(np.maximum(sizes, 1.0))
         val = _interpolated(g.sizes, rows, ls)
@@ -172,10 +175,11 @@ class ResidualTable:
         shrink = 1.0 if exact else _NEIGHBOUR_SHRINK.get(self.op, 1.0)
         val = np.where(found, shrink * val, 0.0)
         tiles = [] if exact or not g.tile_keyed else self._same_tiles(tuple(key), tuple(shape))
-        if tiles:       # the series that run the same tile configuration, where they have data
-            same = _median_at(tiles, ls)
-            val, found = np.where(np.isnan(same), val, same), found | ~np.isnan(same)
-        return val, found, exact
+        if not tiles:
+            return val, found, exact, none
+        same = _median_at(tiles, ls)        # the series that run the same tile configuration
+        used = ~np.isnan(same)
+        return np.where(used, same, val), found | used, exact, used
 
     def _same_tiles(self, key: tuple, shape: tuple) -> list:
         """(log2 sizes, residual column) of every measured MoE series, any layout, with the query's
