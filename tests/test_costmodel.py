@@ -307,6 +307,31 @@ def test_table_noise_scores_a_cell_against_its_shapes_level_and_the_shared_depar
     assert err.drop((1024, 1024, 4)).abs().max() < 1e-12
 
 
+def test_moe_layout_noise_leaves_only_what_neither_the_shape_nor_the_layout_explains():
+    """benchmarks/moe_layout_noise.py: a table whose log ratio is a shape level plus a layout effect
+    has no interaction; one shape timed 3x at one layout (at every token count, as TensorRT-LLM's
+    Hopper MoE tables do) is that cell's interaction alone, and recurs only where it is repeated."""
+    import importlib.util
+    import pandas as pd
+    from simulator.common.paths import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("moe_layout_noise", REPO_ROOT / "benchmarks" / "moe_layout_noise.py")
+    mln = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mln)
+    shapes = [(2048, 768, 128, 8), (4096, 1536, 128, 8), (7168, 2048, 256, 8), (6144, 2560, 160, 8)]
+    layouts = [(1, 1), (2, 1), (1, 8), (4, 4)]
+    rows = [dict(zip(mln.SHAPE + mln.LAYOUT, s + lay), num_tokens=t, distribution="balanced",
+                 lr=0.1 * i + 0.3 * j + 0.01 * np.log2(t) + (np.log(3.0) if (i, j) == (2, 3) else 0.0))
+            for i, s in enumerate(shapes) for j, lay in enumerate(layouts) for t in (1, 64, 4096)]
+    df = pd.DataFrame(rows)
+    e = mln.interactions(df.drop(columns="lr"), df.lr.values)
+    assert len(e) == 48
+    cells = e.index.to_frame(index=False)
+    odd = ((cells.hidden_size == 7168) & (cells.moe_tp_size == 4)).values
+    assert odd.sum() == 3 and (e[odd] > np.log(2.0)).all() and e[~odd].abs().max() < np.log(1.25)
+    mln.MIN_SHARED = 10
+    assert mln.recurrence(e, e).endswith(", 3 of 3") and mln.recurrence(e, -e).endswith(", 0 of 3")
+
+
 def test_gemm_corrections_are_read_without_isolated_spikes(monkeypatch):
     """A shape timed 2.7x slow at one token count between two that agree (a collector glitch, as in
     vLLM 0.24's FP8 GEMMs on B200) is read as the mean of those two there, by itself and by its
