@@ -100,7 +100,7 @@ def main():
                 err = np.abs(np.expm1(e.values))
                 line = (f"{gpu:<9} {fw:<8} {name:<10} {version:<11} {len(e):>6} {np.median(err):>6.1%} "
                         f"{np.percentile(err, 90):>6.1%}  ")
-                older = next((v for v in versions if v != version and v in versions[versions.index(version):]), None) \
+                older = next((v for v in versions[versions.index(version) + 1:] if v != version), None) \
                     if version in versions else None
                 other = table_interactions(root, gpu, fw, prec, older) if older else None
                 line += f"{older}: {recurrence(e, other[1])}" if other else "no older version"
