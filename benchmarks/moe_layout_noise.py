@@ -65,8 +65,8 @@ def table_interactions(root, gpu: str, fw: str, prec, version: str | None = None
         return None
     hw = load(gpu)
     roof_s = calibration.predict_op("moe", hw, calibration.fit_op("moe", hw, df, prec), df, prec)
-    lr = np.log(df.latency_ms.values / 1e3 / np.asarray(roof_s))
-    return str(df.framework_version.iloc[0]), interactions(df, lr)
+    rows = calibration.residual_rows("moe", df, roof_s)
+    return str(df.framework_version.iloc[0]), interactions(rows, rows.log_residual.values)
 
 
 def recurrence(a: pd.Series, b: pd.Series) -> str:
