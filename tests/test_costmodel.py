@@ -11,6 +11,16 @@ def cm():
     return CostModel("h100_sxm")
 
 
+def _benchmark(name: str):
+    """A script of benchmarks/ loaded as a module (they are scripts, not a package)."""
+    import importlib.util
+    from simulator.common.paths import REPO_ROOT
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gemm_monotone_in_tokens(cm):
     lat = [cm.gemm(m, 4096, 4096).latency_s for m in (1, 64, 512, 2048, 8192)]
     assert lat[-1] > lat[0] * 5
@@ -216,11 +226,7 @@ def test_the_scale_fit_reads_one_scale_below_1_from_its_simulated_points():
     """benchmarks/fit_kernel_scale.py: a row's TPOT is linear in (time, fixed) scales from 1 up and
     piecewise linear below (a kernel stops at the datasheet peak): a TPOT of 5 + 10 max(s, 0.6) + 2 f
     comes back exactly at and above 1 and at the simulated points, within the kink's segment between."""
-    import importlib.util
-    from simulator.common.paths import REPO_ROOT
-    spec = importlib.util.spec_from_file_location("fit_kernel_scale", REPO_ROOT / "benchmarks" / "fit_kernel_scale.py")
-    fks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fks)
+    fks = _benchmark("fit_kernel_scale")
     tpot = lambda s, f: 5 + 10 * max(s, 0.6) + 2 * f       # noqa: E731
     import pandas as pd
     t = pd.DataFrame({f"{m}_{k}": [tpot(*sf)] for k, sf in fks.RUNS.items() for m in ("tpot", "ttft")})
@@ -293,12 +299,8 @@ def test_table_noise_scores_a_cell_against_its_shapes_level_and_the_shared_depar
     """benchmarks/table_noise.py: in the flat region (<= 16 tokens) a cell is read as its shape's
     level times the departure every shape shares at its token count, so a 1.5x bump all three shapes
     make is predicted exactly, and one shape's lone 2x spike is off by exactly half."""
-    import importlib.util
     import pandas as pd
-    from simulator.common.paths import REPO_ROOT
-    spec = importlib.util.spec_from_file_location("table_noise", REPO_ROOT / "benchmarks" / "table_noise.py")
-    tn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tn)
+    tn = _benchmark("table_noise")
     rows = [dict(n=n, k=1024, m=m, latency_ms=level * (1.5 if m == 8 else 1.0) * (2.0 if (n, m) == (1024, 4) else 1.0))
             for n, level in ((1024, 0.010), (2048, 0.020), (4096, 0.040)) for m in [*range(1, 17), 32]]
     rel = tn.levels(pd.DataFrame(rows))
@@ -311,12 +313,8 @@ def test_moe_layout_noise_leaves_only_what_neither_the_shape_nor_the_layout_expl
     """benchmarks/moe_layout_noise.py: a table whose log ratio is a shape level plus a layout effect
     has no interaction; one shape timed 3x at one layout (at every token count, as TensorRT-LLM's
     Hopper MoE tables do) is that cell's interaction alone, and recurs only where it is repeated."""
-    import importlib.util
     import pandas as pd
-    from simulator.common.paths import REPO_ROOT
-    spec = importlib.util.spec_from_file_location("moe_layout_noise", REPO_ROOT / "benchmarks" / "moe_layout_noise.py")
-    mln = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mln)
+    mln = _benchmark("moe_layout_noise")
     shapes = [(2048, 768, 128, 8), (4096, 1536, 128, 8), (7168, 2048, 256, 8), (6144, 2560, 160, 8)]
     layouts = [(1, 1), (2, 1), (1, 8), (4, 4)]
     rows = [dict(zip(mln.SHAPE + mln.LAYOUT, s + lay), num_tokens=t, distribution="balanced",
