@@ -52,6 +52,29 @@ def test_l2_residency_follows_the_timed_working_set(cm):
     assert hot < spilled
 
 
+def test_local_slot_kernels_pass_only_the_ranks_own_slots_through_their_elementwise_kernels(cm):
+    """TensorRT-LLM's fused MoE permutes, activates and finalizes only the token-slots routed to the
+    rank's experts; the Triton fused MoE every slot. Under expert parallel (64 of 512 slots local) the
+    first's elementwise term is 1/8 of the second's; without it (all slots local) the two agree. A fit
+    switches it on only when every row's kernel is one of those."""
+    import pandas as pd
+    from simulator.cost import calibration, kernels
+    hw, pm = cm.hw, dict(cm.params["moe"])
+    args = (8, 64, 64, 64, 8, 4096, 1024)          # 8 active experts, 64 slots, 64 tokens x top-8
+    every = kernels.moe(hw, pm, *args, ep_size=8)
+    own = kernels.moe(hw, {**pm, "local_slots": 1.0}, *args, ep_size=8)
+    assert own["elementwise_s"] == pytest.approx(every["elementwise_s"] / 8)
+    assert own["latency_s"] < every["latency_s"]
+    alone = (8, 512, 512, 64, 8, 4096, 1024)        # every slot on the rank
+    assert kernels.moe(hw, {**pm, "local_slots": 1.0}, *alone)["latency_s"] == \
+        pytest.approx(kernels.moe(hw, pm, *alone)["latency_s"])
+    rows = pd.DataFrame({"kernel_source": ["moe_torch_flow_cutlass", "deepgemm"]})
+    assert calibration.kernel_structure("moe", rows) == {"local_slots": 1.0}
+    assert calibration.kernel_structure("moe", rows.assign(kernel_source=["moe_torch_flow_cutlass",
+                                                                          "sglang_fused_moe_triton"])) == {}
+    assert calibration.kernel_structure("gemm", rows) == {}
+
+
 def test_dense_ffn_is_the_e_equals_k_case(cm):
     c = cm.moe_from_counts(np.full(4, 16), 4096, 4096, 4)
     assert c.extra["active_experts"] == 4

@@ -444,6 +444,23 @@ def test_kernel_time_scale_comes_from_the_framework_entry_per_architecture_and_a
     assert own.target_fm.forward(b).gemm_s < c5.gemm_s
 
 
+def test_tensorrt_llm_cutlass_and_deepgemm_experts_are_calibrated_with_the_ranks_own_slots():
+    """The committed TensorRT-LLM MoE fits whose tables its CUTLASS or DeepGEMM experts timed carry
+    ``local_slots`` into serving; its min-latency, MXFP4 and A100 (unfused) kernels and every vLLM
+    and SGLang fit do not (kernels.LOCAL_SLOT_MOE). A recalibration that lost the switch, or set it
+    on a kernel that runs every slot, fails here."""
+    flags = {g: {k: v["moe"].get("local_slots") for k, v in CostModel(gpu.load(g), framework=fw)._by_precision.items()
+                 if "moe" in v}
+             for g, fw in (("h100_sxm", "trtllm"), ("b200_sxm", "trtllm"), ("a100_sxm", "trtllm"))}
+    assert flags["h100_sxm"] == {"bf16": 1.0, "fp8": 1.0, "fp8_block": 1.0, "mxfp4": None}
+    assert {k: flags["b200_sxm"][k] for k in ("nvfp4", "nvfp4@min_latency", "mxfp4_mxfp8")} == \
+        {"nvfp4": 1.0, "nvfp4@min_latency": None, "mxfp4_mxfp8": None}
+    assert flags["a100_sxm"] == {"bf16": None}
+    for fw in ("vllm", "sglang"):
+        fits = CostModel(gpu.load("h100_sxm"), framework=fw)._by_precision.values()
+        assert not any("local_slots" in v.get("moe", {}) for v in fits)
+
+
 def test_mxfp4_experts_run_with_mxfp8_activations_on_blackwell():
     """TensorRT-LLM's default MoE backend on Blackwell, and vLLM's GPT-OSS recipe there, run gpt-oss's
     MXFP4 experts as W4A8 (each framework's own kernel table, w4a8_mxfp4_mxfp8); on Hopper they stay

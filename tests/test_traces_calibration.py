@@ -227,6 +227,22 @@ def test_a_moe_kernel_slower_than_a_fifth_of_hbm_bandwidth_is_fitted_at_its_own_
     assert np.median(calibration.errors(calibration.predict_rows("moe", hw, p, rows), rows)) < 0.02
 
 
+def test_a_tensorrt_llm_moe_table_is_fitted_with_elementwise_passes_over_the_ranks_own_slots():
+    """A table TensorRT-LLM's fused MoE timed is fitted with its elementwise passes over the rank's own
+    token-slots (``kernels.LOCAL_SLOT_MOE``), which the fitted parameters carry to serving; the same
+    rows timed by a Triton kernel are fitted with every slot, as before."""
+    hw = load("h100_sxm")
+    rows = pd.DataFrame([{"hidden_size": 4096, "inter_size": 2048, "num_experts": 256, "topk": 8, "num_tokens": t,
+                          "moe_tp_size": 1, "moe_ep_size": ep, "distribution": "balanced"}
+                         for t in (16, 256, 4096, 16384) for ep in (1, 8, 64)])
+    true = {**hw.calibration.params["moe"], "local_slots": 1.0}
+    rows["latency_ms"] = calibration.predict_rows("moe", hw, true, rows) * 1e3
+    trt = calibration.fit("moe", hw, rows.assign(kernel_source="moe_torch_flow_cutlass"))
+    assert trt["local_slots"] == 1.0
+    assert np.median(calibration.errors(calibration.predict_rows("moe", hw, trt, rows), rows)) < 0.02
+    assert "local_slots" not in calibration.fit("moe", hw, rows.assign(kernel_source="sglang_fused_moe_triton"))
+
+
 def test_vllm_fp8_experts_on_h200_are_fitted_below_a_fifth_of_hbm_bandwidth():
     d = shared_or_skip()
     from simulator.config import precision

@@ -122,7 +122,8 @@ def expert_padding(df: pd.DataFrame, prec: Precision, hw) -> np.ndarray:
 def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
     """Fitted parameters of ``op`` (dict) on rows of one precision."""
     spec = kernels.PARAMS[op]
-    fixed = unidentified(op, df, expert_padding(df, prec, hw) if op == "moe" else None)
+    structure = kernel_structure(op, df)
+    fixed = {**unidentified(op, df, expert_padding(df, prec, hw) if op == "moe" else None), **structure}
     names = [n for n in spec if n not in fixed]
     x0 = np.log([spec[n][0] for n in names])
     lo = np.log([spec[n][1] for n in names])
@@ -137,7 +138,16 @@ def fit(op: str, hw, df: pd.DataFrame, prec: Precision = BF16) -> dict:
 
     res = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=400)
     params = {**dict(zip(names, np.exp(res.x))), **fixed}
-    return {n: float(params[n]) for n in spec}
+    return {**{n: float(params[n]) for n in spec}, **structure}
+
+
+def kernel_structure(op: str, df: pd.DataFrame) -> dict:
+    """Switches of the op's formula that the timed kernel decides, not the fit: ``local_slots`` where
+    every MoE row's kernel is in ``kernels.LOCAL_SLOT_MOE`` (its elementwise passes cover the rank's
+    own token-slots only). Empty otherwise, so fits without it read as before."""
+    if op != "moe" or "kernel_source" not in df or not len(df):
+        return {}
+    return {"local_slots": 1.0} if df["kernel_source"].isin(kernels.LOCAL_SLOT_MOE).all() else {}
 
 
 def unidentified(op: str, df: pd.DataFrame, pad: tuple | None = None) -> dict:

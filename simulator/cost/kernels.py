@@ -120,13 +120,24 @@ def gemm(hw, p, m, n, k, prec=BF16, l2_warm=False, l2_weight_copies=1):
             "memory_s": memory + quant, "overhead_s": overhead + 0 * m, "flops": flops, "bytes": bytes_}
 
 
+# MoE kernels whose permute, activation and finalize passes cover only the token-slots routed to the
+# rank's own experts: TensorRT-LLM's fused MoE sorts every other slot past
+# ``expert_first_token_offset[num_experts_per_node]`` and loops its elementwise kernels to that bound
+# (cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu, ``num_valid_tokens``). Under
+# expert parallel the Triton fused MoE of vLLM and SGLang runs its activation and sum over all of them.
+# Held out, TensorRT-LLM's tables (benchmarks/precision_accuracy.py): README "Precisions, architectures,
+# framework kernels"; every vLLM and SGLang table did worse with it, so their kernels keep every slot.
+LOCAL_SLOT_MOE = frozenset({"moe_torch_flow_cutlass", "deepgemm"})
+
+
 def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, inter_local,
         gated=True, ep_size=1, prec=BF16, l2_warm=False, l2_experts=None, pad=(1, 1)):
     """Fused MoE layer on the busiest rank (both expert GEMMs, activation, align/sort, reduce).
 
     ``active_experts``/``slots``/``padded_slots`` describe that rank's experts: how many got at
     least one token, token-slots routed to them, and slots padded to the kernel's 16-row blocks.
-    ``num_tokens * topk`` token-slots pass through the elementwise kernels on every rank.
+    ``num_tokens * topk`` token-slots pass through the elementwise kernels on every rank, or, with
+    ``p["local_slots"]`` (a kernel in ``LOCAL_SLOT_MOE``), only the rank's own ``slots``.
     ``inter_local`` is the expert intermediate size after TP sharding. ``l2_experts``: with
     ``l2_warm``, the distinct experts a timed loop cycles through (the collector times five
     power-law routings back to back); their weights decide L2 residency. Default: the active ones.
@@ -146,7 +157,8 @@ def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, in
     memory = (weight_bytes + act_bytes) / bw / np.maximum(fill, 1e-3)
     flops = 2.0 * s * mats * h * i
     compute = 2.0 * ps * mats * h * i / (hw.peak_flops_per_s(prec.tensor_core) * p["eff_compute"])
-    elementwise = T * K * (3.0 * i + 2.0 * h) * 2.0 / (hw.hbm_bytes_per_s * p["eff_elementwise"])
+    passed = np.where(p.get("local_slots", 0.0) > 0, s, T * K)
+    elementwise = passed * (3.0 * i + 2.0 * h) * 2.0 / (hw.hbm_bytes_per_s * p["eff_elementwise"])
     overhead = (p["overhead_s"] + p["ep_overhead_s"] * (np.asarray(ep_size) > 1)
                 + p["expert_s"] * a + p["k_loop_s"] * h)
     misaligned = np.where(np.mod(i, 16.0) != 0, p["misaligned_factor"], 1.0)
