@@ -13,6 +13,12 @@ This is not a floor under leave-one-shape-out error (a fit shares its own table'
 effects), but it is one under how well any table, and so the simulator, predicts the kernel a
 deployment runs: that kernel is another collection. Reads ../shared in place.
 
+A second table compares frameworks where their collectors time the same kernel: every bf16 GEMM
+table calls torch's linear (cuBLAS; kernel_source ``sglang_torch_linear``, ``torch_flow``,
+``torch.nn.functional.linear``), so on one GPU the three fitted tables should agree cell by cell up to
+their collectors' scatter. Shown per token range, since a collector's launch overhead differs most at
+few tokens; the pair whose other two agree and the third does not names the scattered table.
+
     python benchmarks/table_repeatability.py [--gpus h100_sxm,h200_sxm,b200_sxm] [--frameworks vllm,sglang,trtllm]
 """
 
@@ -32,6 +38,7 @@ KEYS = {"gemm": ["m", "n", "k"],
                 "distribution", "kernel_source"]}
 MIN_SHARED = 500        # fewer shared rows than this say little about a table's tails
 SAME_KERNEL = (0.8, 1.25)   # median ratio of two collections timing one kernel; outside it, another kernel
+TOKEN_RANGES = ((1, 128), (129, 1024), (1025, 8192))     # few tokens (launch-bound) to compute-bound
 
 
 def compare(fitted, other, op: str) -> tuple | None:
@@ -45,6 +52,25 @@ def compare(fitted, other, op: str) -> tuple | None:
     log_ratio = np.log(b.values / a.values)
     shift = float(np.median(log_ratio))
     return len(a), float(np.exp(shift)), np.abs(np.exp(log_ratio - shift) - 1.0)
+
+
+def by_tokens(fitted, other, ranges=TOKEN_RANGES) -> list:
+    """``compare`` of two GEMM tables within each token range (m in [lo, hi]); None where they share
+    fewer than MIN_SHARED cells there."""
+    return [compare(fitted[fitted.m.between(lo, hi)], other[other.m.between(lo, hi)], "gemm") for lo, hi in ranges]
+
+
+def across_frameworks(root, gpu: str, frameworks) -> None:
+    """bf16 GEMM tables of different frameworks on one GPU (the same torch linear): median / p90 error
+    of one rescaled to the other, per token range."""
+    tables = {fw: calibration.precision_rows(root, gpu, "gemm", fw, precision.PRECISIONS["bf16"]) for fw in frameworks}
+    tables = {fw: t for fw, t in tables.items() if t is not None}
+    names = sorted(tables)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            cells = "  ".join("      -     " if got is None else f"{np.median(got[2]):>5.1%} / {np.percentile(got[2], 90):>5.1%}"
+                              for got in by_tokens(tables[a], tables[b]))
+            print(f"{gpu:<9} {a + ' / ' + b:<16} {cells}", flush=True)
 
 
 def main():
@@ -86,6 +112,11 @@ def main():
                     version, (n, ratio, err) = best
                     print(f"{gpu:<9} {fw:<8} {name:<10} {op:<5} {fitted_version:<11} {version:<11} {n:>7} "
                           f"{ratio:>6.3f} {np.median(err):>7.1%} {np.percentile(err, 90):>6.1%}", flush=True)
+    print("\nbf16 GEMMs, one framework's fitted table against another's on the same GPU (torch linear in all "
+          "three), rescaled by their median ratio: median / p90 error at "
+          + ", ".join(f"{lo}-{hi}" for lo, hi in TOKEN_RANGES) + " tokens")
+    for gpu in args.gpus.split(","):
+        across_frameworks(root, gpu, args.frameworks.split(","))
 
 
 if __name__ == "__main__":

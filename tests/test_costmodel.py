@@ -396,3 +396,21 @@ def test_eagle3_head_qkv_reads_twice_the_hidden_width(cm):
         extra = float(cm.gemm_latency_s(np.array([n]), qkv_out, 2 * h)[0] - cm.gemm_latency_s(np.array([n]), qkv_out, h)[0])
         assert deep - shallow == pytest.approx(extra, rel=1e-9)
         assert extra > 0
+
+
+def test_table_repeatability_compares_two_gemm_tables_within_each_token_range():
+    """benchmarks/table_repeatability.py: a table uniformly 1.2x another repeats it exactly (a
+    faster release is not noise); one cell timed 1.5x is that range's error alone; a range the two
+    share too few cells of says nothing."""
+    import pandas as pd
+    rp = _benchmark("table_repeatability")
+    rp.MIN_SHARED = 8
+    a = pd.DataFrame([dict(m=m, n=n, k=1024, latency_ms=0.01 * m * n / 1024) for n in (1024, 2048, 4096, 8192)
+                      for m in (1, 8, 64, 128, 256, 512, 2048, 4096)])
+    ranges = ((1, 128), (129, 1024), (1025, 8192), (8193, 65536))
+    same = rp.by_tokens(a, a.assign(latency_ms=a.latency_ms * 1.2), ranges)
+    assert [got[1] for got in same[:3]] == [pytest.approx(1.2)] * 3 and all(got[2].max() < 1e-12 for got in same[:3])
+    bump = a.latency_ms * np.where((a.m == 256) & (a.n == 2048), 1.5, 1.0)
+    few, mid, big, none = rp.by_tokens(a, a.assign(latency_ms=bump), ranges)
+    assert mid[0] == 8 and sorted(mid[2])[-1] == pytest.approx(0.5) and sorted(mid[2])[-2] < 1e-12
+    assert few[2].max() < 1e-12 and big[2].max() < 1e-12 and none is None
