@@ -123,6 +123,33 @@ def test_sliding_window_layers_read_only_the_window():
     assert memory.kv_bytes_per_token(oss, 1) == pytest.approx(memory.kv_bytes_per_token(full, 1) / 2)
 
 
+def test_gated_deltanet_layers_keep_a_fixed_state_instead_of_kv_and_are_priced_over_it():
+    """Qwen3.5-397B-A17B: 45 of its 60 layers are Gated DeltaNet. They hold no KV cache but a fixed
+    float32 state per sequence, reserved for the batch limit as SGLang's state pool is, and a decode
+    step reads and writes that state once per sequence; the sizes add up to the published 397B."""
+    from simulator.cost import linear_attention
+    q = model.load("Qwen3.5-397B-A17B")
+    la = q.linear_attention
+    assert q.num_linear_attention_layers == 45 and 396e9 < sum(q.parameter_count().values()) < 398e9
+    # KV of the 15 full-attention layers only: 2 KV heads of 256 (one per rank at TP 4), K and V, bf16
+    assert memory.kv_bytes_per_token(q, 4) == 15 * 2 * 256 * 2
+    per_seq = 45 * (16 * 128 * 128 * 4.0 + (2 * 4 * 128 + 16 * 128) * 3 * 2.0)      # TP 4: 16 value heads a rank
+    assert q.linear_state_bytes_per_seq(4) == pytest.approx(per_seq)
+    hw = gpu.load("b200_sxm")
+    args = (q, None, hw, 4, 0.9, 64, 2.0, "t", model.Quantization(gemm="fp8_block", moe="fp8_block"))
+    free_blocks, reserved = memory.kv_blocks(*args), memory.kv_blocks(*args, state_seqs=128)
+    assert free_blocks - reserved == pytest.approx(128 * per_seq / (15 * 2 * 256 * 2 * 64), abs=1)
+    cm = CostModel("b200_sxm", framework="sglang")
+    p = cm._p("attention_generation")
+    t = linear_attention.decode(hw, p, la, 64, 1, tp=4)
+    assert t["bytes"] == pytest.approx(2 * 64 * (16 * 128 * 128 * 4.0 + 3072 * 3 * 2.0) + 64 * (3072 + 2048) * 4.0)
+    fm = ForwardModel(q, cm, Parallel(tensor_parallel_size=4), model.Quantization(gemm="fp8_block", moe="fp8_block"))
+    attn = fm.forward(Batch(64, 1, 2000.0)).attention_s
+    assert attn == pytest.approx(15 * fm._decode_attention(64, 1, 2000.0) + 45 * float(t["latency_s"]))
+    with pytest.raises(ConfigError, match="linear_attention"):
+        model.parse({**q.model_dump(exclude_none=True), "sliding_window": 128, "num_sliding_window_layers": 2}, "t")
+
+
 def test_framework_tables_are_named_and_unknown_ones_refused():
     s = build(scen())
     assert s.files["framework"] == "vllm" and s.files["kernel_tables"].startswith("vllm ")
@@ -157,7 +184,7 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     f.write_text(SILICON_HEADER
                  + "a,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,bf16,agg,128,16,,,2,1,1,1,1,1,30,8\n"
                  + "b,deepseek-ai/DeepSeek-R1,sglang,0.5.9,b200_sxm,fp8,disagg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
-                 + "c,Qwen/Qwen3.5-397B-A17B,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
+                 + "c,zhipuai/GLM-5,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
                  + "d,some/unknown-model,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
                  + "e,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,1,1,1,1,1,30,8\n"
                  + "f,openai/gpt-oss-120b,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,2,1,1,2,1,30,8\n")
@@ -170,7 +197,7 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     by = {row["id"]: row for row in s["per_row"]}
     assert by["a"]["expressible"] and by["a"]["sim_tpot_ms"] > 0 and by["a"]["sim_ttft_ms"] > 0
     assert by["b"]["blocked_by"] == "ambiguous layout: disagg row states no worker counts"   # no prefill_/decode_ columns
-    assert "linear attention" in by["c"]["blocked_by"]
+    assert "sparse attention" in by["c"]["blocked_by"]
     assert by["d"]["blocked_by"] == "no catalog architecture for some/unknown-model"
     assert by["e"]["blocked_by"].startswith("nvfp4 gemm kernels on h100_sxm")
     # gpt-oss exists only in MXFP4: the sample's generic 4-bit label is read as its checkpoint

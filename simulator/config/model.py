@@ -48,6 +48,34 @@ class MLAConfig(BaseModel):
         return self.kv_lora_rank + self.qk_rope_head_dim
 
 
+class LinearAttentionConfig(BaseModel):
+    """Gated DeltaNet layers (Qwen3-Next / Qwen3.5 config.json names): every
+    ``full_attention_interval``-th layer is full attention, the others linear attention, which keeps a
+    fixed recurrent state per sequence (``linear_num_value_heads`` matrices of key x value head size,
+    at ``state_bytes_per_el``: config.json ``mamba_ssm_dtype`` float32) and a short convolution window
+    instead of a KV cache."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    full_attention_interval: int = Field(ge=2)
+    linear_num_key_heads: int = Field(gt=0)
+    linear_num_value_heads: int = Field(gt=0)
+    linear_key_head_dim: int = Field(gt=0)
+    linear_value_head_dim: int = Field(gt=0)
+    linear_conv_kernel_dim: int = Field(gt=0)
+    state_bytes_per_el: float = Field(default=4.0, gt=0)
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the short convolution: q, k and v."""
+        return 2 * self.linear_num_key_heads * self.linear_key_head_dim + self.linear_num_value_heads * self.linear_value_head_dim
+
+    def params_per_layer(self, hidden: int) -> int:
+        """in_proj_qkvz (q, k, v and the output gate z), in_proj_ba (beta and the decay), conv1d, out_proj."""
+        vd = self.linear_num_value_heads * self.linear_value_head_dim
+        return hidden * (self.conv_dim + vd) + hidden * 2 * self.linear_num_value_heads \
+            + self.conv_dim * self.linear_conv_kernel_dim + vd * hidden
+
+
 class Quantization(BaseModel):
     """Checkpoint weight precision of the linear layers (``gemm``: attention, dense FFN, shared
     experts) and of the routed experts (``moe``); embeddings, router and LM head stay 16-bit."""
@@ -97,6 +125,9 @@ class ModelArch(BaseModel):
         "RMSNorm of q and k over all heads at once (config.json qk_norm_type per_layer, MiniMax-M2): "
         "under TP each rank holds some heads, so the squared sums are all-reduced, one call a layer"))
     num_nextn_predict_layers: int = Field(default=0, ge=0, description="MTP layers shipped with the checkpoint")
+    linear_attention: Optional[LinearAttentionConfig] = None
+    attn_output_gate: bool = Field(default=False, description=(
+        "full-attention layers gate their output by a second q-sized projection (Qwen3-Next, Qwen3.5)"))
     notes: str = ""
 
     @model_validator(mode="after")
@@ -107,6 +138,8 @@ class ModelArch(BaseModel):
             raise ValueError("num_sliding_window_layers needs sliding_window")
         if self.mla is not None and self.kv_cache_dim_per_token:
             raise ValueError("give mla or kv_cache_dim_per_token, not both")
+        if self.linear_attention is not None and (self.mla is not None or self.num_sliding_window_layers):
+            raise ValueError("linear_attention layers with mla or sliding-window layers are not modelled")
         if self.moe is not None and self.num_moe_layers == 0:
             raise ValueError(f"moe: first_k_dense_replace {self.moe.first_k_dense_replace} and moe_layer_step "
                              f"{self.moe.moe_layer_step} leave no MoE layer among {self.num_hidden_layers}")
@@ -133,6 +166,21 @@ class ModelArch(BaseModel):
         return (self.num_hidden_layers - self.moe.first_k_dense_replace) // self.moe.moe_layer_step
 
     @property
+    def num_linear_attention_layers(self) -> int:
+        """Layers with a recurrent state instead of a KV cache (every layer but each interval-th)."""
+        la = self.linear_attention
+        return 0 if la is None else self.num_hidden_layers - self.num_hidden_layers // la.full_attention_interval
+
+    def linear_state_bytes_per_seq(self, tp: int = 1) -> float:
+        """One sequence's recurrent and convolution state on one GPU (heads split by TP), all layers."""
+        la = self.linear_attention
+        if la is None:
+            return 0.0
+        state = la.linear_num_value_heads * la.linear_key_head_dim * la.linear_value_head_dim * la.state_bytes_per_el
+        conv = la.conv_dim * (la.linear_conv_kernel_dim - 1) * 2.0
+        return self.num_linear_attention_layers * (state + conv) / tp
+
+    @property
     def latent_kv(self) -> bool:
         """The KV cache is one latent vector per token and layer, the same on every TP rank."""
         return self.mla is not None or bool(self.kv_cache_dim_per_token)
@@ -147,7 +195,8 @@ class ModelArch(BaseModel):
         if self.mla is None:
             d = self.head_dim_
             m = self.qkv_in_multiplier
-            return h * d * (self.num_attention_heads * (m + 1) + self.num_key_value_heads * 2 * m)
+            gate = self.num_attention_heads if self.attn_output_gate else 0
+            return h * d * (self.num_attention_heads * (m + 1) + gate + self.num_key_value_heads * 2 * m)
         a, H = self.mla, self.num_attention_heads
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
         q = h * a.q_lora_rank + a.q_lora_rank * H * qk if a.q_lora_rank else h * H * qk
@@ -159,7 +208,9 @@ class ModelArch(BaseModel):
         attn = self.attention_params_per_layer()
         mats = 3 if self.gated_ffn else 2
         dense_layers = self.num_hidden_layers - self.num_moe_layers
-        out = {"attention": attn * self.num_hidden_layers,
+        linear = self.num_linear_attention_layers
+        out = {"attention": attn * (self.num_hidden_layers - linear)
+                            + (linear and linear * self.linear_attention.params_per_layer(h)),
                "dense_ffn": dense_layers * mats * h * self.intermediate_size,
                "experts": 0, "shared_experts": 0, "router": 0,
                "embeddings": self.vocab_size * h * (1 if self.tie_word_embeddings else 2),

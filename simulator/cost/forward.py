@@ -20,7 +20,7 @@ import numpy as np
 from .costmodel import CostModel
 from ..config import precision
 from ..config.model import ModelArch, Quantization
-from . import launches, network
+from . import launches, linear_attention, network
 from .routing import expected_count_vector
 
 
@@ -138,7 +138,8 @@ class ForwardModel:
             self.kv_heads = 0.5
         elif model.kv_cache_dim_per_token:   # MLA latent cache: not split by TP
             self.kv_heads = model.kv_cache_dim_per_token / (2 * model.head_dim_)
-        self.full_layers = model.num_hidden_layers - model.num_sliding_window_layers
+        self.linear_layers = model.num_linear_attention_layers
+        self.full_layers = model.num_hidden_layers - model.num_sliding_window_layers - self.linear_layers
         self._dense_cache: dict = {}
         self._tok_gemm_s: list = []
         self._eager_s = 0.0 if par.cuda_graphs else model.num_hidden_layers * par.kernels_per_layer * par.eager_launch_s
@@ -169,11 +170,11 @@ class ForwardModel:
         """Attention of every layer: full layers over the whole context, sliding-window layers over
         at most the window (their KV beyond it is never read)."""
         full, sw, win = self.full_layers, self.m.num_sliding_window_layers, self.m.sliding_window or 0
+        if self.linear_layers:
+            return full * self._full_attention(num_decode, q, ctx, prefill) + \
+                self.linear_layers * self._linear_attention(num_decode, q, prefill)
         if not sw:    # the general form below with sw = 0, summed in the order the figures were computed in
-            t = self._decode_attention(num_decode, q, ctx) if num_decode else 0.0
-            for chunk, prefix in prefill:
-                t += self._prefill_attention(chunk, prefix)
-            return full * t
+            return full * self._full_attention(num_decode, q, ctx, prefill)
         t = 0.0
         if num_decode:
             t += full * self._decode_attention(num_decode, q, ctx)
@@ -182,6 +183,26 @@ class ForwardModel:
             t += full * self._prefill_attention(chunk, prefix)
             t += sw * self._prefill_attention(chunk, int(_ctx_bucket(min(prefix, win))) if prefix else 0)
         return t
+
+    def _full_attention(self, num_decode: int, q: int, ctx: float, prefill) -> float:
+        t = self._decode_attention(num_decode, q, ctx) if num_decode else 0.0
+        for chunk, prefix in prefill:
+            t += self._prefill_attention(chunk, prefix)
+        return t
+
+    def _linear_attention(self, num_decode: int, q: int, prefill) -> float:
+        """One linear-attention layer: decode over each sequence's state, each prompt chunk prefilled."""
+        key = ("lin", num_decode, q, tuple(ch for ch, _ in prefill))
+        hit = self._dense_cache.get(key)
+        if hit is None:
+            la, tp = self.m.linear_attention, self.tp
+            hit = float(linear_attention.decode(self.cm.hw, self.cm._p("attention_generation"), la, num_decode, q,
+                                                tp)["latency_s"]) if num_decode else 0.0
+            for chunk, _ in prefill:
+                hit += float(linear_attention.prefill(self.cm.hw, self.cm._p("attention_context"), la, chunk, 1,
+                                                      tp)["latency_s"])
+            self._dense_cache[key] = hit
+        return hit
 
     def _decode_attention(self, b: int, q: int, ctx: float) -> float:
         """One layer's decode attention, linear in context between grid points 2^(i/4)."""
@@ -233,7 +254,8 @@ class ForwardModel:
         g = lambda n, k: cm.gemm_latency_s(N, n, k, self.gemm_prec)  # noqa: E731
         g16 = lambda n, k: cm.gemm_latency_s(N, n, k)  # noqa: E731   (router, LM head, MLA's absorbed BMMs)
         if m.mla is None:
-            qkv = g(self.heads * d + 2 * max(1, m.num_key_value_heads // tp) * d, m.qkv_in_multiplier * h)
+            gate = self.heads * d if m.attn_output_gate else 0      # the output gate's q-sized projection
+            qkv = g(self.heads * d + gate + 2 * max(1, m.num_key_value_heads // tp) * d, m.qkv_in_multiplier * h)
             o = g(h, self.heads * d)
         else:
             # absorbed MLA: q (through the q latent if any), kv_a to the shared latent, the per-head
@@ -245,7 +267,13 @@ class ForwardModel:
             o = g(h, H * a.v_head_dim)
         layers = m.num_hidden_layers
         mats = 3 if m.gated_ffn else 2
-        gemm_s = layers * (qkv + o)
+        gemm_s = (layers - self.linear_layers) * (qkv + o)
+        if self.linear_layers:      # in_proj_qkvz, in_proj_ba and out_proj of the linear-attention layers
+            la = m.linear_attention
+            vd = max(1, la.linear_num_value_heads // tp) * la.linear_value_head_dim
+            conv = 2 * max(1, la.linear_num_key_heads // tp) * la.linear_key_head_dim + vd
+            gemm_s = gemm_s + self.linear_layers * (g(conv + vd, h) + g16(2 * max(1, la.linear_num_value_heads // tp), h)
+                                                    + g(h, vd))
         if layers > m.num_moe_layers:
             ffn = g((mats - 1) * m.intermediate_size // tp, h) + g(h, m.intermediate_size // tp)
             gemm_s += (layers - m.num_moe_layers) * ffn

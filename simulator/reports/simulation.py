@@ -23,7 +23,8 @@ ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", "
         ("mean_active_experts_per_layer", "active experts per MoE layer", "experts"),
         ("expert_bytes_per_output_token", "expert weights read per output token", "bytes"),
         ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", ""),
-        ("kernel_tables", "kernel tables (GEMM, MoE)", ""), ("mla_decode_tables", "MLA decode tables", "")]
+        ("kernel_tables", "kernel tables (GEMM, MoE)", ""), ("mla_decode_tables", "MLA decode tables", ""),
+        ("linear_attention", "linear-attention layers", "")]
 
 
 def _cdf(fig, values, name, points: int = 1000):

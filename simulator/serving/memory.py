@@ -16,19 +16,24 @@ def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
     if not model.latent_kv:
         per_layer = per_layer * max(1, model.num_key_value_heads // tp) / model.num_key_value_heads
     # sliding-window layers keep at most the window per sequence (vLLM's hybrid KV allocator): a few
-    # blocks per running sequence, left out of the per-token budget
-    return per_layer * (model.num_hidden_layers - model.num_sliding_window_layers) * kv_bytes_per_el
+    # blocks per running sequence, left out of the per-token budget; linear-attention layers keep a
+    # fixed state per sequence instead (kv_blocks' state_seqs)
+    full = model.num_hidden_layers - model.num_sliding_window_layers - model.num_linear_attention_layers
+    return per_layer * full * kv_bytes_per_el
 
 
 def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,
               kv_bytes_per_el: float = 2.0, source: str | None = None, quant=None, expert_gpus: int | None = None,
-              field: str = "hardware.tensor_parallel_size", of_free: bool = False, expert_pad: float = 1.0) -> int:
+              field: str = "hardware.tensor_parallel_size", of_free: bool = False, expert_pad: float = 1.0,
+              state_seqs: int = 0) -> int:
     """KV blocks per replica (per attention-DP rank); a ConfigError when the weights do not fit.
     ``quant``: the target's weight precision (default its checkpoint's); a draft model keeps its own.
     ``expert_gpus``: the GPUs the routed experts are spread over (default ``tp``; tp x dp with
     attention data parallel). ``of_free``: ``gpu_memory_utilization`` is a fraction of the memory
     left once weights and activations are in (TensorRT-LLM), not of the GPU's (vLLM, SGLang).
-    ``expert_pad``: how much the framework's padded layout grows the routed experts (``padded_growth``)."""
+    ``expert_pad``: how much the framework's padded layout grows the routed experts (``padded_growth``).
+    ``state_seqs``: sequences whose linear-attention state is reserved up front, as SGLang sizes its
+    state pool (mamba pool) apart from the KV cache: the batch limit."""
     weights = target.weight_bytes(quant) / tp
     if target.moe and (expert_gpus and expert_gpus != tp or expert_pad != 1.0):
         experts = target.expert_weight_bytes(quant)
@@ -43,6 +48,7 @@ def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_s
     else:
         budget = hw.memory_bytes * gpu_memory_utilization - ACTIVATION_RESERVE_BYTES
         free = budget - weights
+    free -= state_seqs * target.linear_state_bytes_per_seq(tp)
     if free <= 0:
         raise ConfigError(
             f"model {target.name}{' + ' + draft.name if draft else ''} needs {weights / 2**30:.1f} GiB of "

@@ -18,7 +18,7 @@ from ..config import precision
 from ..config import scenario as scenario_mod
 from ..config import topology
 from ..config.scenario import resolve
-from ..cost import network
+from ..cost import linear_attention, network
 from ..cost.costmodel import CostModel
 from ..cost.framework import FrameworkStep
 from ..cost.forward import Batch, ForwardModel, Parallel
@@ -116,6 +116,7 @@ def build(sc, source: str = "scenario") -> Setup:
              "kernel_tables": _tables_label(cost, quant),
              "mla_decode_tables": gpu_mod.mla_tables_label(cost.source.calibration, cost.framework, cost.version_key)
              if target.mla is not None else None,
+             "linear_attention": linear_attention.PRICING if target.linear_attention is not None else None,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
              "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,
@@ -160,16 +161,17 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
                    moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0, moe_a2a=a2a_backend(eng, entry))
     precision.check_expert_blocks(target, quant.moe, par.moe_tp, eng.framework, source, f"{pp.field}.tensor_parallel_size")
     pad = memory.padded_growth(target, par.moe_tp, cost.expert_pad(precision.get(quant.moe)))
+    limit = lambda mine, default: default if mine is None else mine  # noqa: E731
+    max_num_seqs = limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs)
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
                               eng.gpu_memory_utilization, eng.block_size, kv_el, source, quant,
                               expert_gpus=par.moe_group, field=f"{pp.field}.tensor_parallel_size",
-                              of_free=entry.kv_memory == "free", expert_pad=pad)
-    limit = lambda mine, default: default if mine is None else mine  # noqa: E731
+                              of_free=entry.kv_memory == "free", expert_pad=pad, state_seqs=max_num_seqs)
     budget = eng.max_num_batched_tokens
     if "max_num_batched_tokens" not in eng.model_fields_set:   # the framework's own default, if it has one
         budget = entry.batched_tokens(hw.memory_bytes) or budget
     cfg = engine.EngineConfig(prefix_caching=eng.enable_prefix_caching,
-        max_num_seqs=limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs),
+        max_num_seqs=max_num_seqs,
         max_num_batched_tokens=limit(getattr(lay, "max_num_batched_tokens", None), budget),
         enable_chunked_prefill=eng.enable_chunked_prefill, block_size=eng.block_size, num_blocks=blocks,
         max_model_len=eng.max_model_len or target.max_position_embeddings,

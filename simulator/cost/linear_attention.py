@@ -1,0 +1,61 @@
+"""Gated DeltaNet (linear attention) layers: roofline time of one layer, on one GPU.
+
+No collected kernel table times these kernels (AIConfigurator's tables have none), so they are
+priced by their bytes and flops at the efficiencies fitted for the same GPU and framework's attention
+kernels: decode at the decode-attention fit (a bandwidth-bound pass over per-sequence state, as
+decode attention is over the KV cache), prefill at the prefill-attention fit (chunked, tensor-core
+bound like flash attention). A run says so (``linear_attention`` in its summary).
+
+Decode reads and writes each sequence's recurrent state (``linear_num_value_heads`` matrices of
+key x value head size, float32 in Qwen3.5) once per step and its short-convolution window; each
+token updates the state with a rank-one delta and reads it out (about 6 x dk x dv flops a head).
+Prefill runs the chunked form (Yang et al., "Gated Delta Networks", ICLR 2025): per token the same
+state terms plus attention within its chunk of ``CHUNK`` tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import _blend
+
+PRICING = "roofline at this GPU and framework's attention fits (no kernel table times Gated DeltaNet)"
+CHUNK = 64    # chunk length of the chunked gated delta rule (flash-linear-attention's chunk_gated_delta_rule)
+
+
+def _sizes(la, tp: int):
+    hv, hk = max(1, la.linear_num_value_heads // tp), max(1, la.linear_num_key_heads // tp)
+    dk, dv = la.linear_key_head_dim, la.linear_value_head_dim
+    conv = 2 * hk * dk + hv * dv
+    return hv, dk, dv, conv
+
+
+def decode(hw, p, la, num_seqs, q_len, tp: int = 1) -> dict:
+    """One layer's decode: ``num_seqs`` sequences of ``q_len`` tokens each (``p``: the GPU's
+    decode-attention fit)."""
+    hv, dk, dv, conv = _sizes(la, tp)
+    B, Q = (np.asarray(v, dtype=float) for v in (num_seqs, q_len))
+    state = B * hv * dk * dv * la.state_bytes_per_el
+    window = B * conv * (la.linear_conv_kernel_dim - 1) * 2.0
+    io = B * Q * (conv + hv * dv) * 2.0 * 2.0          # q/k/v in (bf16) and the output, read and written
+    bytes_ = 2.0 * (state + window) + io
+    flops = 6.0 * B * Q * hv * dk * dv
+    memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
+    compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
+    overhead = p["overhead_s"] + p["per_seq_s"] * B
+    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
+            "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
+
+
+def prefill(hw, p, la, tokens, num_seqs=1, tp: int = 1) -> dict:
+    """One layer's prefill of ``tokens`` new tokens over ``num_seqs`` sequences (``p``: the GPU's
+    prefill-attention fit)."""
+    hv, dk, dv, conv = _sizes(la, tp)
+    T, B = (np.asarray(v, dtype=float) for v in (tokens, num_seqs))
+    flops = T * hv * (6.0 * dk * dv + 2.0 * CHUNK * (dk + dv))
+    bytes_ = T * (conv + hv * dv) * 2.0 * 2.0 + 2.0 * B * hv * dk * dv * la.state_bytes_per_el
+    memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
+    compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
+    overhead = p["overhead_s"] + 0.0 * T
+    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
+            "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
