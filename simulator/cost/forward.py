@@ -191,18 +191,21 @@ class ForwardModel:
         return t
 
     def _linear_attention(self, num_decode: int, q: int, prefill) -> float:
-        """One linear-attention layer: decode over each sequence's state, each prompt chunk prefilled."""
-        key = ("lin", num_decode, q, tuple(ch for ch, _ in prefill))
-        hit = self._dense_cache.get(key)
-        if hit is None:
-            la, tp = self.m.linear_attention, self.tp
-            hit = float(linear_attention.decode(self.cm.hw, self.cm._p("attention_generation"), la, num_decode, q,
-                                                tp)["latency_s"]) if num_decode else 0.0
-            for chunk, _ in prefill:
-                hit += float(linear_attention.prefill(self.cm.hw, self.cm._p("attention_context"), la, chunk, 1,
-                                                      tp)["latency_s"])
-            self._dense_cache[key] = hit
-        return hit
+        """One linear-attention layer: decode over each sequence's state, each prompt chunk prefilled
+        (cached per decode batch and per chunk, so the cache stays as small as the attention's)."""
+        la, tp, cache = self.m.linear_attention, self.tp, self._dense_cache
+        t = 0.0
+        if num_decode:
+            if ("lin_dec", num_decode, q) not in cache:
+                cache[("lin_dec", num_decode, q)] = float(linear_attention.decode(
+                    self.cm.hw, self.cm._p("attention_generation"), la, num_decode, q, tp)["latency_s"])
+            t += cache[("lin_dec", num_decode, q)]
+        for chunk, _ in prefill:
+            if ("lin_pre", chunk) not in cache:
+                cache[("lin_pre", chunk)] = float(linear_attention.prefill(
+                    self.cm.hw, self.cm._p("attention_context"), la, chunk, 1, tp)["latency_s"])
+            t += cache[("lin_pre", chunk)]
+        return t
 
     def _decode_attention(self, b: int, q: int, ctx: float) -> float:
         """One layer's decode attention, linear in context between grid points 2^(i/4)."""
