@@ -150,6 +150,30 @@ def test_gated_deltanet_layers_keep_a_fixed_state_instead_of_kv_and_are_priced_o
         model.parse({**q.model_dump(exclude_none=True), "sliding_window": 128, "num_sliding_window_layers": 2}, "t")
 
 
+def test_deepseek_sparse_attention_reads_the_top_k_keys_and_indexes_every_one():
+    """GLM-5 (MLA + DSA): the MLA attention reads at most index_topk keys a query, the indexer
+    scores every cached key (so only it grows with the context past top-k), and each token caches
+    the indexer's FP8 key beside the latent; the sizes add up to the published 744B."""
+    from simulator.cost import sparse_attention
+    glm = model.load("GLM-5")
+    sa = glm.sparse_attention
+    assert 742e9 < sum(glm.parameter_count().values()) < 746e9
+    assert memory.kv_bytes_per_token(glm, 8) == 78 * (576 * 2 + 128 + 4)
+    assert sparse_attention.keys_per_query(2048, 1024, 0) == pytest.approx(512.5)
+    assert sparse_attention.keys_per_query(2048, 1024, 4096) == 2048
+    assert sparse_attention.keys_per_query(2048, 4096, 0) == pytest.approx((2048 * 2049 / 2 + 2048 * 2048) / 4096)
+    cm = CostModel("b200_sxm", framework="sglang")
+    fm = ForwardModel(glm, cm, Parallel(tensor_parallel_size=8), model.Quantization(gemm="fp8_block", moe="fp8_block"))
+    p = cm._p("attention_generation")
+    for ctx in (1000.0, 8000.0, 32000.0):
+        want = fm._decode_attention(16, 1, min(ctx, 2048)) + sparse_attention.indexer_decode(cm.hw, p, sa, 16, 1, ctx)
+        assert fm._full_attention(16, 1, ctx, ()) == pytest.approx(want)
+    idx = [sparse_attention.indexer_decode(cm.hw, p, sa, 16, 1, c) for c in (8000.0, 32000.0)]
+    assert idx[1] > idx[0] and fm._decode_attention(16, 1, 2048) < fm._decode_attention(16, 1, 32000)
+    with pytest.raises(ConfigError, match="sparse_attention"):
+        model.parse({**glm.model_dump(exclude_none=True, exclude={"mla"})}, "t")
+
+
 def test_framework_tables_are_named_and_unknown_ones_refused():
     s = build(scen())
     assert s.files["framework"] == "vllm" and s.files["kernel_tables"].startswith("vllm ")
@@ -184,7 +208,7 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     f.write_text(SILICON_HEADER
                  + "a,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,bf16,agg,128,16,,,2,1,1,1,1,1,30,8\n"
                  + "b,deepseek-ai/DeepSeek-R1,sglang,0.5.9,b200_sxm,fp8,disagg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
-                 + "c,zhipuai/GLM-5,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
+                 + "c,deepseek-ai/DeepSeek-R1,sglang,0.5.9,b200_sxm,fp8,agg,1024,1024,fp8,fp8_block,8,36,1,1,36,1,50,10\n"
                  + "d,some/unknown-model,vllm,0.19.0,b200_sxm,fp8,agg,1024,1024,fp8,fp8,8,8,1,1,8,1,50,10\n"
                  + "e,meta-llama/Llama-3.1-8B-Instruct,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,1,1,1,1,1,30,8\n"
                  + "f,openai/gpt-oss-120b,vllm,0.19.0,h100_sxm,fp4,agg,128,16,nvfp4,nvfp4,2,2,1,1,2,1,30,8\n")
@@ -197,7 +221,7 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     by = {row["id"]: row for row in s["per_row"]}
     assert by["a"]["expressible"] and by["a"]["sim_tpot_ms"] > 0 and by["a"]["sim_ttft_ms"] > 0
     assert by["b"]["blocked_by"] == "ambiguous layout: disagg row states no worker counts"   # no prefill_/decode_ columns
-    assert "sparse attention" in by["c"]["blocked_by"]
+    assert "not divisible by tensor_parallel_size 36" in by["c"]["blocked_by"]
     assert by["d"]["blocked_by"] == "no catalog architecture for some/unknown-model"
     assert by["e"]["blocked_by"].startswith("nvfp4 gemm kernels on h100_sxm")
     # gpt-oss exists only in MXFP4: the sample's generic 4-bit label is read as its checkpoint

@@ -48,6 +48,22 @@ class MLAConfig(BaseModel):
         return self.kv_lora_rank + self.qk_rope_head_dim
 
 
+class SparseAttentionConfig(BaseModel):
+    """DeepSeek sparse attention (DSA; DeepSeek-V3.2, GLM-5; config.json names): a lightning indexer
+    of ``index_n_heads`` x ``index_head_dim`` scores every cached token for each query, and the MLA
+    attention reads only the ``index_topk`` best. The indexer's keys are cached per token and layer in
+    FP8 with one float32 scale (``index_head_dim`` + 4 bytes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    index_topk: int = Field(gt=0)
+    index_n_heads: int = Field(gt=0)
+    index_head_dim: int = Field(gt=0)
+
+    @property
+    def key_bytes_per_token(self) -> float:
+        return self.index_head_dim + 4.0
+
+
 class LinearAttentionConfig(BaseModel):
     """Gated DeltaNet layers (Qwen3-Next / Qwen3.5 config.json names): every
     ``full_attention_interval``-th layer is full attention, the others linear attention, which keeps a
@@ -126,6 +142,7 @@ class ModelArch(BaseModel):
         "under TP each rank holds some heads, so the squared sums are all-reduced, one call a layer"))
     num_nextn_predict_layers: int = Field(default=0, ge=0, description="MTP layers shipped with the checkpoint")
     linear_attention: Optional[LinearAttentionConfig] = None
+    sparse_attention: Optional[SparseAttentionConfig] = None
     attn_output_gate: bool = Field(default=False, description=(
         "full-attention layers gate their output by a second q-sized projection (Qwen3-Next, Qwen3.5)"))
     notes: str = ""
@@ -138,6 +155,8 @@ class ModelArch(BaseModel):
             raise ValueError("num_sliding_window_layers needs sliding_window")
         if self.mla is not None and self.kv_cache_dim_per_token:
             raise ValueError("give mla or kv_cache_dim_per_token, not both")
+        if self.sparse_attention is not None and (self.mla is None or self.mla.q_lora_rank is None):
+            raise ValueError("sparse_attention needs mla with a q_lora_rank (its indexer reads the q latent)")
         if self.linear_attention is not None and (self.mla is not None or self.num_sliding_window_layers):
             raise ValueError("linear_attention layers with mla or sliding-window layers are not modelled")
         if self.moe is not None and self.num_moe_layers == 0:
@@ -200,7 +219,9 @@ class ModelArch(BaseModel):
         a, H = self.mla, self.num_attention_heads
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
         q = h * a.q_lora_rank + a.q_lora_rank * H * qk if a.q_lora_rank else h * H * qk
-        return q + h * a.latent_dim + a.kv_lora_rank * H * (a.qk_nope_head_dim + a.v_head_dim) + H * a.v_head_dim * h
+        sa = self.sparse_attention     # the indexer's q (from the q latent), key and head weights
+        indexer = 0 if sa is None else a.q_lora_rank * sa.index_n_heads * sa.index_head_dim + h * (sa.index_head_dim + sa.index_n_heads)
+        return q + h * a.latent_dim + a.kv_lora_rank * H * (a.qk_nope_head_dim + a.v_head_dim) + H * a.v_head_dim * h + indexer
 
     def parameter_count(self) -> dict:
         """Weights by part: attention, dense FFN, experts, shared experts, embeddings."""

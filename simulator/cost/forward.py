@@ -20,7 +20,7 @@ import numpy as np
 from .costmodel import CostModel
 from ..config import precision
 from ..config.model import ModelArch, Quantization
-from . import launches, linear_attention, network
+from . import launches, linear_attention, network, sparse_attention
 from .routing import expected_count_vector
 
 
@@ -185,27 +185,20 @@ class ForwardModel:
         return t
 
     def _full_attention(self, num_decode: int, q: int, ctx: float, prefill) -> float:
+        if self.m.sparse_attention is not None:
+            return self._sparse_attention(num_decode, q, ctx, prefill)
         t = self._decode_attention(num_decode, q, ctx) if num_decode else 0.0
         for chunk, prefix in prefill:
             t += self._prefill_attention(chunk, prefix)
         return t
 
+    def _sparse_attention(self, num_decode: int, q: int, ctx: float, prefill) -> float:
+        return sparse_attention.layer_time(self.cm, self.m.sparse_attention, self._decode_attention,
+                                           self._prefill_attention, num_decode, q, ctx, prefill, self._dense_cache)
+
     def _linear_attention(self, num_decode: int, q: int, prefill) -> float:
-        """One linear-attention layer: decode over each sequence's state, each prompt chunk prefilled
-        (cached per decode batch and per chunk, so the cache stays as small as the attention's)."""
-        la, tp, cache = self.m.linear_attention, self.tp, self._dense_cache
-        t = 0.0
-        if num_decode:
-            if ("lin_dec", num_decode, q) not in cache:
-                cache[("lin_dec", num_decode, q)] = float(linear_attention.decode(
-                    self.cm.hw, self.cm._p("attention_generation"), la, num_decode, q, tp)["latency_s"])
-            t += cache[("lin_dec", num_decode, q)]
-        for chunk, _ in prefill:
-            if ("lin_pre", chunk) not in cache:
-                cache[("lin_pre", chunk)] = float(linear_attention.prefill(
-                    self.cm.hw, self.cm._p("attention_context"), la, chunk, 1, tp)["latency_s"])
-            t += cache[("lin_pre", chunk)]
-        return t
+        return linear_attention.layer_time(self.cm, self.m.linear_attention, self.tp, num_decode, q, prefill,
+                                           self._dense_cache)
 
     def _decode_attention(self, b: int, q: int, ctx: float) -> float:
         """One layer's decode attention, linear in context between grid points 2^(i/4)."""
@@ -267,6 +260,9 @@ class ForwardModel:
             qk = a.qk_nope_head_dim + a.qk_rope_head_dim
             qkv = (g(a.q_lora_rank, h) + g(H * qk, a.q_lora_rank) if a.q_lora_rank else g(H * qk, h))
             qkv = qkv + g(a.latent_dim, h) + g16(H * a.kv_lora_rank, a.qk_nope_head_dim) + g16(H * a.v_head_dim, a.kv_lora_rank)
+            if m.sparse_attention is not None:     # DSA's indexer: q from the q latent, one key, head weights
+                sa = m.sparse_attention
+                qkv = qkv + g16(sa.index_n_heads * sa.index_head_dim, a.q_lora_rank) + g16(sa.index_head_dim + sa.index_n_heads, h)
             o = g(h, H * a.v_head_dim)
         layers = m.num_hidden_layers
         mats = 3 if m.gated_ffn else 2

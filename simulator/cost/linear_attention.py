@@ -47,7 +47,7 @@ def decode(hw, p, la, num_seqs, q_len, tp: int = 1) -> dict:
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
 
 
-def prefill(hw, p, la, tokens, num_seqs=1, tp: int = 1) -> dict:
+def prefill_time(hw, p, la, tokens, num_seqs=1, tp: int = 1) -> dict:
     """One layer's prefill of ``tokens`` new tokens over ``num_seqs`` sequences (``p``: the GPU's
     prefill-attention fit)."""
     hv, dk, dv, conv = _sizes(la, tp)
@@ -59,3 +59,19 @@ def prefill(hw, p, la, tokens, num_seqs=1, tp: int = 1) -> dict:
     overhead = p["overhead_s"] + 0.0 * T
     return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
+
+
+def layer_time(cm, la, tp: int, num_decode: int, q: int, prefill, cache: dict) -> float:
+    """One linear-attention layer of a step: decode over each sequence's state, each prompt chunk
+    prefilled (cached per decode batch and per chunk, so the cache stays as small as the attention's)."""
+    t = 0.0
+    if num_decode:
+        if ("lin_dec", num_decode, q) not in cache:
+            cache[("lin_dec", num_decode, q)] = float(decode(cm.hw, cm._p("attention_generation"), la, num_decode, q,
+                                                             tp)["latency_s"])
+        t += cache[("lin_dec", num_decode, q)]
+    for chunk, _ in prefill:
+        if ("lin_pre", chunk) not in cache:
+            cache[("lin_pre", chunk)] = float(prefill_time(cm.hw, cm._p("attention_context"), la, chunk, 1, tp)["latency_s"])
+        t += cache[("lin_pre", chunk)]
+    return t

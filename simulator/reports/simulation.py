@@ -24,7 +24,7 @@ ROWS = [("completed", "completed requests", ""), ("failed", "failed requests", "
         ("expert_bytes_per_output_token", "expert weights read per output token", "bytes"),
         ("gpu_spec_file", "GPU spec", ""), ("model_file", "model", ""),
         ("kernel_tables", "kernel tables (GEMM, MoE)", ""), ("mla_decode_tables", "MLA decode tables", ""),
-        ("linear_attention", "linear-attention layers", "")]
+        ("linear_attention", "linear-attention layers", ""), ("sparse_attention", "sparse attention (DSA)", "")]
 
 
 def _cdf(fig, values, name, points: int = 1000):

@@ -19,7 +19,8 @@ def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
     # blocks per running sequence, left out of the per-token budget; linear-attention layers keep a
     # fixed state per sequence instead (kv_blocks' state_seqs)
     full = model.num_hidden_layers - model.num_sliding_window_layers - model.num_linear_attention_layers
-    return per_layer * full * kv_bytes_per_el
+    indexer = model.sparse_attention.key_bytes_per_token if model.sparse_attention else 0.0   # DSA's keys, FP8
+    return per_layer * full * kv_bytes_per_el + indexer * full
 
 
 def kv_blocks(target, draft, hw, tp: int, gpu_memory_utilization: float, block_size: int,

@@ -18,7 +18,7 @@ from ..config import precision
 from ..config import scenario as scenario_mod
 from ..config import topology
 from ..config.scenario import resolve
-from ..cost import linear_attention, network
+from ..cost import linear_attention, network, sparse_attention
 from ..cost.costmodel import CostModel
 from ..cost.framework import FrameworkStep
 from ..cost.forward import Batch, ForwardModel, Parallel
@@ -117,6 +117,7 @@ def build(sc, source: str = "scenario") -> Setup:
              "mla_decode_tables": gpu_mod.mla_tables_label(cost.source.calibration, cost.framework, cost.version_key)
              if target.mla is not None else None,
              "linear_attention": linear_attention.PRICING if target.linear_attention is not None else None,
+             "sparse_attention": sparse_attention.PRICING if target.sparse_attention is not None else None,
              "kernel_time_scale": cost.kernel_time_scale, "kernel_fixed_scale": cost.kernel_fixed_scale,
              "rank_skew": rank_skew(eng, entry, hw.architecture),
              "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,
