@@ -268,11 +268,8 @@ class ForwardModel:
         mats = 3 if m.gated_ffn else 2
         gemm_s = (layers - self.linear_layers) * (qkv + o)
         if self.linear_layers:      # in_proj_qkvz, in_proj_ba and out_proj of the linear-attention layers
-            la = m.linear_attention
-            vd = max(1, la.linear_num_value_heads // tp) * la.linear_value_head_dim
-            conv = 2 * max(1, la.linear_num_key_heads // tp) * la.linear_key_head_dim + vd
-            gemm_s = gemm_s + self.linear_layers * (g(conv + vd, h) + g16(2 * max(1, la.linear_num_value_heads // tp), h)
-                                                    + g(h, vd))
+            hv, _, dv, conv = linear_attention.sizes(m.linear_attention, tp)
+            gemm_s = gemm_s + self.linear_layers * (g(conv + hv * dv, h) + g16(2 * hv, h) + g(h, hv * dv))
         if layers > m.num_moe_layers:
             ffn = g((mats - 1) * m.intermediate_size // tp, h) + g(h, m.intermediate_size // tp)
             gemm_s += (layers - m.num_moe_layers) * ffn
