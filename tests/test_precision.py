@@ -234,6 +234,35 @@ def test_validate_silicon_classifies_and_simulates(tmp_path):
     assert (out / "silicon.csv").exists() and (out / "summary.json").exists()
 
 
+def test_kimi_k25_int4_release_runs_as_its_checkpoint_on_the_served_marlin_kernel():
+    """Kimi-K2.5's INT4 release quantises the routed experts alone: a silicon row recording int4_wo for
+    GEMM and MoE is that checkpoint (bf16 GEMMs), its NVFP4 runs keep what they state, and a row is
+    checked for MLA kernels at its own precisions. The collector's Triton W4A16 rows, labelled
+    vllm_marlin_int4_moe, never enter a fit: vLLM serves these experts with Marlin."""
+    import pandas as pd
+    from simulator.analysis import silicon
+    from simulator.cost import tablerows
+    k = model.load("Kimi-K2.5")
+    assert k.quantization == model.Quantization(gemm="bf16", moe="int4_wo")
+    assert 1.02e12 < sum(k.parameter_count().values()) < 1.04e12     # 1.04T published, with its vision encoder
+    row = {"id": "k", "model_path": "moonshotai/Kimi-K2.5", "backend": "vllm", "backend_version": "0.15.1",
+           "system": "b200_sxm", "mode": "agg", "isl": 1024, "osl": 1024, "batch_size": 8, "tp_size": 8,
+           "pp_size": 1, "attention_dp_size": 1, "moe_tp_size": 8, "moe_ep_size": 1, "gemm_quant_mode": "int4_wo",
+           "moe_quant_mode": "int4_wo", "silicon_ttft_ms": 50, "silicon_tpot_ms": 10}
+    assert silicon.quant_modes(row) == ("bf16", "int4_wo") and silicon.classify(row) == ""
+    assert silicon.quant_modes({**row, "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}) == ("nvfp4", "nvfp4")
+    assert silicon.quant_modes({**row, "moe_quant_mode": "bf16"}) == ("int4_wo", "bf16")    # not the release: as stated
+    # TensorRT-LLM times no int4_wo experts on GB200; the NVFP4 run needs none
+    nv = {**row, "backend": "trtllm", "backend_version": "1.3.0rc20", "system": "gb200", "tp_size": 4, "moe_tp_size": 1,
+          "moe_ep_size": 4, "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}
+    assert silicon.classify(nv) == ""
+    triton, marlin = "vllm_marlin_int4_moe", "vllm_compressedtensorswna16marlinmoe_marlin_marlinexperts"
+    t = pd.DataFrame({"dtype": "int4_wo", "num_tokens": [1, 2, 4, 1, 2], "latency_ms": 1.0,
+                      "kernel_source": [triton] * 3 + [marlin] * 2})
+    assert set(tablerows.select_rows("moe", t, precision.get("int4_wo")).kernel_source) == {marlin}
+    assert tablerows.select_rows("moe", t[t.kernel_source == triton], precision.get("int4_wo")).empty
+
+
 def test_silicon_rows_with_bad_numbers_are_blocked_with_what_is_wrong():
     """A typed cell that is no count blocks its row, named; never read as 1, truncated or run."""
     from simulator.analysis import silicon

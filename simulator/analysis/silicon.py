@@ -19,7 +19,7 @@ from ..common.errors import ConfigError
 from ..common.paths import GPU_SPECS_DIR, MODELS_DIR, shared_traces_dir
 from ..config import precision
 from ..config.gpu import load as load_gpu
-from ..config.model import load as load_model
+from ..config.model import Quantization, load as load_model
 from ..config.scenario import parse
 from ..cost.costmodel import CostModel
 from ..serving.metrics import first_sent, prompts_per_prefill
@@ -37,7 +37,7 @@ REQUIRED = ["model_path", "backend", "backend_version", "system", "mode", "isl",
 MODELS = {
     "deepseek-ai/DeepSeek-V3": "DeepSeek-V3", "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
     "deepseek-ai/DeepSeek-V3-0324": "DeepSeek-V3", "deepseek-ai/DeepSeek-R1-0528": "DeepSeek-R1",
-    "moonshotai/Kimi-K2-Instruct": "Kimi-K2", "moonshotai/Kimi-K2.5": "Kimi-K2", "moonshotai/Kimi-K2-Thinking": "Kimi-K2",
+    "moonshotai/Kimi-K2-Instruct": "Kimi-K2", "moonshotai/Kimi-K2.5": "Kimi-K2.5", "moonshotai/Kimi-K2-Thinking": "Kimi-K2.5",
     "MiniMaxAI/MiniMax-M2": "MiniMax-M2", "MiniMaxAI/MiniMax-M2.5": "MiniMax-M2",
     "meta-llama/Llama-3.1-70B": "Llama-3.1-70B", "meta-llama/Llama-3.1-8B": "Llama-3.1-8B",
     "openai/gpt-oss-120b": "gpt-oss-120b", "openai/gpt-oss-20b": "gpt-oss-20b",
@@ -79,20 +79,33 @@ def quant_modes(r: dict) -> tuple[str, str] | None:
     precision is used, and the table says so).
 
     A 4-bit row of a model published only in MXFP4 (gpt-oss: experts MXFP4, the rest bf16) is its
-    checkpoint: the silicon sample labels every 4-bit run ``nvfp4``, which gpt-oss has no weights in."""
+    checkpoint: the silicon sample labels every 4-bit run ``nvfp4``, which gpt-oss has no weights in.
+    So is a row that gives both the checkpoint's expert precision, of a checkpoint whose other
+    layers keep another (Kimi-K2.5's INT4 release: experts INT4, the rest bf16, recorded int4_wo
+    for GEMM and MoE): no framework quantises the layers the checkpoint left unquantised."""
     g, m = r.get("gemm_quant_mode"), r.get("moe_quant_mode")
     model = MODELS.get(str(r.get("model_path")))
-    if model and g == "nvfp4" and (MODELS_DIR / f"{model}.yaml").is_file():
+    if model and (MODELS_DIR / f"{model}.yaml").is_file():
         native = _arch(model).quantization
-        if native.moe == "mxfp4":
+        if g == "nvfp4" and native.moe == "mxfp4":
             arch = _gpu_arch(str(r.get("system")))
             return native.gemm, precision.served_as(native.moe, str(r.get("backend")), arch)
+        if isinstance(g, str) and g == m and _canonical(m) == native.moe != native.gemm:
+            return native.gemm, native.moe
     if isinstance(g, str) and isinstance(m, str):
         return g, m
     p = r.get("precision")
     if isinstance(p, str) and p == "bf16":
         return "bf16", "bf16"
     return None
+
+
+def _canonical(name: str) -> str:
+    """A precision's canonical name (aliases resolved); the name itself when it is none."""
+    try:
+        return precision.get(name).name
+    except ConfigError:
+        return name
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,7 +194,7 @@ def classify(r: dict) -> str:
             cost._p(op, prec)
         except ConfigError:
             return f"{name} {op} kernels on {system} with {r['backend']}"
-    if arch.mla is not None and missing_kernels(cost, arch, arch.quantization):
+    if arch.mla is not None and missing_kernels(cost, arch, Quantization(gemm=q[0], moe=q[1])):
         return f"MLA decode kernels on {system} with {r['backend']}"
     return ""
 

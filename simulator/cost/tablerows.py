@@ -15,6 +15,16 @@ from .kernels import BF16
 MAX_FIT_TOKENS = 16384
 SMALL_BATCH_MOE_TOKENS = {v.name: most for v, most in SMALL_BATCH_MOE.values()}
 VARIANT_KERNELS = {v.kernel_source for v, _ in SMALL_BATCH_MOE.values()}
+# MoE rows labelled with a weight precision but timed on a kernel no serving run of it uses: left out
+# of every fit, so a version whose only rows they are is priced on the nearest collection that times
+# the served kernel. AIConfigurator's vLLM >= 0.17 collector times int4_wo experts by calling vLLM's
+# fused_experts with int4_w4a16_moe_quant_config (collector/vllm/collect_moe_v2.py), the Triton WNA16
+# kernel, and logs it as "vllm_marlin_int4_moe". vLLM serves W4A16 experts (compressed-tensors, GPTQ,
+# AWQ) with Marlin wherever check_moe_marlin_supports_layer holds (compressed_tensors_moe.py: "Prefer
+# to use the MarlinMoE kernel when it is supported"), the kernel its 0.14.0 and 0.24.0 collections
+# time (vllm_marlin_moe; vllm_compressedtensorswna16marlinmoe_marlin_marlinexperts). At Kimi-K2's
+# shape (TP 8, 64-256 tokens) the Triton rows run 2.5-5x those on every GPU.
+UNSERVED_MOE_KERNELS = frozenset({"vllm_marlin_int4_moe"})
 
 
 def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16, keep_inversions: bool = False) -> pd.DataFrame:
@@ -33,7 +43,7 @@ def select_rows(op: str, df: pd.DataFrame, prec: Precision = BF16, keep_inversio
             # variant's kernel (priced on its own fit)
             df = df[(df.dtype == prec.table_dtype) & (df.num_tokens <= MAX_FIT_TOKENS)]
             if "kernel_source" in df:
-                df = df[~df.kernel_source.isin(VARIANT_KERNELS)]
+                df = df[~df.kernel_source.isin(VARIANT_KERNELS | UNSERVED_MOE_KERNELS)]
             df = _dominant_kernel(df)
         if not keep_inversions:
             df = df[~split_inversions(df)]
