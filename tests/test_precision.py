@@ -40,6 +40,32 @@ def test_weight_bytes_closed_form_per_precision():
     assert oss.weight_bytes() == pytest.approx(mx * oc["experts"] + 2.0 * (oc["attention"] + oc["embeddings"] + oc["router"]))
 
 
+def test_int4_scale_group_sizes_the_weights_and_carries_to_the_run():
+    """An int4_wo checkpoint's scale group sets its bytes (0.5 + 2/group a weight: Kimi-K2.5's group 32
+    holds 9% more than group 128), a run at the checkpoint's int4 keeps its group and says so, and a
+    group that no Marlin kernel runs, or one on no int4 weights, is a one-line error."""
+    k = model.load("Kimi-K2.5")
+    c = k.parameter_count()
+    assert k.expert_weight_bytes() == pytest.approx((0.5 + 2 / 32) * c["experts"])
+    g128 = model.Quantization(gemm="bf16", moe="int4_wo")
+    assert k.expert_weight_bytes(g128) == pytest.approx((0.5 + 2 / 128) * c["experts"])
+    assert precision.int4_grouped(128) is precision.get("int4_wo") and precision.int4_grouped(32) is precision.int4_grouped(32)
+    sc = {"model": "Kimi-K2.5", "hardware": {"gpu": "b200_sxm", "tensor_parallel_size": 8},
+          "workload": {"num_prompts": 2, "random_input_len": 64, "random_output_len": 4}}
+    s = build(parse(sc, "t"))
+    assert s.files["quantization"] == {"gemm": "bf16", "moe": "int4_wo", "group_size": 32}
+    assert s.target_fm.moe_prec.weight_bytes == pytest.approx(0.5625) and s.target_fm.moe_prec.name == "int4_wo"
+    s128 = build(parse({**sc, "engine": {"quantization": {"moe": "int4_wo", "group_size": 128}}}, "t"))
+    assert s128.files["quantization"] == {"gemm": "bf16", "moe": "int4_wo", "group_size": 128}
+    one = Batch(8, 1, 512.0)
+    assert s.target_fm.forward(one).total_s > s128.target_fm.forward(one).total_s      # more scale bytes read
+    assert build(parse({**sc, "engine": {"quantization": "nvfp4"}}, "t")).files["quantization"] == {"gemm": "nvfp4", "moe": "nvfp4"}
+    for q, why in (({"moe": "int4_wo", "group_size": 48}, "group_size 48 not supported; allowed: 32, 64, 128"),
+                   ({"gemm": "bf16", "moe": "fp8", "group_size": 32}, "group_size applies to int4_wo weights only")):
+        with pytest.raises(ConfigError, match=why):
+            build(parse({**sc, "engine": {"quantization": q}}, "t"))
+
+
 def test_fp8_checkpoint_is_sized_and_priced_as_fp8():
     ds = model.load("DeepSeek-V3")
     assert ds.quantization.gemm == "fp8_block" and ds.quantization.moe == "fp8_block"
@@ -243,7 +269,7 @@ def test_kimi_k25_int4_release_runs_as_its_checkpoint_on_the_served_marlin_kerne
     from simulator.analysis import silicon
     from simulator.cost import tablerows
     k = model.load("Kimi-K2.5")
-    assert k.quantization == model.Quantization(gemm="bf16", moe="int4_wo")
+    assert k.quantization == model.Quantization(gemm="bf16", moe="int4_wo", group_size=32)
     assert 1.02e12 < sum(k.parameter_count().values()) < 1.04e12     # 1.04T published, with its vision encoder
     row = {"id": "k", "model_path": "moonshotai/Kimi-K2.5", "backend": "vllm", "backend_version": "0.15.1",
            "system": "b200_sxm", "mode": "agg", "isl": 1024, "osl": 1024, "batch_size": 8, "tp_size": 8,

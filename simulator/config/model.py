@@ -99,12 +99,30 @@ class Quantization(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     gemm: str = "bf16"
     moe: str = "bf16"
+    group_size: Optional[int] = Field(default=None, description="int4_wo scale group along K (128 when unset)")
 
     @field_validator("gemm", "moe")
     @classmethod
     def _canonical(cls, name: str) -> str:
         """Stored by canonical name (aliases such as awq resolved), so it prices and compares as one."""
         return precision.get(name).name
+
+    @model_validator(mode="after")
+    def _group(self):
+        if self.group_size is not None:
+            if self.group_size not in precision.INT4_GROUP_SIZES:
+                raise ValueError(f"group_size {self.group_size} not supported; allowed: "
+                                 f"{', '.join(map(str, precision.INT4_GROUP_SIZES))}")
+            if "int4_wo" not in (self.gemm, self.moe):
+                raise ValueError("group_size applies to int4_wo weights only; neither gemm nor moe is int4_wo")
+        return self
+
+    def precision(self, part: str) -> precision.Precision:
+        """The Precision of ``gemm`` or ``moe`` weights, int4_wo at its scale group."""
+        name = getattr(self, part)
+        if name == "int4_wo" and self.group_size:
+            return precision.int4_grouped(self.group_size)
+        return precision.get(name)
 
 
 class ModelArch(BaseModel):
@@ -247,7 +265,7 @@ class ModelArch(BaseModel):
         """Weight bytes at a precision (default: the checkpoint's): routed experts at ``quant.moe``,
         attention/dense/shared-expert/fc matrices at ``quant.gemm``, embeddings and router 16-bit."""
         q = quant or self.quantization
-        lin, exp = precision.get(q.gemm).weight_bytes, precision.get(q.moe).weight_bytes
+        lin, exp = q.precision("gemm").weight_bytes, q.precision("moe").weight_bytes
         c = self.parameter_count()
         return (exp * c["experts"] + lin * (c["attention"] + c["dense_ffn"] + c["shared_experts"] + c["fc"])
                 + 2.0 * (c["embeddings"] + c["router"]))
@@ -255,7 +273,7 @@ class ModelArch(BaseModel):
     def expert_weight_bytes(self, quant: Quantization | None = None) -> float:
         """Bytes of the routed experts alone (what expert parallelism spreads over its ranks)."""
         q = quant or self.quantization
-        return precision.get(q.moe).weight_bytes * self.parameter_count()["experts"]
+        return q.precision("moe").weight_bytes * self.parameter_count()["experts"]
 
 
 def parse(data, source: str) -> ModelArch:

@@ -7,6 +7,7 @@ is the name AIConfigurator's kernel tables use in their ``*_dtype`` columns.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,6 +184,22 @@ def expert_padding(name: str, framework: str, architecture: str) -> tuple[int, i
 
 KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}
 KV_ALIASES = {"bfloat16": "bf16", "auto": None, "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
+
+
+# Scale groups an int4 weight-only checkpoint may use along K (Marlin's MoE and GEMM kernels run 32,
+# 64 and 128: vLLM marlin_utils MARLIN_SUPPORTED_GROUP_SIZES, channelwise aside); int4_wo is group 128.
+INT4_GROUP_SIZES = (32, 64, 128)
+
+
+@functools.lru_cache(maxsize=None)      # one instance per group: identity-keyed caches stay cheap
+def int4_grouped(group_size: int) -> Precision:
+    """int4_wo with one bf16 scale per ``group_size`` weights (Kimi-K2.5's release: 32): more scale
+    bytes, the same kernels and fits (they are looked up by name)."""
+    base = PRECISIONS["int4_wo"]
+    if group_size == 128:
+        return base
+    return Precision(base.name, 0.5 + 2.0 / group_size, base.act_bytes, base.tensor_core, base.table_dtype,
+                     f"int4 weight-only, group {group_size}")
 
 
 def get(name: str, source: str | None = None, field: str = "quantization") -> Precision:

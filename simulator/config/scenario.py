@@ -86,7 +86,8 @@ class Engine(Strict):
         "whose kernels price the step: GEMM and MoE from that framework's calibrated tables"))
     quantization: Optional[Union[str, dict]] = Field(default=None, description=(
         "weight precision (vLLM/SGLang --quantization names: bf16, fp8, fp8_block, nvfp4, mxfp4, int4_wo); "
-        "default: the checkpoint's (the model file's quantization); {gemm: X, moe: Y} sets the two apart"))
+        "default: the checkpoint's (the model file's quantization); {gemm: X, moe: Y} sets the two apart, "
+        "group_size the int4_wo scale group (32, 64, 128; default the checkpoint's, else 128)"))
     kv_cache_dtype: Literal["auto", "bf16", "bfloat16", "fp8", "fp8_e4m3"] = "auto"
     enable_prefix_caching: bool = Field(default=False, description=(
         "reuse the KV of a conversation's history while its blocks are not evicted (vLLM's flag; V1 turns it "
@@ -353,19 +354,25 @@ def quantization(sc: Scenario, target: model_mod.ModelArch, hw, source: str) -> 
     q = sc.engine.quantization
     native = target.quantization
     field = "engine.quantization"
+    group = q.get("group_size") if isinstance(q, dict) else None
     if q is None or q == "auto":     # the checkpoint's, as the framework runs it on this GPU
         run = lambda n: precision.served_as(n, sc.engine.framework, hw.architecture)  # noqa: E731
-        quant = model_mod.Quantization(gemm=run(native.gemm), moe=run(native.moe))
+        gemm, moe = run(native.gemm), run(native.moe)
     elif isinstance(q, dict):
-        extra = set(q) - {"gemm", "moe"}
+        extra = set(q) - {"gemm", "moe", "group_size"}
         if extra:
-            raise ConfigError(f"unknown keys {sorted(extra)}; allowed: gemm, moe", source=source, field=field)
-        quant = model_mod.Quantization(gemm=precision.get(q.get("gemm", native.gemm), source, field).name,
-                                       moe=precision.get(q.get("moe", native.moe), source, field).name)
+            raise ConfigError(f"unknown keys {sorted(extra)}; allowed: gemm, moe, group_size", source=source, field=field)
+        gemm = precision.get(q.get("gemm", native.gemm), source, field).name
+        moe = precision.get(q.get("moe", native.moe), source, field).name
     else:
         p = precision.get(q, source, field)
-        quant = model_mod.Quantization(gemm=native.gemm if p.name == "mxfp4" else p.name,
-                                       moe=p.name if target.moe else native.moe)
+        gemm, moe = native.gemm if p.name == "mxfp4" else p.name, p.name if target.moe else native.moe
+    if group is None and "int4_wo" in (gemm, moe):
+        group = native.group_size       # int4 weights keep the checkpoint's scale group (128 when it has none)
+    try:
+        quant = model_mod.Quantization(gemm=gemm, moe=moe, group_size=group)
+    except ValidationError as exc:
+        raise ConfigError(exc.errors()[0]["msg"].removeprefix("Value error, "), source=source, field=field) from None
     for part in ("gemm", "moe"):
         precision.check_supported(precision.get(getattr(quant, part)), hw, source, field)
     return quant

@@ -124,7 +124,7 @@ class ForwardModel:
                  kv_bytes_per_el: float = 2.0):
         self.m, self.cm, self.par = model, cost, par
         q = quant or model.quantization
-        self.gemm_prec, self.moe_prec = precision.get(q.gemm), precision.get(q.moe)
+        self.gemm_prec, self.moe_prec = q.precision("gemm"), q.precision("moe")
         self.kv_bytes = kv_bytes_per_el
         tp = par.tensor_parallel_size
         self.tp = tp

@@ -123,7 +123,7 @@ def build(sc, source: str = "scenario") -> Setup:
              "moe_a2a_backend": a2a_backend(eng, entry) if target.moe else None,
              "prefill_kernel_launch_us": cfg.step_model.kernel_launch_s * 1e6,
              "dp_dispatch": cfg.dp_dispatch if main.dp_ranks > 1 else None,
-             "quantization": {"gemm": quant.gemm, "moe": quant.moe}, "kv_cache_dtype": kv_name,
+             "quantization": quant.model_dump(exclude_none=True), "kv_cache_dtype": kv_name,
              "quantization_note": precision.asked_against_checkpoint(quant, target.quantization),
              "max_num_batched_tokens": cfg.max_num_batched_tokens,
              # what the SD verdict rests on, said even when the scenario left it to the default
@@ -161,7 +161,7 @@ def _pool(sc, pp, target, draft, draft_arch, draft_kind, k, hw, cost, quant, kv_
                    cuda_graphs=not eng.enforce_eager, data_parallel_size=pp.dp_ranks,
                    moe_tensor_parallel_size=lay.moe_tensor_parallel_size or 0, moe_a2a=a2a_backend(eng, entry))
     precision.check_expert_blocks(target, quant.moe, par.moe_tp, eng.framework, source, f"{pp.field}.tensor_parallel_size")
-    pad = memory.padded_growth(target, par.moe_tp, cost.expert_pad(precision.get(quant.moe)))
+    pad = memory.padded_growth(target, par.moe_tp, cost.expert_pad(quant.precision("moe")))
     limit = lambda mine, default: default if mine is None else mine  # noqa: E731
     max_num_seqs = limit(getattr(lay, "max_num_seqs", None), eng.max_num_seqs)
     blocks = memory.kv_blocks(target, draft_arch if draft_kind == "model" else None, hw, tp,
