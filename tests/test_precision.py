@@ -166,7 +166,7 @@ def test_gated_deltanet_layers_keep_a_fixed_state_instead_of_kv_and_are_priced_o
     free_blocks, reserved = memory.kv_blocks(*args), memory.kv_blocks(*args, state_seqs=128)
     assert free_blocks - reserved == pytest.approx(128 * per_seq / (15 * 2 * 256 * 2 * 64), abs=1)
     cm = CostModel("b200_sxm", framework="sglang")
-    p = cm._p("attention_generation")
+    p = cm.fit_params("attention_generation")
     t = linear_attention.decode(hw, p, la, 64, 1, tp=4)
     assert t["bytes"] == pytest.approx(2 * 64 * (16 * 128 * 128 * 4.0 + 3072 * 3 * 2.0) + 64 * (3072 + 2048) * 4.0)
     fm = ForwardModel(q, cm, Parallel(tensor_parallel_size=4), model.Quantization(gemm="fp8_block", moe="fp8_block"))
@@ -190,7 +190,7 @@ def test_deepseek_sparse_attention_reads_the_top_k_keys_and_indexes_every_one():
     assert sparse_attention.keys_per_query(2048, 4096, 0) == pytest.approx((2048 * 2049 / 2 + 2048 * 2048) / 4096)
     cm = CostModel("b200_sxm", framework="sglang")
     fm = ForwardModel(glm, cm, Parallel(tensor_parallel_size=8), model.Quantization(gemm="fp8_block", moe="fp8_block"))
-    p = cm._p("attention_generation")
+    p = cm.fit_params("attention_generation")
     for ctx in (1000.0, 8000.0, 32000.0):
         want = fm._decode_attention(16, 1, min(ctx, 2048)) + sparse_attention.indexer_decode(cm.hw, p, sa, 16, 1, ctx)
         assert fm._full_attention(16, 1, ctx, ()) == pytest.approx(want)
@@ -480,7 +480,7 @@ def test_older_versions_are_priced_with_their_own_kernel_tables():
     mine = hw.calibration.frameworks[f"vllm@{lo}"]["precisions"]
     missing = [p for p, ops in newest._by_precision.items() if "moe" in ops and "moe" not in mine.get(p, {})]
     for p in missing:                                # what it never timed: the newest fit, not a refusal
-        assert old._p("moe", precision.get(p)) == newest._p("moe", precision.get(p))
+        assert old.fit_params("moe", precision.get(p)) == newest.fit_params("moe", precision.get(p))
     s = build(scen(engine={"framework": "vllm", "framework_version": lo}))
     assert s.files["kernel_tables"] == f"vllm {lo}"
 

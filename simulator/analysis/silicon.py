@@ -191,7 +191,7 @@ def classify(r: dict) -> str:
         try:
             prec = precision.get(name)
             precision.check_supported(prec, hw)
-            cost._p(op, prec)
+            cost.fit_params(op, prec)
         except ConfigError:
             return f"{name} {op} kernels on {system} with {r['backend']}"
     if arch.mla is not None and missing_kernels(cost, arch, Quantization(gemm=q[0], moe=q[1])):

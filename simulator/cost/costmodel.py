@@ -96,7 +96,7 @@ class CostModel:
             return f"{self.framework} {cal.frameworks[key].get('version', '')}".strip()
         return cal.framework or self.framework
 
-    def _p(self, op, prec: Precision = BF16):
+    def fit_params(self, op, prec: Precision = BF16):
         if op in ("gemm", "moe"):
             got = self._by_precision.get(prec.name, {})
             if op not in got:
@@ -172,13 +172,13 @@ class CostModel:
         _pos("m", m), _pos("n", n), _pos("k", k)
 
         def run():
-            t = kernels.gemm(self.hw, self._p("gemm", prec), m, n, k, prec, self.l2_warm)
+            t = kernels.gemm(self.hw, self.fit_params("gemm", prec), m, n, k, prec, self.l2_warm)
             return self._finish("gemm", t, (n, k), (), m, {"precision": prec.name}, self._table_op("gemm", prec))
         return self._cached(("gemm", m, n, k, prec), run)
 
     def gemm_latency_s(self, ms: np.ndarray, n: int, k: int, prec: Precision = BF16) -> np.ndarray:
         """``gemm(m, n, k).latency_s`` for many token counts ``m`` at once (for tabulating)."""
-        t = kernels.gemm(self.hw, self._p("gemm", prec), ms, n, k, prec, self.l2_warm)
+        t = kernels.gemm(self.hw, self.fit_params("gemm", prec), ms, n, k, prec, self.l2_warm)
         return t["latency_s"] * self._factors(self._table_op("gemm", prec), (n, k), (), ms)
 
     @staticmethod
@@ -225,7 +225,7 @@ class CostModel:
         prec = served_moe(prec, self.framework, gated, T, tp * ep, 1, self.moe_fits)   # its GPUs tensor parallel
 
         def run():   # the cost depends on the loads only through these features: cache on them
-            t = kernels.moe(self.hw, self._p("moe", prec), active, slots, padded, T, topk, hidden_size, inter_size / tp,
+            t = kernels.moe(self.hw, self.fit_params("moe", prec), active, slots, padded, T, topk, hidden_size, inter_size / tp,
                             gated, ep, prec, self.l2_warm, pad=self.expert_pad(prec))
             return self._finish("moe", t, (hidden_size, inter_size, E, topk), (tp, ep, "balanced"), max(T, 1),
                                 {"active_experts": active, "weight_bytes": float(t["weight_bytes"]),
@@ -281,7 +281,7 @@ class CostModel:
         lo, hi = -(-s_ // 16), (s_ + 15 * a) // 16 + 1
         rep = hi - lo
         ps = 16.0 * (np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(lo, rep))
-        t = kernels.moe(self.hw, self._p("moe", prec), np.repeat(a, rep), np.repeat(s_, rep), ps, np.repeat(x, rep), topk,
+        t = kernels.moe(self.hw, self.fit_params("moe", prec), np.repeat(a, rep), np.repeat(s_, rep), ps, np.repeat(x, rep), topk,
                         hidden_size, inter_size / tp, gated, ep, prec, self.l2_warm, pad=self.expert_pad(prec))
         lat = t["latency_s"] * np.repeat(self._factors(self._table_op("moe", prec), shape[:4], (tp, ep, "balanced"),
                                                        np.maximum(x, 1)), rep)
@@ -327,7 +327,7 @@ class CostModel:
             _pos(name, v)
 
         def run():
-            t = kernels.attention_generation(self.hw, self._p("attention_generation"), batch_size, context_len,
+            t = kernels.attention_generation(self.hw, self.fit_params("attention_generation"), batch_size, context_len,
                                              num_heads, num_kv_heads, head_dim, q_len, kv_bytes_per_el, self.l2_warm)
             return self._finish("attention_generation", t, (num_heads, num_kv_heads, head_dim, batch_size), (),
                                 context_len)
@@ -338,7 +338,7 @@ class CostModel:
                                    num_kv_heads: int, head_dim: int, q_len: int = 1,
                                    kv_bytes_per_el: float = 2.0) -> np.ndarray:
         """``attention_decode(...).latency_s`` for many context lengths at once (for tabulating)."""
-        t = kernels.attention_generation(self.hw, self._p("attention_generation"), batch_size, context_lens,
+        t = kernels.attention_generation(self.hw, self.fit_params("attention_generation"), batch_size, context_lens,
                                          num_heads, num_kv_heads, head_dim, q_len, kv_bytes_per_el, self.l2_warm)
         return t["latency_s"] * self._factors("attention_generation", (num_heads, num_kv_heads, head_dim, batch_size),
                                               (), context_lens)
@@ -364,7 +364,7 @@ class CostModel:
             _pos(name, v)
 
         def run():
-            t = kernels.attention_context(self.hw, self._p("attention_context"), batch_size, seq_len, num_heads,
+            t = kernels.attention_context(self.hw, self.fit_params("attention_context"), batch_size, seq_len, num_heads,
                                           num_kv_heads, head_dim, prefix_len)
             return self._finish("attention_context", t, (num_heads, num_kv_heads, head_dim, batch_size), (),
                                 seq_len + prefix_len)
@@ -372,7 +372,7 @@ class CostModel:
 
     def _allreduce_fit(self, num_gpus: int, backend: str) -> str:
         """The fitted (GPU count, backend) nearest to this GPU count."""
-        fits = self._p("allreduce")
+        fits = self.fit_params("allreduce")
         counts = sorted({int(k.split(":")[0]) for k in fits})
         n_fit = min(counts, key=lambda c: abs(np.log2(c) - np.log2(num_gpus)))
         return f"{n_fit}:{backend}" if f"{n_fit}:{backend}" in fits else next(k for k in fits if k.startswith(f"{n_fit}:"))
@@ -386,7 +386,7 @@ class CostModel:
 
         def run():
             key = self._allreduce_fit(num_gpus, backend)
-            t = kernels.allreduce(self.hw, self._p("allreduce")[key], message_bytes, num_gpus)
+            t = kernels.allreduce(self.hw, self.fit_params("allreduce")[key], message_bytes, num_gpus)
             return self._finish("allreduce", t, (num_gpus,), (key.split(":")[1],), message_bytes)
         return self._cached(("ar", message_bytes, num_gpus, backend), run)
 
@@ -396,5 +396,5 @@ class CostModel:
         if num_gpus <= 1:
             return np.zeros(len(message_bytes))
         key = self._allreduce_fit(num_gpus, "vllm_graph" if cuda_graph else "vllm_eager")
-        t = kernels.allreduce(self.hw, self._p("allreduce")[key], message_bytes, num_gpus)
+        t = kernels.allreduce(self.hw, self.fit_params("allreduce")[key], message_bytes, num_gpus)
         return t["latency_s"] * self._factors("allreduce", (num_gpus,), (key.split(":")[1],), message_bytes)

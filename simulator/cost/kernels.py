@@ -83,7 +83,7 @@ def time_scaled(op: str, p: dict, scale: float, fixed_scale: float | None = None
     return {**p, **{k: p[k] * fixed for k in _TIME_TERMS[op]}, **rates}
 
 
-def _blend(a, b, q):
+def smooth_max(a, b, q):
     """Smooth max: (a^q + b^q)^(1/q), computed without overflow."""
     m = np.maximum(np.maximum(a, b), 1e-30)
     return m * ((a / m) ** q + (b / m) ** q) ** (1.0 / q)
@@ -116,7 +116,7 @@ def gemm(hw, p, m, n, k, prec=BF16, l2_warm=False, l2_weight_copies=1):
     overhead = p["overhead_s"] + p["k_loop_s"] * k
     # W8A8/W4A4: the bf16 input is read and written quantised by its own kernel before the GEMM
     quant = (2.0 + prec.act_bytes) * m * k / (hw.hbm_bytes_per_s * p["eff_memory"]) if prec.quantizes_activations else 0.0 * m
-    return {"latency_s": overhead + quant + _blend(compute, memory, p["q"]), "compute_s": compute,
+    return {"latency_s": overhead + quant + smooth_max(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory + quant, "overhead_s": overhead + 0 * m, "flops": flops, "bytes": bytes_}
 
 
@@ -162,7 +162,7 @@ def moe(hw, p, active_experts, slots, padded_slots, num_tokens, topk, hidden, in
     overhead = (p["overhead_s"] + p["ep_overhead_s"] * (np.asarray(ep_size) > 1)
                 + p["expert_s"] * a + p["k_loop_s"] * h)
     misaligned = np.where(np.mod(i, 16.0) != 0, p["misaligned_factor"], 1.0)
-    latency = (overhead + elementwise + _blend(compute, memory, p["q"])) * misaligned
+    latency = (overhead + elementwise + smooth_max(compute, memory, p["q"])) * misaligned
     return {"latency_s": latency, "compute_s": compute, "memory_s": memory, "overhead_s": overhead,
             "elementwise_s": elementwise, "flops": flops, "bytes": weight_bytes + act_bytes,
             "weight_bytes": weight_bytes}
@@ -179,7 +179,7 @@ def attention_generation(hw, p, batch_size, context_len, num_heads, num_kv_heads
     memory = bytes_ / _l2_bandwidth(hw, p, kv_bytes, l2_warm)
     compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
     overhead = p["overhead_s"] + p["per_seq_s"] * B
-    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
+    return {"latency_s": overhead + smooth_max(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
 
 
@@ -205,7 +205,7 @@ def attention_context(hw, p, batch_size, seq_len, num_heads, num_kv_heads, head_
     bytes_ = B * (S * H * D * 2.0 * 2.0 + (P + S) * 2.0 * KV * D * kv_bytes_per_el)
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     overhead = p["overhead_s"] + 0.0 * B
-    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
+    return {"latency_s": overhead + smooth_max(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
 
 
@@ -215,5 +215,5 @@ def allreduce(hw, p, message_bytes, num_gpus):
     wire = 2.0 * (n - 1.0) / n * S
     memory = wire / (hw.link_bytes_per_s * p["eff_link"])
     overhead = p["latency_s"] + 0.0 * S
-    return {"latency_s": _blend(overhead, memory, p["q"]) + 0.0 * memory, "compute_s": 0.0 * S,
+    return {"latency_s": smooth_max(overhead, memory, p["q"]) + 0.0 * memory, "compute_s": 0.0 * S,
             "memory_s": memory, "overhead_s": overhead, "flops": 0.0 * S, "bytes": wire}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import _blend
+from .kernels import smooth_max
 
 PRICING = "roofline at this GPU and framework's attention fits (no kernel table times Gated DeltaNet)"
 CHUNK = 64    # chunk length of the chunked gated delta rule (flash-linear-attention's chunk_gated_delta_rule)
@@ -44,7 +44,7 @@ def decode(hw, p, la, num_seqs, q_len, tp: int = 1) -> dict:
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
     overhead = p["overhead_s"] + p["per_seq_s"] * B
-    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
+    return {"latency_s": overhead + smooth_max(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
 
 
@@ -58,7 +58,7 @@ def prefill_time(hw, p, la, tokens, num_seqs=1, tp: int = 1) -> dict:
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
     overhead = p["overhead_s"] + 0.0 * T
-    return {"latency_s": overhead + _blend(compute, memory, p["q"]), "compute_s": compute,
+    return {"latency_s": overhead + smooth_max(compute, memory, p["q"]), "compute_s": compute,
             "memory_s": memory, "overhead_s": overhead, "flops": flops, "bytes": bytes_}
 
 
@@ -68,11 +68,11 @@ def layer_time(cm, la, tp: int, num_decode: int, q: int, prefill, cache: dict) -
     t = 0.0
     if num_decode:
         if ("lin_dec", num_decode, q) not in cache:
-            cache[("lin_dec", num_decode, q)] = float(decode(cm.hw, cm._p("attention_generation"), la, num_decode, q,
+            cache[("lin_dec", num_decode, q)] = float(decode(cm.hw, cm.fit_params("attention_generation"), la, num_decode, q,
                                                              tp)["latency_s"])
         t += cache[("lin_dec", num_decode, q)]
     for chunk, _ in prefill:
         if ("lin_pre", chunk) not in cache:
-            cache[("lin_pre", chunk)] = float(prefill_time(cm.hw, cm._p("attention_context"), la, chunk, 1, tp)["latency_s"])
+            cache[("lin_pre", chunk)] = float(prefill_time(cm.hw, cm.fit_params("attention_context"), la, chunk, 1, tp)["latency_s"])
         t += cache[("lin_pre", chunk)]
     return t

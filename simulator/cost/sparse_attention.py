@@ -11,7 +11,7 @@ the framework's MLA tables at the keys it reads.
 
 from __future__ import annotations
 
-from .kernels import _blend
+from .kernels import smooth_max
 
 PRICING = ("MLA tables at the top-k keys read; the indexer by roofline at this GPU and framework's "
            "attention fits (no kernel table times it)")
@@ -36,7 +36,7 @@ def indexer_decode(hw, p, sa, num_seqs: int, q_len: int, ctx: float) -> float:
     flops = 2.0 * num_seqs * q_len * sa.index_n_heads * sa.index_head_dim * ctx
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     compute = flops / (_fp8_peak(hw) * p["eff_compute"])
-    return float(p["overhead_s"] + _blend(compute, memory, p["q"]))
+    return float(p["overhead_s"] + smooth_max(compute, memory, p["q"]))
 
 
 def indexer_prefill(hw, p, sa, chunk: int, prefix: int) -> float:
@@ -45,7 +45,7 @@ def indexer_prefill(hw, p, sa, chunk: int, prefix: int) -> float:
     bytes_ = (prefix + chunk) * sa.key_bytes_per_token + chunk * sa.index_n_heads * sa.index_head_dim
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     compute = flops / (_fp8_peak(hw) * p["eff_compute"])
-    return float(p["overhead_s"] + _blend(compute, memory, p["q"]))
+    return float(p["overhead_s"] + smooth_max(compute, memory, p["q"]))
 
 
 def layer_time(cm, sa, decode_attention, prefill_attention, num_decode: int, q: int, ctx: float, prefill,
@@ -56,12 +56,12 @@ def layer_time(cm, sa, decode_attention, prefill_attention, num_decode: int, q: 
     t = 0.0
     if num_decode:
         t += decode_attention(num_decode, q, min(ctx, sa.index_topk))
-        t += indexer_decode(cm.hw, cm._p("attention_generation"), sa, num_decode, q, ctx)
+        t += indexer_decode(cm.hw, cm.fit_params("attention_generation"), sa, num_decode, q, ctx)
     for chunk, prefix in prefill:
         if ("dsa_pre", chunk, prefix) not in cache:
             dense = prefix + chunk / 2.0
             cache[("dsa_pre", chunk, prefix)] = (
                 prefill_attention(chunk, prefix) * keys_per_query(sa.index_topk, chunk, prefix) / dense
-                + indexer_prefill(cm.hw, cm._p("attention_context"), sa, chunk, prefix))
+                + indexer_prefill(cm.hw, cm.fit_params("attention_context"), sa, chunk, prefix))
         t += cache[("dsa_pre", chunk, prefix)]
     return t

@@ -269,7 +269,7 @@ def missing_kernels(cost: CostModel, target, quant) -> str:
     ops = [("gemm", quant.gemm)] + ([("moe", quant.moe)] if target.moe else [])
     try:
         for op, name in ops:
-            cost._p(op, precision.get(name))
+            cost.fit_params(op, precision.get(name))
         if target.mla is not None:
             cost.mla_decode_latency_s(1, np.ones(1), 1, target.mla.latent_dim)
     except ConfigError as exc:
