@@ -161,6 +161,9 @@ def test_gated_deltanet_layers_keep_a_fixed_state_instead_of_kv_and_are_priced_o
     assert memory.kv_bytes_per_token(q, 4) == 15 * 2 * 256 * 2
     per_seq = 45 * (16 * 128 * 128 * 4.0 + (2 * 4 * 128 + 16 * 128) * 3 * 2.0)      # TP 4: 16 value heads a rank
     assert q.linear_state_bytes_per_seq(4) == pytest.approx(per_seq)
+    # past one head a rank (TP 32 of 16 key heads) each rank still holds one: the pool sizes what the kernel reads
+    assert la.per_gpu(32) == (2, 128, 128, 2 * 128 + 2 * 128) and q.linear_state_bytes_per_seq(32) == pytest.approx(
+        45 * (2 * 128 * 128 * 4.0 + 512 * 3 * 2.0))
     hw = gpu.load("b200_sxm")
     args = (q, None, hw, 4, 0.9, 64, 2.0, "t", model.Quantization(gemm="fp8_block", moe="fp8_block"))
     free_blocks, reserved = memory.kv_blocks(*args), memory.kv_blocks(*args, state_seqs=128)

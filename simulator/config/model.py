@@ -85,6 +85,18 @@ class LinearAttentionConfig(BaseModel):
         """Channels of the short convolution: q, k and v."""
         return 2 * self.linear_num_key_heads * self.linear_key_head_dim + self.linear_num_value_heads * self.linear_value_head_dim
 
+    def per_gpu(self, tp: int) -> tuple[int, int, int, int]:
+        """One GPU's value heads, key and value head sizes and convolution channels (heads split by TP,
+        at least one a rank): what both the state pool and the kernels size."""
+        hv, hk = max(1, self.linear_num_value_heads // tp), max(1, self.linear_num_key_heads // tp)
+        dk, dv = self.linear_key_head_dim, self.linear_value_head_dim
+        return hv, dk, dv, 2 * hk * dk + hv * dv
+
+    def state_bytes_per_seq(self, tp: int) -> float:
+        """One sequence's recurrent state and convolution window in one layer on one GPU."""
+        hv, dk, dv, conv = self.per_gpu(tp)
+        return hv * dk * dv * self.state_bytes_per_el + conv * (self.linear_conv_kernel_dim - 1) * 2.0
+
     def params_per_layer(self, hidden: int) -> int:
         """in_proj_qkvz (q, k, v and the output gate z), in_proj_ba (beta and the decay), conv1d, out_proj."""
         vd = self.linear_num_value_heads * self.linear_value_head_dim
@@ -211,11 +223,7 @@ class ModelArch(BaseModel):
     def linear_state_bytes_per_seq(self, tp: int = 1) -> float:
         """One sequence's recurrent and convolution state on one GPU (heads split by TP), all layers."""
         la = self.linear_attention
-        if la is None:
-            return 0.0
-        state = la.linear_num_value_heads * la.linear_key_head_dim * la.linear_value_head_dim * la.state_bytes_per_el
-        conv = la.conv_dim * (la.linear_conv_kernel_dim - 1) * 2.0
-        return self.num_linear_attention_layers * (state + conv) / tp
+        return 0.0 if la is None else self.num_linear_attention_layers * la.state_bytes_per_seq(tp)
 
     @property
     def latent_kv(self) -> bool:

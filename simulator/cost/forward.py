@@ -268,7 +268,7 @@ class ForwardModel:
         mats = 3 if m.gated_ffn else 2
         gemm_s = (layers - self.linear_layers) * (qkv + o)
         if self.linear_layers:      # in_proj_qkvz, in_proj_ba and out_proj of the linear-attention layers
-            hv, _, dv, conv = linear_attention.sizes(m.linear_attention, tp)
+            hv, _, dv, conv = m.linear_attention.per_gpu(tp)
             gemm_s = gemm_s + self.linear_layers * (g(conv + hv * dv, h) + g16(2 * hv, h) + g(h, hv * dv))
         if layers > m.num_moe_layers:
             ffn = g((mats - 1) * m.intermediate_size // tp, h) + g(h, m.intermediate_size // tp)

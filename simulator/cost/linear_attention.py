@@ -23,23 +23,13 @@ PRICING = "roofline at this GPU and framework's attention fits (no kernel table 
 CHUNK = 64    # chunk length of the chunked gated delta rule (flash-linear-attention's chunk_gated_delta_rule)
 
 
-def sizes(la, tp: int):
-    """One GPU's value heads, key and value head sizes and convolution channels (heads split by TP)."""
-    hv, hk = max(1, la.linear_num_value_heads // tp), max(1, la.linear_num_key_heads // tp)
-    dk, dv = la.linear_key_head_dim, la.linear_value_head_dim
-    conv = 2 * hk * dk + hv * dv
-    return hv, dk, dv, conv
-
-
 def decode(hw, p, la, num_seqs, q_len, tp: int = 1) -> dict:
     """One layer's decode: ``num_seqs`` sequences of ``q_len`` tokens each (``p``: the GPU's
     decode-attention fit)."""
-    hv, dk, dv, conv = sizes(la, tp)
+    hv, dk, dv, conv = la.per_gpu(tp)
     B, Q = (np.asarray(v, dtype=float) for v in (num_seqs, q_len))
-    state = B * hv * dk * dv * la.state_bytes_per_el
-    window = B * conv * (la.linear_conv_kernel_dim - 1) * 2.0
     io = B * Q * (conv + hv * dv) * 2.0 * 2.0          # q/k/v in (bf16) and the output, read and written
-    bytes_ = 2.0 * (state + window) + io
+    bytes_ = 2.0 * B * la.state_bytes_per_seq(tp) + io  # the state and window each read and written
     flops = 6.0 * B * Q * hv * dk * dv
     memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
     compute = flops / (hw.peak_flops_per_s() * p["eff_compute"])
@@ -51,7 +41,7 @@ def decode(hw, p, la, num_seqs, q_len, tp: int = 1) -> dict:
 def prefill_time(hw, p, la, tokens, num_seqs=1, tp: int = 1) -> dict:
     """One layer's prefill of ``tokens`` new tokens over ``num_seqs`` sequences (``p``: the GPU's
     prefill-attention fit)."""
-    hv, dk, dv, conv = sizes(la, tp)
+    hv, dk, dv, conv = la.per_gpu(tp)
     T, B = (np.asarray(v, dtype=float) for v in (tokens, num_seqs))
     flops = T * hv * (6.0 * dk * dv + 2.0 * CHUNK * (dk + dv))
     bytes_ = T * (conv + hv * dv) * 2.0 * 2.0 + 2.0 * B * hv * dk * dv * la.state_bytes_per_el
