@@ -279,7 +279,9 @@ def test_kimi_k25_int4_release_runs_as_its_checkpoint_on_the_served_marlin_kerne
            "pp_size": 1, "attention_dp_size": 1, "moe_tp_size": 8, "moe_ep_size": 1, "gemm_quant_mode": "int4_wo",
            "moe_quant_mode": "int4_wo", "silicon_ttft_ms": 50, "silicon_tpot_ms": 10}
     assert silicon.quant_modes(row) == ("bf16", "int4_wo") and silicon.classify(row) == ""
+    assert "recorded int4_wo/int4_wo, run as the checkpoint's bf16/int4_wo" in silicon.assumption(row)
     assert silicon.quant_modes({**row, "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}) == ("nvfp4", "nvfp4")
+    assert silicon.assumption({**row, "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}) == ""
     assert silicon.quant_modes({**row, "moe_quant_mode": "bf16"}) == ("int4_wo", "bf16")    # not the release: as stated
     # TensorRT-LLM times no int4_wo experts on GB200; the NVFP4 run needs none
     nv = {**row, "backend": "trtllm", "backend_version": "1.3.0rc20", "system": "gb200", "tp_size": 4, "moe_tp_size": 1,

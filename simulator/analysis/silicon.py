@@ -206,6 +206,9 @@ def assumption(r: dict) -> str:
     notes = [n for p in pre if (n := layout(r, p, arch.moe is None, refused_split(r, arch))[1])]
     if campaigns.mtp_draft(r, arch):
         notes.append(campaigns.MTP_NOTE.format(campaign=" ".join(campaigns.campaign(r))))
+    g, m, q = r.get("gemm_quant_mode"), r.get("moe_quant_mode"), quant_modes(r)
+    if q and isinstance(g, str) and isinstance(m, str) and (_canonical(g), _canonical(m)) != q:
+        notes.append(f"recorded {g}/{m}, run as the checkpoint's {q[0]}/{q[1]} (quant_modes)")
     return "; ".join(notes)
 
 
