@@ -220,6 +220,11 @@ class ModelArch(BaseModel):
         la = self.linear_attention
         return 0 if la is None else self.num_hidden_layers - self.num_hidden_layers // la.full_attention_interval
 
+    @property
+    def num_full_attention_layers(self) -> int:
+        """Layers whose attention reads, and whose KV cache holds, the whole context."""
+        return self.num_hidden_layers - self.num_sliding_window_layers - self.num_linear_attention_layers
+
     def linear_state_bytes_per_seq(self, tp: int = 1) -> float:
         """One sequence's recurrent and convolution state on one GPU (heads split by TP), all layers."""
         la = self.linear_attention

@@ -139,7 +139,7 @@ class ForwardModel:
         elif model.kv_cache_dim_per_token:   # MLA latent cache: not split by TP
             self.kv_heads = model.kv_cache_dim_per_token / (2 * model.head_dim_)
         self.linear_layers = model.num_linear_attention_layers
-        self.full_layers = model.num_hidden_layers - model.num_sliding_window_layers - self.linear_layers
+        self.full_layers = model.num_full_attention_layers
         self._dense_cache: dict = {}
         self._tok_gemm_s: list = []
         self._eager_s = 0.0 if par.cuda_graphs else model.num_hidden_layers * par.kernels_per_layer * par.eager_launch_s

@@ -25,8 +25,11 @@ def keys_per_query(topk: int, chunk: int, prefix: int) -> float:
     return total / chunk
 
 
-def _fp8_peak(hw) -> float:
-    return hw.fp8_flops_per_s or hw.bf16_flops_per_s
+def _fp8_roofline_s(hw, p, flops, bytes_) -> float:
+    """Overhead plus the smooth max of FP8 compute and HBM traffic at the fit ``p``'s efficiencies."""
+    memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
+    compute = flops / ((hw.fp8_flops_per_s or hw.bf16_flops_per_s) * p["eff_compute"])
+    return float(p["overhead_s"] + smooth_max(compute, memory, p["q"]))
 
 
 def indexer_decode(hw, p, sa, num_seqs: int, q_len: int, ctx: float) -> float:
@@ -34,18 +37,14 @@ def indexer_decode(hw, p, sa, num_seqs: int, q_len: int, ctx: float) -> float:
     every cached key."""
     bytes_ = num_seqs * ctx * sa.key_bytes_per_token + num_seqs * q_len * sa.index_n_heads * sa.index_head_dim
     flops = 2.0 * num_seqs * q_len * sa.index_n_heads * sa.index_head_dim * ctx
-    memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
-    compute = flops / (_fp8_peak(hw) * p["eff_compute"])
-    return float(p["overhead_s"] + smooth_max(compute, memory, p["q"]))
+    return _fp8_roofline_s(hw, p, flops, bytes_)
 
 
 def indexer_prefill(hw, p, sa, chunk: int, prefix: int) -> float:
     """One layer's indexer for a prompt chunk (``p``: the prefill-attention fit), causal."""
     flops = 2.0 * sa.index_n_heads * sa.index_head_dim * chunk * (prefix + chunk / 2.0)
     bytes_ = (prefix + chunk) * sa.key_bytes_per_token + chunk * sa.index_n_heads * sa.index_head_dim
-    memory = bytes_ / (hw.hbm_bytes_per_s * p["eff_memory"])
-    compute = flops / (_fp8_peak(hw) * p["eff_compute"])
-    return float(p["overhead_s"] + smooth_max(compute, memory, p["q"]))
+    return _fp8_roofline_s(hw, p, flops, bytes_)
 
 
 def layer_time(cm, sa, decode_attention, prefill_attention, num_decode: int, q: int, ctx: float, prefill,

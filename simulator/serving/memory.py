@@ -18,7 +18,7 @@ def kv_bytes_per_token(model, tp: int, kv_bytes_per_el: float = 2.0) -> float:
     # sliding-window layers keep at most the window per sequence (vLLM's hybrid KV allocator): a few
     # blocks per running sequence, left out of the per-token budget; linear-attention layers keep a
     # fixed state per sequence instead (kv_blocks' state_seqs)
-    full = model.num_hidden_layers - model.num_sliding_window_layers - model.num_linear_attention_layers
+    full = model.num_full_attention_layers
     indexer = model.sparse_attention.key_bytes_per_token if model.sparse_attention else 0.0   # DSA's keys, FP8
     return per_layer * full * kv_bytes_per_el + indexer * full
 
